@@ -1,0 +1,56 @@
+"""Every error the engine raises on purpose.
+
+Each subclasses a built-in so generic callers can still catch it, and each
+message says what was wrong and what to do instead. The CLI turns a
+`CoreError` into a one-line message and a non-zero exit; the UI turns it into
+a `gr.Error`.
+"""
+
+
+class CoreError(Exception):
+    """Base of every deliberate error of the engine."""
+
+
+class UnknownModelError(CoreError, ValueError):
+    """A model spec names no architecture, pretrained tag or file we know."""
+
+
+class UnsupportedModelError(CoreError, ValueError):
+    """The model exists but uses a feature the decomposition does not model."""
+
+
+class WeightsError(CoreError, OSError):
+    """Weights could not be obtained or read (offline, missing, corrupt)."""
+
+
+class ImageError(CoreError, ValueError):
+    """An image file or array that cannot be used."""
+
+
+class TextError(CoreError, ValueError):
+    """Empty, malformed or mismatched texts or text pools."""
+
+
+class IndexRangeError(CoreError, IndexError):
+    """A layer, head, neuron or token index outside the model."""
+
+
+class DatasetError(CoreError, ValueError):
+    """An image folder or labels table without the expected layout."""
+
+
+class ConfigError(CoreError, ValueError):
+    """Invalid parameters for an algorithm or generator."""
+
+
+class BasesError(CoreError, ValueError):
+    """A precomputed artifact that is malformed, tampered or for another model."""
+
+
+def check_index(name: str, value: int, size: int) -> int:
+    """Return `value` if 0 <= value < size, else raise IndexRangeError naming the range."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise IndexRangeError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < size:
+        raise IndexRangeError(f"{name} {value} is out of range: this model has {size} ({name} 0..{size - 1})")
+    return value
