@@ -56,6 +56,23 @@ class ComponentMeans:
     convention: str
 
 
+def means_from_batches(
+    bundle: ClipBundle, batches: Iterable[torch.Tensor], *, description: str, convention: str = "paper"
+) -> ComponentMeans:
+    """Mean of every normalised component over preprocessed pixel batches [batch, 3, H, W] (streaming)."""
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    for pixels in batches:
+        parts = image_components(bundle, pixels, convention=convention)
+        for name in ("embedding_term", "mlps", "heads", "cls_to_cls"):
+            total = getattr(parts, name).sum(0, keepdim=True)
+            sums[name] = sums[name] + total if name in sums else total
+        count += pixels.shape[0]
+    if count == 0:
+        raise DatasetError("no readable images to compute means from.")
+    return ComponentMeans(Components(**{name: value / count for name, value in sums.items()}), count, description, convention)
+
+
 def component_means(
     bundle: ClipBundle,
     paths: Sequence,
@@ -66,20 +83,9 @@ def component_means(
     progress: Callable[[Iterable], Iterable] | None = None,
     skipped: list[str] | None = None,
 ) -> ComponentMeans:
-    """Mean of every normalised component over the images at `paths` (streaming)."""
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    batches = iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped)
-    for _, pixels in progress(batches) if progress else batches:
-        parts = image_components(bundle, pixels, convention=convention)
-        for name in ("embedding_term", "mlps", "heads", "cls_to_cls"):
-            total = getattr(parts, name).sum(0, keepdim=True)
-            sums[name] = sums[name] + total if name in sums else total
-        count += pixels.shape[0]
-    if count == 0:
-        raise DatasetError("no readable images to compute means from.")
-    means = Components(**{name: value / count for name, value in sums.items()})
-    return ComponentMeans(means, count, description, convention)
+    """Mean of every normalised component over the image files at `paths`."""
+    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
+    return means_from_batches(bundle, progress(batches) if progress else batches, description=description, convention=convention)
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,40 @@ def ablate(parts: Components, means: Components, ablation: Ablation) -> torch.Te
     return rep
 
 
+@torch.inference_mode()
+def accuracies_from_batches(
+    bundle: ClipBundle,
+    batches: Iterable[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    classifiers: dict[str, torch.Tensor],
+    means: ComponentMeans,
+    ablations: Sequence[Ablation],
+) -> tuple[dict[str, list[tuple[str, float]]], int]:
+    """Top-1 zero-shot accuracy of each classifier [class, d_out] under each ablation.
+
+    batches yield (pixels, {task: labels [batch]}); a label of -1 leaves the image out of that task.
+    Returns ({task: [(ablation name, accuracy)]}, images seen).
+    """
+    correct = {task: torch.zeros(len(ablations)) for task in classifiers}
+    counted = {task: 0 for task in classifiers}
+    seen = 0
+    for pixels, labels in batches:
+        parts = image_components(bundle, pixels, convention=means.convention)
+        representations = [ablate(parts, means.means, ablation) for ablation in ablations]
+        for task, classifier in classifiers.items():
+            truth = labels[task].to(bundle.device)
+            keep = truth >= 0
+            counted[task] += int(keep.sum())
+            for row, rep in enumerate(representations):
+                predicted = (rep @ classifier.T).argmax(-1)
+                correct[task][row] += float(((predicted == truth) & keep).sum())
+        seen += pixels.shape[0]
+    if seen == 0:
+        raise DatasetError("no readable images to evaluate.")
+    table = {task: [(a.name, float(correct[task][row] / max(counted[task], 1))) for row, a in enumerate(ablations)]
+             for task in classifiers}
+    return table, seen
+
+
 @dataclass
 class AblationReport:
     rows: list[tuple[str, float]]
@@ -142,7 +182,6 @@ class AblationReport:
     skipped: list[str] = field(default_factory=list)
 
 
-@torch.inference_mode()
 def ablation_accuracies(
     bundle: ClipBundle,
     labelled: LabelledImages,
@@ -154,23 +193,14 @@ def ablation_accuracies(
     batch_size: int = 32,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> AblationReport:
-    """Top-1 zero-shot accuracy of `classifier` [class, d_out] under each ablation."""
+    """Top-1 zero-shot accuracy of `classifier` [class, d_out] on a labelled image set under each ablation."""
     if classifier.shape[0] != len(labelled.classnames):
         raise ConfigError(f"classifier has {classifier.shape[0]} classes, the image set {len(labelled.classnames)}.")
-    correct = torch.zeros(len(ablations))
     labels = torch.tensor(labelled.labels)
     skipped: list[str] = []
-    seen = 0
-    batches = iter_image_batches(labelled.paths, bundle.preprocess, batch_size, skipped=skipped)
-    for indices, pixels in progress(batches) if progress else batches:
-        parts = image_components(bundle, pixels, convention=means.convention)
-        truth = labels[indices].to(bundle.device)
-        for row, ablation in enumerate(ablations):
-            logits = ablate(parts, means.means, ablation) @ classifier.T
-            correct[row] += float((logits.argmax(-1) == truth).sum())
-        seen += len(indices)
-    if seen == 0:
-        raise DatasetError("no readable images to evaluate.")
-    rows = [(ablation.name, float(correct[row] / seen)) for row, ablation in enumerate(ablations)]
-    return AblationReport(rows, seen, means.description, means.count, labelled.description, means.convention,
-                          bundle.info.spec, classifier_description, skipped)
+    batches = ((pixels, {"label": labels[indices]})
+               for indices, pixels in iter_image_batches(labelled.paths, bundle.preprocess, batch_size, skipped=skipped))
+    table, seen = accuracies_from_batches(bundle, progress(batches) if progress else batches, {"label": classifier},
+                                          means, ablations)
+    return AblationReport(table["label"], seen, means.description, means.count, labelled.description,
+                          means.convention, bundle.info.spec, classifier_description, skipped)

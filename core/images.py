@@ -65,6 +65,10 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, *, 
             raise ImageError(f"{label} is not an image file PIL can read.") from err
         except IsADirectoryError as err:
             raise ImageError(f"{label} is a folder, not an image.") from err
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"{label} is too large to decode safely: {err}") from err
+        except OSError as err:
+            raise ImageError(f"{label} could not be read (truncated or corrupt): {err}") from err
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"{label} has {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS // 1_000_000}.")
@@ -77,7 +81,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, *, 
             warnings.simplefilter("ignore")
             image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"{label} could not be decoded (truncated or corrupt): {err}") from err
 
 

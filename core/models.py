@@ -32,10 +32,8 @@ from torch import nn
 
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-DATA_DIR = Path(__file__).parent / "data"
-TOY_ARCH = "Toy-ViT-S8-64"
-TOY_WEIGHTS = DATA_DIR / "toy" / "toy_clip.safetensors"
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_WEIGHTS  # noqa: E402  (re-exported)
+
 TOY_SPEC = "toy"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 RANDOM_TAG = "none"
@@ -50,6 +48,9 @@ def register_model_configs(path: str | os.PathLike = CONFIG_DIR) -> None:
 
 
 register_model_configs()
+# Extra architecture configs (JSON files or folders), e.g. the test suite's tiny models.
+for _extra in filter(None, os.environ.get("CLIPSCOPE_MODEL_CONFIGS", "").split(os.pathsep)):
+    register_model_configs(_extra)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ TEXTURE_BACKGROUNDS = ("striped", "dotted", "checkered")
 BACKGROUNDS = tuple(PLAIN_BACKGROUNDS) + TEXTURE_BACKGROUNDS
 COUNTS = (1, 2)
 SPLITS = ("train", "heldout")
+# Bumped whenever rendering or captions change: the toy model and its bases record it.
+WORLD_VERSION = 1
 MIN_IMAGE_SIZE = 32
 
 # Muted gray tones for the textures; like the plain colours, none equals an object colour.

@@ -32,7 +32,85 @@ def _register_scenes(toy_subparsers) -> None:
     parser.set_defaults(func=_run_scenes)
 
 
-SUBCOMMANDS = (_register_scenes,)
+def _run_train(args: argparse.Namespace) -> int:
+    import os
+    import platform
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from core.errors import ConfigError
+    from core.models import load_clip
+    from core.paths import TOY_ARCH
+    from core.toy import TrainConfig, build_card, train_toy, write_model_card
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it (or choose another --out).")
+    if args.steps < 1 or args.batch_size < 2:
+        raise ConfigError("--steps must be >= 1 and --batch-size >= 2.")
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup=min(args.warmup, args.steps), threads=args.threads)
+    summary = train_toy(out, config, log=print, log_every=args.log_every)
+    print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
+    if args.no_card:
+        return 0
+    bundle = load_clip(f"{TOY_ARCH}/{out}")
+    command = "python -m core toy train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {args.threads}"
+    card = build_card(bundle, summary, config, command, machine)
+    path = write_model_card(out.parent, card)
+    print(f"zero-shot accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in card["zero_shot"].items()))
+    print(f"model card: {path}")
+    return 0
+
+
+def _register_train(toy_subparsers) -> None:
+    from core.paths import TOY_WEIGHTS
+
+    parser = toy_subparsers.add_parser("train", help="retrain the toy CLIP from scratch and write its model card",
+                                       description="Train the toy CLIP on the generated world (CPU), then evaluate it "
+                                       "and write MODEL_CARD.md and card.json next to the weights.")
+    parser.add_argument("--out", default=str(TOY_WEIGHTS), help=f"weights file (default: {TOY_WEIGHTS})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--no-card", action="store_true", help="skip evaluation and the model card")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from core.models import load_clip
+    from core.toy import evaluate_toy
+
+    bundle = load_clip(args.model)
+    accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
+    if args.json:
+        print(json.dumps(accuracy))
+    else:
+        print(f"model: {bundle.info.display_name}; {args.n} fresh held-out scenes (seed {args.seed})")
+        for name, value in accuracy.items():
+            print(f"  {name:10s} {100 * value:5.1f}%")
+    return 0
+
+
+def _register_evaluate(toy_subparsers) -> None:
+    parser = toy_subparsers.add_parser("evaluate", help="zero-shot accuracy per attribute on fresh held-out scenes")
+    parser.add_argument("--model", default="toy", help="model spec (default: toy)")
+    parser.add_argument("--n", type=int, default=1000, help="number of held-out scenes (default 1000)")
+    parser.add_argument("--seed", type=int, default=31337, help="seed of the held-out scenes (default 31337)")
+    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": ..}')
+    parser.set_defaults(func=_run_evaluate)
+
+
+SUBCOMMANDS = (_register_scenes, _register_train, _register_evaluate)
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,10 @@
+"""Where the project's own files live (no heavy imports, so the command line starts fast)."""
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "model_configs"
+DATA_DIR = PACKAGE_DIR / "data"
+TOY_ARCH = "Toy-ViT-S8-64"
+TOY_DIR = DATA_DIR / "toy"
+TOY_WEIGHTS = TOY_DIR / "toy_clip.safetensors"
