@@ -104,17 +104,18 @@ def build() -> gr.Blocks:
             with gr.Column(scale=1):
                 model = gr.Textbox(label="Model spec", value=default_spec(),
                                    info="toy (offline default), ARCH/TAG, hf-hub:ORG/NAME, ARCH/path.safetensors, ARCH/none")
-                image = gr.Image(type="filepath", label="Image", height=256)
+                image = gr.Image(type="filepath", label="Image", height=256, elem_id="decomposition-image")
                 gr.Examples(examples=[[p] for p in example_images()], inputs=[image], label="Generated-world examples")
                 texts = gr.Textbox(label="Texts (one per line)", value=DEFAULT_TEXTS, lines=3)
                 convention = gr.Radio(list(CONVENTIONS), value="paper", label="Convention")
-                button = gr.Button("Decompose", variant="primary")
+                button = gr.Button("Decompose", variant="primary", elem_id="decomposition-run")
             with gr.Column(scale=2):
                 info = gr.Markdown(elem_id="decomposition-info")
                 with gr.Row():
                     text_pick = gr.Dropdown(label="Text", choices=[], interactive=True)
                     layer_pick = gr.Dropdown(label="Layer (token map)", choices=[ALL], value=ALL, interactive=True)
-                    head_pick = gr.Dropdown(label="Head (token map)", choices=[ALL], value=ALL, interactive=True)
+                    head_pick = gr.Dropdown(label="Head (token map)", choices=[ALL], value=ALL, interactive=True,
+                                            elem_id="decomposition-head")
                 with gr.Row():
                     grid = gr.Image(label="Layer x head contributions", elem_id="decomposition-grid")
                     token_map = gr.Image(label="Token map (red: towards the text)", elem_id="decomposition-map")
@@ -124,7 +125,7 @@ def build() -> gr.Blocks:
         button.click(run_decomposition, [model, image, texts, convention],
                      [state, info, text_pick, layer_pick, head_pick, *views], api_name="decompose")
         for pick in (text_pick, layer_pick, head_pick):
-            pick.change(render_views, [state, image, text_pick, layer_pick, head_pick], views, api_name="render_view", api_visibility="private")
+            pick.input(render_views, [state, image, text_pick, layer_pick, head_pick], views, api_name="render_view", api_visibility="private")
     return demo
 
 
