@@ -14,7 +14,7 @@ os.environ.setdefault("CLIPSCOPE_CACHE", tempfile.mkdtemp(prefix="clipscope-test
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("CLIPSCOPE_TEST_THREADS", "2")))
 
 from core.models import load_clip, register_model_configs  # noqa: E402
 
