@@ -283,7 +283,7 @@ def render_batch(scenes: list[Scene], image_size: int = 64) -> tuple[np.ndarray,
 # ----------------------------------------------------------------------------- captions
 
 # How often each attribute is named; captions deliberately leave most of the scene unsaid.
-_MENTION_PROBABILITY = {"shape": 0.7, "colour": 0.6, "size": 0.4, "count": 0.4, "position": 0.5, "background": 0.4}
+_MENTION_PROBABILITY = {"shape": 0.85, "colour": 0.6, "size": 0.4, "count": 0.4, "position": 0.75, "background": 0.3}
 _PREFIXES = ("a photo of ", "an image of ", "a picture showing ", "there is ", "")
 _GENERIC_NOUNS = ("shape", "object")
 
