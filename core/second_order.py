@@ -105,7 +105,7 @@ def value_weights(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
-def _check_layer(visual: nn.Module, layer: int) -> int:
+def check_layer(visual: nn.Module, layer: int) -> int:
     n_layers = len(visual.transformer.resblocks)
     check_index("layer", layer, n_layers)
     if layer == n_layers - 1:
@@ -125,7 +125,7 @@ def second_order_basis(visual: nn.Module, layer: int) -> SecondOrderBasis:
     Memory: d_mlp x (later layers x heads) x d_out floats (ViT-B-32, layer 9: 151 MB).
     """
     check_supported(visual)
-    _check_layer(visual, layer)
+    check_layer(visual, layer)
     key = (id(visual), layer) + tuple((p.data_ptr(), p._version) for p in visual.parameters())
     cached = _CACHE.get(key)
     if cached is not None:
@@ -284,7 +284,7 @@ def layer_second_order_path(
     all neurons (in either mode).
     """
     _check_mode(mode)
-    _check_layer(visual, layer)
+    check_layer(visual, layer)
     blocks = visual.transformer.resblocks
     post = trace.mlp_post.get(layer)
     if post is None:

@@ -142,6 +142,7 @@ def build_textspan_bases(
     batch_size: int = 32,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    writer: ArtifactWriter | None = None,
 ) -> TextSpanBuild:
     """Fit TextSpan for `heads` on the images at `paths`, writing each head's group as it is done.
 
@@ -155,11 +156,11 @@ def build_textspan_bases(
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     _check_sizes(bundle, len(paths), len(texts), per_head, rank, span, bases)
-    params = {"n_texts": per_head, "rank": (DEFAULT_RANK if rank is None else rank) if span == "data" else None,
-              "criterion": criterion, "span": span}
-    writer = ArtifactWriter(out, model=bundle.info.identity(), text_pool=text_pool_identity(texts, pool_name),
-                            image_set={"description": image_description, "count": len(paths)}, convention=convention,
-                            algorithms={"textspan": params}, overwrite=overwrite)
+    params = textspan_build_params(per_head, rank, criterion, span)
+    if writer is None:  # else: an open writer shared with other builds (python -m core bases build)
+        writer = ArtifactWriter(out, model=bundle.info.identity(), text_pool=text_pool_identity(texts, pool_name),
+                                image_set={"description": image_description, "count": len(paths)},
+                                convention=convention, algorithms={"textspan": params}, overwrite=overwrite)
     pending = [h for h in heads if not writer.has(group_name(h))]
     work_file = _work_file(bundle, paths, heads, convention)
     fitted, skipped = None, []
@@ -175,6 +176,12 @@ def build_textspan_bases(
     result = result_from_tensors(groups, params)
     writer.add_table(TABLE, table_rows(heads, result, texts))
     return TextSpanBuild(writer, heads, result, means["mean"], texts, pending, int(means["count"][0]), work_file, skipped)
+
+
+def textspan_build_params(per_head: int, rank: int | None, criterion: str, span: str) -> dict:
+    """The parameters a TextSpan build records in its manifest (equal parameters => resumable)."""
+    return {"n_texts": per_head, "rank": (DEFAULT_RANK if rank is None else rank) if span == "data" else None,
+            "criterion": criterion, "span": span}
 
 
 def finish_textspan_bases(build: TextSpanBuild, completeness: dict | None = None,

@@ -28,34 +28,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _classifier(bundle, classnames, templates: str, column: str | None):
-    from pathlib import Path
-
-    from core import world
-    from core.errors import ConfigError
-    from core.text import imagenet_classifier_texts, prompt_classifier, read_text_pool, zero_shot_classifier
-
-    if templates == "auto":
-        templates = "toy" if bundle.info.source == "toy" and column in world.ZERO_SHOT else "openai"
-    if templates == "toy":
-        task = world.ZERO_SHOT.get(column or "")
-        if task is None:
-            raise ConfigError(f"--templates toy needs --label-column one of {', '.join(world.ZERO_SHOT)}.")
-        by_label = {str(label): prompts for label, prompts in zip(task.labels, task.prompts())}
-        missing = [c for c in classnames if c not in by_label]
-        if missing:
-            raise ConfigError(f"classes {missing} are not values of the world's {column!r} attribute.")
-        return prompt_classifier(bundle, [by_label[c] for c in classnames]), f"world templates for {column!r}"
-    if templates == "openai":
-        return zero_shot_classifier(bundle, classnames, imagenet_classifier_texts()[1]), "80 OpenAI ImageNet templates"
-    if templates == "simple":
-        return zero_shot_classifier(bundle, classnames, ["a photo of a {}."]), "'a photo of a {}.'"
-    lines, _ = read_text_pool(Path(templates))
-    if not all("{}" in line for line in lines):
-        raise ConfigError(f"every template in {templates} must contain {{}}.")
-    return zero_shot_classifier(bundle, classnames, lines), f"{len(lines)} templates from {templates}"
-
-
 def _parse_heads(text: str | None) -> tuple[tuple[int, int], ...]:
     from core.errors import ConfigError
 
@@ -71,13 +43,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from core.ablation import Ablation, ablation_accuracies, component_means, standard_ablations
+    from core.commands.common import classifier_for
     from core.images import image_folder, labelled_from_csv
 
     folder = Path(args.images)
     labelled = (labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column
                 else image_folder(folder))
     bundle = load_model(args)
-    classifier, described = _classifier(bundle, labelled.classnames, args.templates, args.label_column)
+    classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     means_paths = labelled.paths if not args.means_from else None
     if args.means_from:
         from core.images import image_files

@@ -54,7 +54,31 @@ def _add_push(subparsers) -> None:
     parser.set_defaults(bases_func=_push)
 
 
-SUBCOMMANDS = [_add_verify, _add_info, _add_pull, _add_push]
+def _add_build(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build", help="compute the heads' TextSpan and the neurons' statistics into one bases artifact",
+        description="Run the heads (TextSpan) and neurons (second-order statistics, PCs, sparse decompositions) "
+        "precomputations on one image set and text pool, into one artifact. Resumable: run the same command "
+        "again after an interruption.")
+    parser.add_argument("--model", default=None, help="model spec (default: $CLIPSCOPE_MODEL or toy)")
+    parser.add_argument("--images", required=True,
+                        help="image folder, or world:N[:SEED] for N held-out generated world scenes")
+    parser.add_argument("--texts", required=True, help="text pool file (one text per line), or 'toy'")
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--layers", type=int, nargs="+", help="TextSpan: heads of these layers (default: last 4)")
+    parser.add_argument("--per-head", type=int, default=20, help="TextSpan texts per head (default 20)")
+    parser.add_argument("--rank", type=int, default=None, help="TextSpan span rank (default 80, capped by d_out)")
+    parser.add_argument("--neuron-layers", type=int, nargs="+",
+                        help="MLP layers for neuron bases (default: the 3 layers before the last, as the paper's 8-10)")
+    parser.add_argument("--k", type=int, default=100, help="top images per neuron (default 100)")
+    parser.add_argument("--terms", type=int, default=None, help="texts per neuron (default 128, at most d_out/4)")
+    parser.add_argument("--dictionary", default="normalise_texts", choices=("normalise_texts", "original"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true", help="replace bases of another build in --out")
+    parser.set_defaults(bases_func=_build)
+
+
+SUBCOMMANDS = [_add_build, _add_verify, _add_info, _add_pull, _add_push]
 
 
 def register(subparsers) -> None:
@@ -127,3 +151,67 @@ def _summary(artifact: Artifact) -> str:
               if (names := artifact.names(section))]
     lines += [f"metric {name}: {value:.6g}" for name, value in manifest.get("metrics", {}).items()]
     return "\n".join(lines)
+
+
+def _build(args: argparse.Namespace) -> int:
+    import sys
+
+    from core.bases import ArtifactWriter, text_pool_identity
+    from core.commands.common import load_model
+    from core.commands.neurons import _progress, _texts
+    from core.heads import default_heads, heads_of_layers
+    from core.neuron_bases import BuildOptions, neuron_build_params, write_neuron_groups
+    from core.neurons import default_terms
+    from core.textspan_bases import build_textspan_bases, finish_textspan_bases, textspan_build_params
+
+    bundle = load_model(args)
+    info = bundle.info
+    texts, pool_name, problems = _texts(args.texts)
+    if problems:
+        print(f"text pool {pool_name}: {len(problems)} lines skipped (e.g. {problems[0]})", file=sys.stderr)
+    image_set, paths = _build_images(args.images)
+    heads = heads_of_layers(info, args.layers) if args.layers else default_heads(info)
+    neuron_layers = args.neuron_layers or list(range(max(0, info.n_layers - 4), info.n_layers - 1))
+    rank = args.rank if args.rank is not None else min(80, info.d_out, len(paths))
+    options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, batch_size=args.batch_size)
+    n_terms = options.n_terms or default_terms(len(texts), info.d_out)
+    algorithms = {"textspan": textspan_build_params(args.per_head, rank, "std", "data"),
+                  "neurons": neuron_build_params(neuron_layers, n_terms, options, None)}
+    writer = ArtifactWriter(args.out, model=info.identity(), text_pool=text_pool_identity(texts, pool_name),
+                            image_set=image_set.identity(), convention="paper", algorithms=algorithms,
+                            overwrite=args.overwrite)
+    print(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
+          f"{image_set.description}, text pool {pool_name} ({len(texts)})", file=sys.stderr)
+    build = build_textspan_bases(bundle, paths, texts, heads, args.out, pool_name=pool_name,
+                                 image_description=image_set.description, per_head=args.per_head, rank=rank,
+                                 batch_size=args.batch_size, progress=_progress, writer=writer)
+    metrics = write_neuron_groups(bundle, writer, layers=neuron_layers, image_set=image_set, texts=texts,
+                                  n_terms=n_terms, options=options, progress=_progress,
+                                  log=lambda line: print(line, file=sys.stderr))
+    path = finish_textspan_bases(build, extra_metrics=metrics)
+    print(f"wrote {path} ({sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6:.1f} MB); "
+          f"check it with: python -m core bases verify {path}")
+    return 0
+
+
+def _build_images(value: str):
+    """(ImageSet, file paths): world scenes are rendered once into the cache so TextSpan can read them."""
+    from core.errors import ConfigError
+    from core.images import image_files
+    from core.neuron_bases import ImageSet
+    from core.text import cache_dir
+    from core.world import write_scenes
+
+    if not value.startswith("world:"):
+        image_set = ImageSet.folder(value)
+        return image_set, [Path(image_set.params["root"]) / name for name in image_set.params["files"]]
+    try:
+        n, *rest = (int(part) for part in value.split(":")[1:])
+    except ValueError as err:
+        raise ConfigError(f"--images world:N[:SEED] needs integers, got {value!r}") from err
+    seed = rest[0] if rest else 0
+    image_set = ImageSet.world(n, seed=seed, split="heldout")
+    folder = cache_dir() / "world-scenes" / f"heldout-n{n}-seed{seed}-v{image_set.params['world_version']}"
+    if not (folder / "labels.csv").is_file():
+        write_scenes(folder, n, seed, split="heldout", overwrite=True)
+    return image_set, image_files(folder / "images")

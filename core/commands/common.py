@@ -40,3 +40,32 @@ def print_json(obj: Any) -> None:
 
 def model_line(info) -> str:
     return f"model: {info.display_name}" + ("" if info.display_name == info.spec else f" [{info.spec}]")
+
+
+def classifier_for(bundle, classnames, templates: str, column: str | None):
+    """A zero-shot classifier for `classnames` from a --templates choice; returns (classifier, description)."""
+    from pathlib import Path
+
+    from core import world
+    from core.errors import ConfigError
+    from core.text import imagenet_classifier_texts, prompt_classifier, read_text_pool, zero_shot_classifier
+
+    if templates == "auto":
+        templates = "toy" if bundle.info.source == "toy" and column in world.ZERO_SHOT else "openai"
+    if templates == "toy":
+        task = world.ZERO_SHOT.get(column or "")
+        if task is None:
+            raise ConfigError(f"--templates toy needs --label-column one of {', '.join(world.ZERO_SHOT)}.")
+        by_label = {str(label): prompts for label, prompts in zip(task.labels, task.prompts())}
+        missing = [c for c in classnames if c not in by_label]
+        if missing:
+            raise ConfigError(f"classes {missing} are not values of the world's {column!r} attribute.")
+        return prompt_classifier(bundle, [by_label[c] for c in classnames]), f"world templates for {column!r}"
+    if templates == "openai":
+        return zero_shot_classifier(bundle, classnames, imagenet_classifier_texts()[1]), "80 OpenAI ImageNet templates"
+    if templates == "simple":
+        return zero_shot_classifier(bundle, classnames, ["a photo of a {}."]), "'a photo of a {}.'"
+    lines, _ = read_text_pool(Path(templates))
+    if not all("{}" in line for line in lines):
+        raise ConfigError(f"every template in {templates} must contain {{}}.")
+    return zero_shot_classifier(bundle, classnames, lines), f"{len(lines)} templates from {templates}"

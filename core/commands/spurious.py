@@ -57,7 +57,7 @@ def _head_set(value: str, info):
 
 def run(args) -> int:
     from core.ablation import component_means
-    from core.commands.ablate import _classifier
+    from core.commands.common import classifier_for
     from core.images import image_files
     from core.spurious import describe_heads, grouped_folder, spurious_report
 
@@ -65,7 +65,7 @@ def run(args) -> int:
     grouped = grouped_folder(args.images, classnames=classnames, split=args.split)
     bundle = load_model(args)
     heads, provenance = _head_set(args.heads, bundle.info)
-    classifier, described = _classifier(bundle, grouped.classnames, args.templates, None)
+    classifier, described = classifier_for(bundle, grouped.classnames, args.templates, None)
     reference = image_files(args.means_from) if args.means_from else grouped.paths
     means_description = (f"{args.means_from} ({len(reference)} images)" if args.means_from
                          else f"the evaluated set itself ({len(reference)} images)")

@@ -121,13 +121,13 @@ def run(args) -> int:
 def _completeness(args, bundle, build) -> dict:
     from pathlib import Path
 
-    from core.commands.ablate import _classifier
+    from core.commands.common import classifier_for
     from core.completeness import completeness_on_folder
     from core.images import image_folder, labelled_from_csv
 
     folder = Path(args.evaluate)
     labelled = labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column else image_folder(folder)
-    classifier, described = _classifier(bundle, labelled.classnames, args.templates, args.label_column)
+    classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     ms = sorted({m for m in args.m if m <= args.per_head})
     if len(ms) < len(set(args.m)):
         import sys
