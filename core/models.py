@@ -92,7 +92,8 @@ class ModelInfo:
         return {
             "spec": self.spec,
             "arch": self.arch,
-            "pretrained": self.pretrained if self.source != "file" else Path(self.pretrained).name,
+            # a local file is identified by its name and hash, not by where this checkout happens to be
+            "pretrained": Path(self.pretrained).name if self.source in ("file", "toy") else self.pretrained,
             "weights_sha256": self.weights_sha256,
             "random_init": self.random_init,
             "open_clip_version": self.open_clip_version,
@@ -187,7 +188,8 @@ def _create(arch: str, pretrained: str, source: str, device: torch.device):
     try:
         with _offline_if_hub_unreachable(source):
             return _factory(arch, pretrained, source, kwargs)
-    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as err:
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, AssertionError) as err:
+        # open_clip asserts on some shape mismatches of a foreign checkpoint
         raise _weights_error(arch, pretrained, source, err) from err
     except Exception as err:  # safetensors raises its own SafetensorError; pickle loaders raise others
         if type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):

@@ -59,3 +59,22 @@ def test_decomposition_tab_end_to_end(app_url, scene_png):
             " return img && img.src !== old && img.naturalWidth > 100; }", arg=before, timeout=30_000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "decomposition-tab.png"), full_page=True)
+
+
+def test_heads_and_neurons_tabs_answer_from_the_shipped_bases(app_url):
+    """On a fresh checkout with no network, the explorers answer at once from the toy model's shipped bases."""
+    with browser_page() as page:
+        page.goto(app_url)
+        page.get_by_role("tab", name="Heads").click()
+        page.click("#heads-show")
+        page.locator("#heads-info").get_by_text("TextSpan from bases").wait_for(timeout=60_000)
+        assert "toy" in page.locator("#heads-info").inner_text()
+        page.wait_for_function("document.querySelector('#heads-texts').innerText.split('\\n').length > 15",
+                               timeout=30_000)
+        page.get_by_role("tab", name="Neurons").click()
+        page.locator("#neurons-status").get_by_text("Loaded bases").wait_for(timeout=60_000)
+        page.click("#neurons-show")
+        page.locator("#neurons-neuron-info").get_by_text("threshold").wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelector('#neurons-terms').innerText.split('\\n').length > 6",
+                               timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "neurons-tab-toy-bases.png"), full_page=True)

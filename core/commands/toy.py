@@ -51,12 +51,13 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError("--steps must be >= 1 and --batch-size >= 2.")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup=min(args.warmup, args.steps), threads=args.threads)
-    summary = train_toy(out, config, log=print, log_every=args.log_every)
+    summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
+                        save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
     if args.no_card:
         return 0
     bundle = load_clip(f"{TOY_ARCH}/{out}")
-    command = "python -m core toy train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    command = " ".join(["python -m core toy train", *(shlex.quote(a) for a in sys.argv[3:])])
     machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {args.threads}"
     card = build_card(bundle, summary, config, command, machine)
     path = write_model_card(out.parent, card)
@@ -73,13 +74,14 @@ def _register_train(toy_subparsers) -> None:
                                        "and write MODEL_CARD.md and card.json next to the weights.")
     parser.add_argument("--out", default=str(TOY_WEIGHTS), help=f"weights file (default: {TOY_WEIGHTS})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the model card")
     parser.set_defaults(func=_run_train)
 

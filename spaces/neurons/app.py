@@ -63,10 +63,10 @@ def load_bases(spec: str, source: str, layer: float | None):
     return basis, _status(basis, f"{note}Loaded bases from `{artifact.path}` (layers {layers}). ")
 
 
-def try_default_bases(spec: str):
+def try_default_bases(spec: str, layer: float | None):
     """On page load: the configured bases if there are any, else say how to get statistics."""
     try:
-        return load_bases(spec, "", None)
+        return load_bases(spec, "", layer)
     except gr.Error as err:
         return None, f"No neuron bases loaded ({err.message}). Compute statistics below."
 
@@ -233,7 +233,7 @@ def build() -> gr.Blocks:
             find = gr.Button("Search neurons", elem_id="neurons-search-run")
         search_info = gr.Markdown()
         hits = gr.Dataframe(label="Neurons by cosine(PC, text)", elem_id="neurons-search-table")
-        demo.load(try_default_bases, [model], [basis, status], api_visibility="private")
+        demo.load(try_default_bases, [model, layer], [basis, status], api_visibility="private")
         load.click(load_bases, [model, source, layer], [basis, status], api_name="load_bases")
         compute.click(compute_bases, [model, layer, image_source, n_scenes, folder, pool, k, dictionary],
                       [basis, status], api_name="compute_bases")
