@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from core.bases import ArtifactWriter, load_artifact, text_pool_identity
-from core.neuron_bases import ImageSet, load_neuron_basis, neuron_build_params, BuildOptions
+from core.neuron_bases import (STORED_FLOAT, TABLE_TERMS, BuildOptions, ImageSet, _stats_to_store, _words_to_store,
+                               load_neuron_basis, neuron_build_params)
 from core.neuron_stats import NeuronStats
 from core.neurons import NeuronTexts
 from core.textspan import text_span
@@ -67,12 +68,12 @@ def synthetic_vit_b16(out: Path) -> Path:
         stats = NeuronStats(layer, torch.randn(n, 512), torch.nn.functional.normalize(torch.randn(n, 512), dim=-1),
                             torch.rand(n), torch.randint(0, 2000, (n, 100)), torch.rand(n, 100), torch.rand(n), 2000)
         codes = NeuronTexts(torch.randint(0, 30000, (n, 128)), torch.randn(n, 128), torch.rand(n), "normalise_texts")
-        writer.add_tensors(f"neuron_means_L{layer}", {"mean": stats.mean, "count": torch.tensor(2000)})
-        writer.add_tensors(f"neurons_L{layer}", stats.tensors())
-        writer.add_tensors(f"sparse_L{layer}", codes.tensors())
+        writer.add_tensors(f"neuron_means_L{layer}", {"mean": stats.mean.to(STORED_FLOAT), "count": torch.tensor(2000)})
+        writer.add_tensors(f"neurons_L{layer}", _stats_to_store(stats))
+        writer.add_tensors(f"sparse_L{layer}", _words_to_store(codes))
         for neuron in range(n):
             rows += [{"layer": layer, "neuron": neuron, "rank": rank, "text": text, "weight": float(weight)}
-                     for rank, (text, weight) in enumerate(codes.terms(neuron, words))]
+                     for rank, (text, weight) in enumerate(codes.terms(neuron, words)[:TABLE_TERMS])]
     writer.add_table("neuron_terms", rows)
     return writer.finalize()
 

@@ -3,10 +3,10 @@
 One artifact folder (format: `core.bases`) per model, image set and text pool holds, per layer L:
 
     tensors/neuron_means_L{L}   mean (pass 1: kept when a build is interrupted later)
-    tensors/neurons_L{L}        mean, pcs, thresholds, top_images, top_norms, pc_variance
+    tensors/neurons_L{L}        pcs, thresholds, top_images, top_norms, pc_variance (mean: neuron_means_L{L})
     tensors/sparse_L{L}         indices, coefficients, reconstruction_cosine
 and
-    tables/neuron_terms         rows (layer, neuron, rank, text, weight), by |weight| per neuron
+    tables/neuron_terms         rows (layer, neuron, rank, text, weight), the top TABLE_TERMS by |weight| per neuron
     tables/neuron_ablation      rows (layer, ablation, accuracy, ...) when an evaluation set was given
     extra/texts                 the text pool (checked against the manifest's sha256 on load)
     extra/image_set             which images the statistics come from (world scenes or files)
@@ -159,11 +159,10 @@ def load_neuron_basis(artifact: Artifact, layer: int) -> NeuronBasis:
     texts = artifact.json("texts")
     check_text_pool(artifact, texts)
     image_set = ImageSet.from_record(artifact.json("image_set"))
-    stats = stats_from_tensors(layer, artifact.tensors(f"neurons_L{layer}"), n_images=image_set.count,
-                               mode=params["mode"], coefficient=params["coefficient"])
-    sparse = artifact.tensors(f"sparse_L{layer}")
-    words = NeuronTexts(sparse["indices"], sparse["coefficients"], sparse["reconstruction_cosine"],
-                        params["dictionary"])
+    stats = _stats_from_store(layer, artifact.tensors(f"neurons_L{layer}"),
+                              artifact.tensors(f"neuron_means_L{layer}")["mean"], n_images=image_set.count,
+                              mode=params["mode"], coefficient=params["coefficient"])
+    words = _words_from_store(artifact.tensors(f"sparse_L{layer}"), params["dictionary"])
     provenance = {"model": artifact.manifest["model"]["spec"], "random_init": artifact.manifest["model"]["random_init"],
                   "layer": layer, "image_set": image_set.description,
                   "text_pool": artifact.manifest["text_pool"]["name"], "text_count": len(texts),
@@ -263,6 +262,32 @@ def write_neuron_groups(
     return metrics
 
 
+# Stored compactly (ViT-B-16-scale bases stay under 50 MB): directions and means in float16, ids in int32;
+# the mean lives only in the pass-1 group neuron_means_L{layer}.
+STORED_FLOAT = torch.float16
+TABLE_TERMS = 16  # terms per neuron in the viewer table; the tensors keep all of them
+
+
+def _stats_to_store(stats: NeuronStats) -> dict[str, torch.Tensor]:
+    tensors = stats.tensors()
+    tensors.pop("mean")
+    return {name: value.to(STORED_FLOAT if name in ("pcs", "top_norms") else
+                           torch.int32 if name == "top_images" else value.dtype) for name, value in tensors.items()}
+
+
+def _stats_from_store(layer: int, stored: dict[str, torch.Tensor], mean: torch.Tensor, **kwargs) -> NeuronStats:
+    tensors = {name: value.long() if name == "top_images" else value.float() for name, value in stored.items()}
+    return stats_from_tensors(layer, {**tensors, "mean": mean.float()}, **kwargs)
+
+
+def _words_to_store(words: NeuronTexts) -> dict[str, torch.Tensor]:
+    return {**words.tensors(), "indices": words.indices.to(torch.int32)}
+
+
+def _words_from_store(stored: dict[str, torch.Tensor], dictionary: str) -> NeuronTexts:
+    return NeuronTexts(stored["indices"].long(), stored["coefficients"], stored["reconstruction_cosine"], dictionary)
+
+
 def _write_once(writer: ArtifactWriter, name: str, write: Callable[[], None]) -> None:
     if not writer.has(name):
         write()
@@ -281,28 +306,26 @@ def _build_layer(bundle, writer, layer, image_set, embeddings, n_terms, options,
     means_group, stats_group, sparse_group = f"neuron_means_L{layer}", f"neurons_L{layer}", f"sparse_L{layer}"
     if writer.has(means_group):
         stored = _read_tensors(writer, means_group)
-        mean, count = stored["mean"], int(stored["count"])
+        mean, count = stored["mean"].float(), int(stored["count"])
         log(f"layer {layer}: means read back from an earlier run ({count} images)")
     else:
         mean, count = neuron_means(visual, layer, batches(), **common)
-        writer.add_tensors(means_group, {"mean": mean, "count": torch.tensor(count)})
+        writer.add_tensors(means_group, {"mean": mean.to(STORED_FLOAT), "count": torch.tensor(count)})
+        mean = mean.to(STORED_FLOAT).float()  # pass 2 uses what is stored, so a resumed build is identical
     for problem in skipped[:3]:
         log(f"skipped: {problem}")
-    if writer.has(stats_group):
-        stats = stats_from_tensors(layer, _read_tensors(writer, stats_group), n_images=count, mode=options.mode,
-                                   coefficient=options.coefficient)
-    else:
+    if not writer.has(stats_group):
         dtype = torch.float16 if options.half else torch.float32
         stats = neuron_top_deviations(visual, layer, batches(), mean.to(bundle.device), count, k=options.k,
                                       store_dtype=dtype, **common)
-        writer.add_tensors(stats_group, stats.tensors())
-    if writer.has(sparse_group):
-        stored = _read_tensors(writer, sparse_group)
-        words = NeuronTexts(stored["indices"], stored["coefficients"], stored["reconstruction_cosine"], options.dictionary)
-    else:
+        writer.add_tensors(stats_group, _stats_to_store(stats))
+    stats = _stats_from_store(layer, _read_tensors(writer, stats_group), mean, n_images=count, mode=options.mode,
+                              coefficient=options.coefficient)
+    if not writer.has(sparse_group):
         words = decompose_neurons(stats.pcs.cpu(), embeddings.cpu(), n_terms=n_terms,
                                   dictionary_mode=options.dictionary, progress=progress)
-        writer.add_tensors(sparse_group, words.tensors())
+        writer.add_tensors(sparse_group, _words_to_store(words))
+    words = _words_from_store(_read_tensors(writer, sparse_group), options.dictionary)
     return stats, words
 
 
@@ -340,11 +363,10 @@ def _ablation_rows(writer: ArtifactWriter, layers: list[int]) -> list[dict]:
 def _terms_rows(writer: ArtifactWriter, layers: list[int], texts: list[str]) -> list[dict]:
     rows = []
     for layer in layers:
-        stored = _read_tensors(writer, f"sparse_L{layer}")
-        words = NeuronTexts(stored["indices"], stored["coefficients"], stored["reconstruction_cosine"], "")
+        words = _words_from_store(_read_tensors(writer, f"sparse_L{layer}"), "")
         for neuron in range(len(words.indices)):
             rows += [{"layer": layer, "neuron": neuron, "rank": rank, "text": text, "weight": float(weight)}
-                     for rank, (text, weight) in enumerate(words.terms(neuron, texts))]
+                     for rank, (text, weight) in enumerate(words.terms(neuron, texts)[:TABLE_TERMS])]
     return rows
 
 

@@ -48,7 +48,9 @@ def test_neurons_artifact_verifies_and_matches_the_engine(bases):
     images = ImageSet.world(40, seed=0)
     stats = neuron_stats(bundle.model.visual, 1, lambda: images.batches(bundle.preprocess, 16), k=8)
     assert torch.equal(basis.stats.top_images, stats.top_images)
-    torch.testing.assert_close(basis.stats.pcs, stats.pcs)
+    # directions and means are stored in float16 (bases stay small): equal to the engine within its precision
+    torch.testing.assert_close(basis.stats.pcs, stats.pcs, atol=2e-3, rtol=0)
+    torch.testing.assert_close(basis.stats.mean, stats.mean, atol=2e-3, rtol=1e-3)
     assert basis.stats.mean.shape == (bundle.info.d_mlp, bundle.info.d_out)
     rows = artifact.table("neuron_terms")
     assert {row["layer"] for row in rows} == {0, 1} and len(rows) == 2 * bundle.info.d_mlp * 6
