@@ -45,10 +45,11 @@ def heat_grid(
     values = np.asarray(matrix, dtype=np.float64)
     rows, cols = values.shape
     margin_left, margin_top = 70, 46 if title else 28
-    width, height = margin_left + cols * cell + 10, margin_top + rows * cell + 10
+    font, small = _font(12), _font(9)
+    title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 12 if title else 0
+    width, height = max(margin_left + cols * cell + 10, title_width), margin_top + rows * cell + 10
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    font, small = _font(12), _font(9)
     if title:
         draw.text((6, 4), title, fill="black", font=font)
     colours = diverging_colours(values)
@@ -60,7 +61,9 @@ def heat_grid(
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=tuple(int(v) for v in colours[r, c]))
             if cell >= 28:
                 text_colour = "white" if abs(values[r, c]) > 0.6 * limit else "black"
-                draw.text((x0 + 2, y0 + cell // 3), f"{values[r, c] * 100:+.1f}"[:5], fill=text_colour, font=small)
+                scaled = values[r, c] * 100
+                label = f"{scaled:+.1f}" if abs(scaled) < 100 else f"{scaled:+.0f}"
+                draw.text((x0 + 2, y0 + cell // 3), label, fill=text_colour, font=small)
     for c in range(cols):
         draw.text((margin_left + c * cell + 4, margin_top - 14), f"{col_label[0]}{c}", fill="black", font=small)
     return canvas
