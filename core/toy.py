@@ -265,10 +265,8 @@ def _targets_text(accuracy: dict[str, float]) -> str:
         lines.append(f"- {name}: target {100 * target:.0f}%, measured {100 * accuracy[name]:.1f}%: {verdict}")
     missed = [name for name, target in TARGETS.items() if accuracy[name] < target]
     if missed:
-        lines.append(f"\nThe {' and '.join(missed)} targets are not met: with this recipe the model learns colour, "
-                     "background, count and size (global statistics of the image) but not yet the spatial "
-                     "configuration that shape and position need; its text side maps those words to almost the "
-                     "same embedding. Semantic tests of the suite therefore use the attributes it does know.")
+        lines.append(f"\nNot met with this recipe: {', '.join(missed)}. The suite's semantic tests use the attributes "
+                     "the model knows; the words of the missed attributes sit close together on its text side.")
     return "\n".join(lines)
 
 

@@ -285,7 +285,7 @@ def _names(words: list[str], labels: dict) -> bool:
 def test_concepts_on_the_toy_model_name_the_scene():
     """Concept discovery with the shipped toy bases names the scene's colour or background among its top-10
     words for most held-out scenes, far more often than the same words name another scene's (control).
-    The toy model learned colour, background and count, not shape (see its model card)."""
+    The toy model knows colour, background, position and count, not shape (see its model card)."""
     from core.concepts import image_concepts
     from core.neuron_bases import find_neuron_bases, load_neuron_basis
     from core.world import heldout_scenes
@@ -301,4 +301,4 @@ def test_concepts_on_the_toy_model_name_the_scene():
 
 
 # Measured on the shipped toy model and bases (see the closing note); asserted a little below.
-TOY_LAYER, TOY_SCENES, TOY_MIN_RATE, TOY_MIN_MARGIN = 2, 200, 0.75, 0.05  # measured: 0.845 vs 0.745
+TOY_LAYER, TOY_SCENES, TOY_MIN_RATE, TOY_MIN_MARGIN = 2, 200, 0.55, 0.08  # measured: 0.61 vs 0.455
