@@ -33,3 +33,16 @@ def random_pixels(bundle, batch: int = 2, seed: int = 0) -> torch.Tensor:
     size = bundle.info.image_size
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def scene_png(tmp_path_factory):
+    """A held-out world scene saved as a PNG file (what a user would upload)."""
+    from PIL import Image
+
+    from core.world import render, sample_scenes
+
+    image, _ = render(sample_scenes(1, seed=11, split="heldout")[0])
+    path = tmp_path_factory.mktemp("upload") / "scene.png"
+    Image.fromarray(image).save(path)
+    return path

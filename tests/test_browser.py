@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from core.world import render, sample_scenes
 from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
@@ -20,14 +18,6 @@ def app_url():
     env = {"CLIPSCOPE_MODEL": spec, "CLIPSCOPE_MODEL_CONFIGS": str(ROOT / "tests" / "model_configs")}
     with app_server(ROOT / "app.py", env) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def scene_png(tmp_path_factory):
-    image, _ = render(sample_scenes(1, seed=11, split="heldout")[0])
-    path = tmp_path_factory.mktemp("upload") / "scene.png"
-    Image.fromarray(image).save(path)
-    return path
 
 
 def test_decomposition_tab_end_to_end(app_url, scene_png):

@@ -7,21 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from core.cli import main
-from core.world import render, sample_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "CLIPSCOPE_MODEL_CONFIGS": str(ROOT / "tests" / "model_configs"), "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
-def scene_png(tmp_path_factory):
-    image, _ = render(sample_scenes(1, seed=4, split="heldout")[0])
-    path = tmp_path_factory.mktemp("img") / "scene.png"
-    Image.fromarray(image).save(path)
-    return path
 
 
 def test_decompose_json_schema(scene_png):

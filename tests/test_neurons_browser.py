@@ -7,9 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from core.world import render, sample_scenes
 from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
@@ -22,14 +20,6 @@ def app_url(tmp_path_factory):
            "CLIPSCOPE_CACHE": str(tmp_path_factory.mktemp("cache"))}
     with app_server(ROOT / "spaces" / "neurons" / "app.py", env) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def scene_png(tmp_path_factory):
-    image, _ = render(sample_scenes(1, seed=12, split="heldout")[0])
-    path = tmp_path_factory.mktemp("upload") / "scene.png"
-    Image.fromarray(image).save(path)
-    return path
 
 
 def _fill(page, element: str, value: str) -> None:

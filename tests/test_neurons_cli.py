@@ -14,17 +14,9 @@ from core.models import load_clip
 from core.neuron_bases import BuildOptions, ImageSet, build_neuron_bases, load_neuron_basis
 from core.neuron_stats import neuron_stats
 from core.neurons import image_effects
-from core.world import load_toy_texts, render, sample_scenes, write_scenes
+from core.world import load_toy_texts, write_scenes
 
 MODEL = "Tiny-ViT/none"
-
-
-@pytest.fixture(scope="module")
-def scene_png(tmp_path_factory):
-    image, _ = render(sample_scenes(1, seed=8, split="heldout")[0])
-    path = tmp_path_factory.mktemp("img") / "scene.png"
-    Image.fromarray(image).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
