@@ -48,7 +48,7 @@ BACKGROUNDS = tuple(PLAIN_BACKGROUNDS) + TEXTURE_BACKGROUNDS
 COUNTS = (1, 2)
 SPLITS = ("train", "heldout")
 # Bumped whenever rendering or captions change: the toy model and its bases record it.
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: pairs are sometimes captioned with singular shape words
 MIN_IMAGE_SIZE = 32
 
 # Muted gray tones for the textures; like the plain colours, none equals an object colour.
@@ -286,6 +286,7 @@ def render_batch(scenes: list[Scene], image_size: int = 64) -> tuple[np.ndarray,
 _MENTION_PROBABILITY = {"shape": 0.85, "colour": 0.6, "size": 0.4, "count": 0.4, "position": 0.75, "background": 0.3}
 _PREFIXES = ("a photo of ", "an image of ", "a picture showing ", "there is ", "")
 _GENERIC_NOUNS = ("shape", "object")
+_PAIR_PROBABILITY = 0.35
 
 
 def position_phrase(position: str, of_image: bool = False) -> str:
@@ -301,9 +302,10 @@ def with_article(text: str) -> str:
     return ("an " if text[:1] in "aeiou" else "a ") + text
 
 
-def _mentions(scene: Scene, rng: np.random.Generator) -> list[str]:
+def _mentions(scene: Scene, rng: np.random.Generator, always: tuple[str, ...] = ()) -> list[str]:
     available = [a for a in _MENTION_PROBABILITY if not (a == "position" and scene.count > 1)]
-    chosen = [a for a in available if rng.random() < _MENTION_PROBABILITY[a]]
+    # Draw for every attribute even when some are forced, so `always` never shifts the rng stream.
+    chosen = [a for a in available if rng.random() < _MENTION_PROBABILITY[a] or a in always]
     return chosen or [available[rng.integers(len(available))]]
 
 
@@ -316,6 +318,11 @@ def _object_phrase(scene: Scene, mentioned: list[str], rng: np.random.Generator)
     adjectives = [value for attribute, value in (("size", scene.size), ("colour", scene.colour))
                   if attribute in mentioned]
     words = " ".join(adjectives + [noun])
+    if plural and "shape" in mentioned and rng.random() < _PAIR_PROBABILITY:
+        # "a red circle and another red circle": singular shape words name pairs too. Without it the
+        # text side learns "circle" and "circles" as unrelated words, and singular prompts misread pairs.
+        single = " ".join(adjectives + [scene.shape])
+        return f"{with_article(single)} and another {single}"
     if "count" in mentioned:
         return ("two " if plural else "one ") + words
     if plural:
@@ -325,15 +332,23 @@ def _object_phrase(scene: Scene, mentioned: list[str], rng: np.random.Generator)
     return with_article(words)
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
+def caption(scene: Scene, rng: np.random.Generator, *, always: Iterable[str] = (), only: bool = False) -> str:
     """A caption naming a random non-empty subset of the scene's attributes; deterministic given rng state.
 
     Position is named only for single objects; two objects are always plural ("two blue squares",
     "blue squares"). Example: "a photo of a large red circle at the top left on a striped background".
+    always: attributes named whatever the draw (training names "shape" in groups of scenes that
+    differ only in shape); the other attributes are drawn as usual, or not named at all if `only`.
     """
     if not isinstance(rng, np.random.Generator):
         raise ConfigError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-    mentioned = _mentions(scene, rng)
+    always = (always,) if isinstance(always, str) else tuple(always)
+    always = _check_names("attribute", always, _MENTION_PROBABILITY) if always else ()
+    if only and not always:
+        raise ConfigError("only=True needs the attributes to name in `always`")
+    mentioned = _mentions(scene, rng, always)
+    if only:
+        mentioned = [a for a in mentioned if a in always]
     prefix = _PREFIXES[rng.integers(len(_PREFIXES))]
     if mentioned == ["background"]:
         return prefix + with_article(f"{scene.background} background")
@@ -342,7 +357,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         parts.append(position_phrase(scene.position, of_image=bool(rng.random() < 0.3)))
     if "background" in mentioned:
         parts.append(background_phrase(scene.background))
-    if prefix == "there is " and scene.count > 1:
+    if prefix == "there is " and scene.count > 1 and " and another " not in parts[0]:
         prefix = "there are "
     return prefix + " ".join(parts)
 
@@ -372,7 +387,8 @@ class ZeroShotTask:
 
     def prompts(self) -> tuple[tuple[str, ...], ...]:
         """Texts [class][template], each template filled with the class name and made grammatical."""
-        return tuple(tuple(_agree(t.format(name)) for t in self.templates) for name in self.classnames)
+        return tuple(tuple(_agree(t.format(name, plural=SHAPE_PLURALS.get(name, name))) for t in self.templates)
+                     for name in self.classnames)
 
     def applies_to(self, labels: dict) -> bool:
         """Whether a scene (given by its `labels()`) is part of this task's evaluation."""
@@ -380,8 +396,10 @@ class ZeroShotTask:
 
 
 ZERO_SHOT: dict[str, ZeroShotTask] = {
+    # Singular and plural templates: a scene holds one or two objects.
     "shape": ZeroShotTask("shape", SHAPES, SHAPES, (
-        "a photo of a {}.", "a {}.", "an image of a {}.", "a picture showing a {}.", "there is a {}.")),
+        "a photo of a {}.", "a {}.", "an image of a {}.", "a picture showing a {}.", "there is a {}.",
+        "a photo of {plural}.", "an image of {plural}.", "a picture showing {plural}.")),
     "colour": ZeroShotTask("colour", tuple(COLOURS), tuple(COLOURS), (
         "a photo of a {} object.", "a {} shape.", "an image of a {} object.", "there is a {} shape.",
         "a picture showing {} objects.")),

@@ -209,8 +209,9 @@ def test_caption_words_agree_with_scene_labels(scenes):
     for scene, text in zip(scenes, captions_for(scenes, seed=3)):
         words, _ = _mentioned(text)
         plural = scene.count == 2
+        pair = re.fullmatch(r"(?:[a-z ]+ )?an? ([a-z ]+) and another \1( on a \w+ background)?", text)
         for shape in SHAPES:
-            assert (shape in words) <= (shape == scene.shape and not plural), text
+            assert (shape in words) <= (shape == scene.shape and (not plural or pair is not None)), text
             assert (SHAPE_PLURALS[shape] in words) <= (shape == scene.shape and plural), text
         assert all(c == scene.colour for c in COLOURS if c in words), text
         assert all(z == scene.size for z in SIZES if z in words), text
@@ -225,8 +226,26 @@ def test_caption_words_agree_with_scene_labels(scenes):
             assert not {"top", "bottom", "left", "right", "center"} & set(words), text
 
 
+def test_pairs_are_sometimes_named_with_singular_shape_words(scenes):
+    pairs = [text for scene, text in zip(scenes, captions_for(scenes, seed=5)) if scene.count == 2]
+    paired = [text for text in pairs if " and another " in text]
+    assert 0.1 * len(pairs) < len(paired) < 0.5 * len(pairs)
+    assert not [text for text in paired if re.search(r"\b(two|are|one)\b", text)]
+
+
 def test_caption_is_deterministic_given_rng_state(scenes):
     assert captions_for(scenes[:30], seed=9) == captions_for(scenes[:30], seed=9)
+
+
+def test_always_named_attributes_are_named_and_others_still_vary(scenes):
+    rng = np.random.default_rng(4)
+    texts = [caption(scene, rng, always="shape") for scene in scenes]
+    mentions = [_mentioned(text)[1] for text in texts]
+    assert all(m["shape"] for m in mentions)
+    assert 0 < sum(m["colour"] for m in mentions) < len(mentions)
+    rng = np.random.default_rng(4)
+    both = [_mentioned(caption(scene, rng, always=("shape", "background")))[1] for scene in scenes]
+    assert all(m["shape"] and m["background"] for m in both)
 
 
 # ----------------------------------------------------------------------------- zero-shot spec and text pool
@@ -240,7 +259,7 @@ def test_zero_shot_spec_covers_every_attribute_value():
     for name, task in ZERO_SHOT.items():
         assert task.attribute == name and tuple(task.labels) == values[name]
         assert len(task.classnames) == len(task.labels) == len(set(task.classnames))
-        assert len(task.templates) >= 3 and all(t.count("{}") == 1 for t in task.templates)
+        assert len(task.templates) >= 3 and all(t.count("{}") + t.count("{plural}") == 1 for t in task.templates)
         prompts = task.prompts()
         assert len(prompts) == len(task.classnames) and all(len(p) == len(task.templates) for p in prompts)
         assert all(name_ in text for name_, texts in zip(task.classnames, prompts) for text in texts)
@@ -301,6 +320,8 @@ def _scene():
     (lambda: Scene("circle", "red", "large", (2,), "gray", ((1.5, 0.0),)), "jitter"),
     (lambda: Scene("oval", "red", "large", (2,), "gray"), "circle"),
     (lambda: caption(_scene(), 0), "Generator"),
+    (lambda: caption(_scene(), np.random.default_rng(0), always=("hue",)), "unknown attribute 'hue'"),
+    (lambda: caption(_scene(), np.random.default_rng(0), only=True), "only=True needs"),
 ])
 def test_bad_parameters_raise_config_error(call, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -42,7 +42,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from core.errors import ConfigError
     from core.models import load_clip
     from core.paths import TOY_ARCH
-    from core.toy import TrainConfig, build_card, train_toy, write_model_card
+    from core.toy import TrainConfig, build_card, train_toy, training_scenes, write_model_card
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -50,7 +50,10 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 2:
         raise ConfigError("--steps must be >= 1 and --batch-size >= 2.")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup=min(args.warmup, args.steps), threads=args.threads)
+                         warmup=min(args.warmup, args.steps), threads=args.threads,
+                         shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
+                         shape_only_group=args.shape_only_group)
+    training_scenes(config, 0)  # checks the groups fit before any work
     summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
                         save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
@@ -68,18 +71,29 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _register_train(toy_subparsers) -> None:
     from core.paths import TOY_WEIGHTS
+    from core.toy import TrainConfig
+
+    recipe = TrainConfig()  # the shipped recipe
 
     parser = toy_subparsers.add_parser("train", help="retrain the toy CLIP from scratch and write its model card",
                                        description="Train the toy CLIP on the generated world (CPU), then evaluate it "
                                        "and write MODEL_CARD.md and card.json next to the weights.")
     parser.add_argument("--out", default=str(TOY_WEIGHTS), help=f"weights file (default: {TOY_WEIGHTS})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--steps", type=int, default=recipe.steps)
+    parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
+    parser.add_argument("--lr", type=float, default=recipe.lr)
+    parser.add_argument("--warmup", type=int, default=recipe.warmup)
+    parser.add_argument("--seed", type=int, default=recipe.seed)
+    parser.add_argument("--shape-groups", type=int, default=recipe.shape_groups,
+                        help=f"groups per batch of scenes that differ only in shape (default {recipe.shape_groups}; 0: none)")
+    parser.add_argument("--position-groups", type=int, default=recipe.position_groups,
+                        help=f"groups per batch of single objects that differ only in position (default {recipe.position_groups})")
+    parser.add_argument("--group-size", type=int, default=recipe.group_size,
+                        help=f"scenes per group, 2..5 (default {recipe.group_size})")
+    parser.add_argument("--no-shape-only-group", dest="shape_only_group", action="store_false",
+                        help="leave out the group of five scenes captioned by their shape alone")
+    parser.add_argument("--threads", type=int, default=recipe.threads, help=f"torch CPU threads (default {recipe.threads})")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the model card")
