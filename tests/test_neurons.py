@@ -277,7 +277,7 @@ def test_activation_map_is_the_neurons_patch_activations(tiny):
 
 
 def _names(words: list[str], labels: dict) -> bool:
-    """Whether any of the words names the scene's colour or background (what the toy model knows)."""
+    """Whether any of the words names the scene's colour or background."""
     pattern = rf"\b({labels['colour']}|{labels['background']})\b"
     return any(re.search(pattern, word) for word in words)
 
@@ -285,7 +285,8 @@ def _names(words: list[str], labels: dict) -> bool:
 def test_concepts_on_the_toy_model_name_the_scene():
     """Concept discovery with the shipped toy bases names the scene's colour or background among its top-10
     words for most held-out scenes, far more often than the same words name another scene's (control).
-    The toy model knows colour, background, position and count, not shape (see its model card)."""
+    Shape words are left out: they come up for most scenes whatever the scene's shape (measured: 72% of
+    scenes get their own shape among the top-10 words, 76% another scene's), so they would test nothing."""
     from core.concepts import image_concepts
     from core.neuron_bases import find_neuron_bases, load_neuron_basis
     from core.world import heldout_scenes
@@ -301,4 +302,4 @@ def test_concepts_on_the_toy_model_name_the_scene():
 
 
 # Measured on the shipped toy model and bases (see the closing note); asserted a little below.
-TOY_LAYER, TOY_SCENES, TOY_MIN_RATE, TOY_MIN_MARGIN = 2, 200, 0.55, 0.08  # measured: 0.61 vs 0.455
+TOY_LAYER, TOY_SCENES, TOY_MIN_RATE, TOY_MIN_MARGIN = 2, 200, 0.72, 0.10  # measured: 0.78 vs 0.645
