@@ -72,8 +72,9 @@ def training_scenes(config: TrainConfig, step: int) -> tuple[list[world.Scene], 
     """One training batch: scenes and captions, deterministic per (seed, step).
 
     First shape_groups groups of group_size scenes that differ only in shape, then position_groups
-    groups of single objects that differ only in cell (captions name the varied attribute); the
-    rest of the batch are independent scenes with ordinary captions.
+    groups of single objects that differ only in cell (captions name the varied attribute), then, if
+    shape_only_group, one scene of each shape captioned by its shape alone; the rest of the batch
+    are independent scenes with ordinary captions.
     """
     size = config.group_size
     if not 2 <= size <= len(world.SHAPES):
