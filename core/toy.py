@@ -53,6 +53,18 @@ class TrainConfig:
     # matching them needs shape features that ignore colour, background and position.
     shape_only_group: bool = True
 
+    def __post_init__(self):
+        if not 2 <= self.group_size <= len(world.SHAPES):
+            raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)}, got {self.group_size}")
+        grouped = (self.shape_groups + self.position_groups) * self.group_size + self.n_shape_only
+        if min(self.shape_groups, self.position_groups) < 0 or grouped > self.batch_size:
+            raise ConfigError(f"{self.shape_groups} + {self.position_groups} groups of {self.group_size} and "
+                              f"{self.n_shape_only} shape-only scenes do not fit a batch of {self.batch_size}")
+
+    @property
+    def n_shape_only(self) -> int:
+        return len(world.SHAPES) if self.shape_only_group else 0
+
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 [batch, H, W, 3] -> normalised float [batch, 3, H, W], as the model's preprocess does."""
@@ -76,16 +88,8 @@ def training_scenes(config: TrainConfig, step: int) -> tuple[list[world.Scene], 
     shape_only_group, one scene of each shape captioned by its shape alone; the rest of the batch
     are independent scenes with ordinary captions.
     """
-    size = config.group_size
-    if not 2 <= size <= len(world.SHAPES):
-        raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)}, got {size}")
-    if min(config.shape_groups, config.position_groups) < 0 or (config.shape_groups + config.position_groups) * size > config.batch_size:
-        raise ConfigError(f"{config.shape_groups} + {config.position_groups} groups of {size} do not fit a batch of "
-                          f"{config.batch_size}")
-    n_groups = config.shape_groups + config.position_groups
-    n_only = len(world.SHAPES) if config.shape_only_group else 0
-    if n_groups * size + n_only > config.batch_size:
-        raise ConfigError(f"{n_groups} groups of {size} and {n_only} shape-only scenes do not fit a batch of {config.batch_size}")
+    size, n_groups = config.group_size, config.shape_groups + config.position_groups
+    n_only = config.n_shape_only
     drawn = world.sample_scenes(config.batch_size - n_groups * (size - 1), seed=config.seed * 1_000_003 + step, split="train")
     bases, only, scenes = drawn[:n_groups], drawn[n_groups : n_groups + n_only], drawn[n_groups + n_only :]
     rng = np.random.default_rng([config.seed, step, 7])
@@ -231,8 +235,7 @@ def ablation_table(bundle: ClipBundle, *, n_means: int = 500, n_eval: int = 1000
 
 
 def _grouping_sentence(card: dict) -> str:
-    shape, position, size = card.get("shape_groups", 0), card.get("position_groups", 0), card.get("group_size", 1)
-    only = card.get("shape_only_group", False)
+    shape, position, size, only = (card[k] for k in ("shape_groups", "position_groups", "group_size", "shape_only_group"))
     if not (shape + position or only):
         return "every scene of a batch drawn independently."
     parts = [f"{shape} groups of {size} scenes that share everything but the shape",

@@ -384,11 +384,13 @@ class ZeroShotTask:
     labels: tuple
     templates: tuple[str, ...]
     which: str = "all"
+    plurals: tuple[str, ...] = ()  # plural class names, for templates with "{plural}"
 
     def prompts(self) -> tuple[tuple[str, ...], ...]:
         """Texts [class][template], each template filled with the class name and made grammatical."""
-        return tuple(tuple(_agree(t.format(name, plural=SHAPE_PLURALS.get(name, name))) for t in self.templates)
-                     for name in self.classnames)
+        plurals = self.plurals or self.classnames
+        return tuple(tuple(_agree(t.format(name, plural=plural)) for t in self.templates)
+                     for name, plural in zip(self.classnames, plurals))
 
     def applies_to(self, labels: dict) -> bool:
         """Whether a scene (given by its `labels()`) is part of this task's evaluation."""
@@ -399,7 +401,8 @@ ZERO_SHOT: dict[str, ZeroShotTask] = {
     # Singular and plural templates: a scene holds one or two objects.
     "shape": ZeroShotTask("shape", SHAPES, SHAPES, (
         "a photo of a {}.", "a {}.", "an image of a {}.", "a picture showing a {}.", "there is a {}.",
-        "a photo of {plural}.", "an image of {plural}.", "a picture showing {plural}.")),
+        "a photo of {plural}.", "an image of {plural}.", "a picture showing {plural}."),
+        plurals=tuple(SHAPE_PLURALS[s] for s in SHAPES)),
     "colour": ZeroShotTask("colour", tuple(COLOURS), tuple(COLOURS), (
         "a photo of a {} object.", "a {} shape.", "an image of a {} object.", "there is a {} shape.",
         "a picture showing {} objects.")),

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.commands.common import add_model_argument
 from core.errors import BasesError
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _add_build(subparsers) -> None:
         description="Run the heads (TextSpan) and neurons (second-order statistics, PCs, sparse decompositions) "
         "precomputations on one image set and text pool, into one artifact. Resumable: run the same command "
         "again after an interruption.")
-    parser.add_argument("--model", default=None, help="model spec (default: $CLIPSCOPE_MODEL or toy)")
+    add_model_argument(parser)
     parser.add_argument("--images", required=True,
                         help="image folder, or world:N[:SEED] for N held-out generated world scenes")
     parser.add_argument("--texts", required=True, help="text pool file (one text per line), or 'toy'")

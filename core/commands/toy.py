@@ -42,7 +42,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from core.errors import ConfigError
     from core.models import load_clip
     from core.paths import TOY_ARCH
-    from core.toy import TrainConfig, build_card, train_toy, training_scenes, write_model_card
+    from core.toy import TrainConfig, build_card, train_toy, write_model_card
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -53,7 +53,6 @@ def _run_train(args: argparse.Namespace) -> int:
                          warmup=min(args.warmup, args.steps), threads=args.threads,
                          shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
                          shape_only_group=args.shape_only_group)
-    training_scenes(config, 0)  # checks the groups fit before any work
     summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
                         save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
