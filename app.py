@@ -32,7 +32,7 @@ def load_tab(folder: str):
 def build_app():
     import gradio as gr
 
-    from core.models import default_spec, load_clip
+    from core.engine.models import default_spec, load_clip
 
     from core.errors import CoreError
 

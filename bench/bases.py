@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from core.bases import ArtifactWriter, load_artifact, text_pool_identity
-from core.neuron_bases import (STORED_FLOAT, TABLE_TERMS, BuildOptions, ImageSet, _stats_to_store, _words_to_store,
+from core.artifacts.store import ArtifactWriter, load_artifact, text_pool_identity
+from core.neurons.bases import (STORED_FLOAT, TABLE_TERMS, BuildOptions, ImageSet, _stats_to_store, _words_to_store,
                                load_neuron_basis, neuron_build_params)
-from core.neuron_stats import NeuronStats
-from core.neurons import NeuronTexts
-from core.textspan import text_span
-from core.textspan_bases import group_name, head_text_rows, result_tensors, table_rows, textspan_build_params
+from core.neurons.stats import NeuronStats
+from core.neurons.texts import NeuronTexts
+from core.heads.textspan import text_span
+from core.heads.bases import group_name, head_text_rows, result_tensors, table_rows, textspan_build_params
 
 
 def _words(n: int, seed: int = 0) -> list[str]:
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--skip-synthetic", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from core.hub import resolve_bases_source
-    from core.models import load_clip
+    from core.artifacts.hub import resolve_bases_source
+    from core.engine.models import load_clip
 
     toy = load_clip("toy")
     print("shipped toy bases (model already loaded):")

@@ -19,10 +19,10 @@ import time
 import torch
 
 from bench.memory import peak_rss
-from core.contributions import direct_effects, fold_weights
-from core.models import load_clip
-from core.reference import literal_direct_effects
-from core.trace import trace_vit
+from core.engine.contributions import direct_effects, fold_weights
+from core.engine.models import load_clip
+from core.engine.reference import literal_direct_effects
+from core.engine.trace import trace_vit
 
 
 def best_time(fn, repeats: int) -> float:

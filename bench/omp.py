@@ -1,4 +1,4 @@
-"""Benchmark: core.sparse.omp vs scikit-learn's OMP (what the paper code runs).
+"""Benchmark: core.neurons.sparse.omp vs scikit-learn's OMP (what the paper code runs).
 
 Paper 2's `compute_sparse_decomposition.py` encodes every neuron's principal
 component with `SparseCoder(transform_algorithm="omp")`, i.e.
@@ -37,7 +37,7 @@ from sklearn.decomposition import sparse_encode
 from sklearn.linear_model import orthogonal_mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from core.sparse import SparseCode, omp  # noqa: E402
+from core.neurons.sparse import SparseCode, omp  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--terms", type=int, default=128)
     parser.add_argument("--sklearn-rows", type=int, default=256, help="targets timed with sklearn sparse_encode")
     parser.add_argument("--exact-rows", type=int, default=32, help="targets checked against float64 orthogonal_mp")
-    parser.add_argument("--batch-size", type=int, default=None, help="core.sparse.omp batch_size (default: its own)")
+    parser.add_argument("--batch-size", type=int, default=None, help="core.neurons.sparse.omp batch_size (default: its own)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=["ours", "sparse_encode", "orthogonal_mp"], help=argparse.SUPPRESS)

@@ -5,7 +5,7 @@ Setting of the issue: ViT-B-32 (random init, `ViT-B-32/none`), MLP layer 9 (3,07
   - a plain forward `visual(images)` (for scale),
   - fast: `trace_vit` + `second_order_effects` for all 3,072 neurons (the basis is built once
     per model and layer and timed separately),
-  - literal: `core.reference.literal_second_order` on one image (it materialises
+  - literal: `core.engine.reference.literal_second_order` on one image (it materialises
     [token, neuron, d_model] per later head; ~tens of seconds per image).
 Each measurement runs in a fresh subprocess, so the peak memory reported is that process's
 ru_maxrss (resident set high-water mark, which includes the whole CLIP model as loaded by
@@ -44,10 +44,10 @@ def _timed(function, repeats: int) -> tuple[float, float]:
 
 def _measure(part: str, batch: int, layer: int, repeats: int) -> dict:
     """Runs inside the subprocess: one measurement, returned as a dict."""
-    from core.models import load_clip
-    from core.reference import literal_second_order
-    from core.second_order import second_order_basis, second_order_effects
-    from core.trace import trace_vit
+    from core.engine.models import load_clip
+    from core.engine.reference import literal_second_order
+    from core.neurons.second_order import second_order_basis, second_order_effects
+    from core.engine.trace import trace_vit
 
     bundle = load_clip(SPEC)
     visual = bundle.model.visual

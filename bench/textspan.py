@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from core.textspan import text_span, text_span_reference
+from core.heads.textspan import text_span, text_span_reference
 
 
 def synthetic_head_outputs(n_head, n_image, d_out, seed, head_dim=64, noise=0.02):

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("CLIPSCOPE_TEST_THREADS", "2")))
 
-from core.models import load_clip, register_model_configs  # noqa: E402
+from core.engine.models import load_clip, register_model_configs  # noqa: E402
 
 TEST_CONFIGS = Path(__file__).parent / "model_configs"
 register_model_configs(TEST_CONFIGS)
@@ -40,7 +40,7 @@ def scene_png(tmp_path_factory):
     """A held-out world scene saved as a PNG file (what a user would upload)."""
     from PIL import Image
 
-    from core.world import render, sample_scenes
+    from core.world.scenes import render, sample_scenes
 
     image, _ = render(sample_scenes(1, seed=11, split="heldout")[0])
     path = tmp_path_factory.mktemp("upload") / "scene.png"

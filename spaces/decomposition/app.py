@@ -15,14 +15,14 @@ if str(ROOT) not in sys.path:
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core.contributions import CONVENTIONS  # noqa: E402
-from core.decomposition import ImageDecomposition, decompose_image  # noqa: E402
+from core.engine.contributions import CONVENTIONS  # noqa: E402
+from core.engine.decomposition import ImageDecomposition, decompose_image  # noqa: E402
 from core.errors import CoreError  # noqa: E402
-from core.examples import example_images  # noqa: E402
+from core.world.examples import example_images  # noqa: E402
 from core.gpu import gpu  # noqa: E402
-from core.images import load_image  # noqa: E402
-from core.models import default_spec, load_clip  # noqa: E402
-from core.viz import heat_grid, overlay  # noqa: E402
+from core.engine.images import load_image  # noqa: E402
+from core.engine.models import default_spec, load_clip  # noqa: E402
+from core.engine.viz import heat_grid, overlay  # noqa: E402
 
 ALL = "all"
 DEFAULT_TEXTS = "a red circle\na blue square\na striped background"

@@ -18,11 +18,11 @@ if str(ROOT) not in sys.path:
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core.contributions import CONVENTIONS  # noqa: E402
+from core.engine.contributions import CONVENTIONS  # noqa: E402
 from core.errors import CoreError  # noqa: E402
-from core.examples import example_images  # noqa: E402
+from core.world.examples import example_images  # noqa: E402
 from core.gpu import gpu  # noqa: E402
-from core.models import default_spec, load_clip  # noqa: E402
+from core.engine.models import default_spec, load_clip  # noqa: E402
 
 WORLD_SEED = 4242  # held-out scenes TextSpan is fitted on in the tab (the examples use another seed)
 GALLERY_SIZE = 48
@@ -53,7 +53,7 @@ def _model(spec: str):
 
 
 def _head(bundle, layer, head) -> tuple[int, int]:
-    from core.heads import check_heads
+    from core.heads.outputs import check_heads
 
     if layer is None or head is None:
         raise gr.Error("Choose a layer and a head.")
@@ -61,8 +61,8 @@ def _head(bundle, layer, head) -> tuple[int, int]:
 
 
 def _pool(pool_file: str | None) -> tuple[list[str], str]:
-    from core.text import read_text_pool
-    from core.world import TEXT_POOL_PATH, load_toy_texts
+    from core.engine.text import read_text_pool
+    from core.world.scenes import TEXT_POOL_PATH, load_toy_texts
 
     if pool_file:
         texts, _ = read_text_pool(pool_file)
@@ -84,9 +84,9 @@ def _texts_frame(rows: list[dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------- the head's texts
 
 def _from_bases(bundle, head):
-    from core.bases import load_artifact
-    from core.hub import resolve_bases_source
-    from core.textspan_bases import head_text_rows
+    from core.artifacts.store import load_artifact
+    from core.artifacts.hub import resolve_bases_source
+    from core.heads.bases import head_text_rows
 
     source = resolve_bases_source(bundle.info.spec)
     if not source:
@@ -104,8 +104,8 @@ def _from_bases(bundle, head):
 
 
 def _from_fitted(bundle, head):
-    from core.heads import select_heads
-    from core.textspan_bases import table_rows
+    from core.heads.outputs import select_heads
+    from core.heads.bases import table_rows
 
     fitted = _FITTED.get(bundle.info.spec)
     if fitted is None or head not in fitted.heads:
@@ -142,12 +142,12 @@ def head_texts(spec: str, layer, head):
 def compute_text_span(spec: str, source: str, folder: str, n_images: int, per_head: int, pool_file, layer, head,
                       progress=gr.Progress()):
     """Fit TextSpan for the last 4 layers' heads (and the chosen head) on generated scenes or a folder."""
-    from core.heads import check_heads, default_heads, pil_batches
-    from core.images import image_files, iter_image_batches
-    from core.text import encode_texts
-    from core.textspan import DEFAULT_RANK
-    from core.textspan_bases import fit_in_memory
-    from core.world import heldout_scenes
+    from core.heads.outputs import check_heads, default_heads, pil_batches
+    from core.engine.images import image_files, iter_image_batches
+    from core.engine.text import encode_texts
+    from core.heads.textspan import DEFAULT_RANK
+    from core.heads.bases import fit_in_memory
+    from core.world.scenes import heldout_scenes
 
     try:
         bundle = _model(spec)
@@ -186,8 +186,8 @@ def _texts(raw: str) -> list[str]:
 
 
 def _token_gallery(result, image, head, info) -> list:
-    from core.heads import difference_map, head_token_maps
-    from core.viz import overlay
+    from core.heads.outputs import difference_map, head_token_maps
+    from core.engine.viz import overlay
 
     maps = head_token_maps(result.tokens, result.grid, head)
     items = []
@@ -202,11 +202,11 @@ def _token_gallery(result, image, head, info) -> list:
 @gpu
 def explain_image(spec: str, image_path: str | None, raw_texts: str, layer, head, pool_file, convention: str):
     """Which heads respond to the first text, the chosen head's token maps, and its top pool texts."""
-    from core.decomposition import decompose_image
-    from core.heads import image_head_texts, rank_heads
-    from core.images import load_image
-    from core.text import encode_texts
-    from core.viz import heat_grid
+    from core.engine.decomposition import decompose_image
+    from core.heads.outputs import image_head_texts, rank_heads
+    from core.engine.images import load_image
+    from core.engine.text import encode_texts
+    from core.engine.viz import heat_grid
 
     if not image_path:
         raise gr.Error("Upload an image or pick an example first.")
@@ -235,8 +235,8 @@ def explain_image(spec: str, image_path: str | None, raw_texts: str, layer, head
 # ---------------------------------------------------------------- property retrieval
 
 def _gallery_index(bundle, paths, layer, description, convention, progress):
-    from core.heads import heads_of_layers
-    from core.retrieval import build_gallery
+    from core.heads.outputs import heads_of_layers
+    from core.heads.retrieval import build_gallery
 
     key = (bundle.info.spec, tuple(map(str, paths)), layer, convention)
     if key not in _GALLERIES:
@@ -251,8 +251,8 @@ def _gallery_index(bundle, paths, layer, description, convention, progress):
 def retrieve_similar(spec: str, image_path: str | None, layer, head, source: str, folder: str, k: int, metric: str,
                      convention: str, progress=gr.Progress()):
     """Gallery images whose contribution from the chosen head is nearest the query image's."""
-    from core.images import image_files, load_image
-    from core.retrieval import nearest, query_contributions
+    from core.engine.images import image_files, load_image
+    from core.heads.retrieval import nearest, query_contributions
 
     if not image_path:
         raise gr.Error("Upload an image or pick an example first: it is the retrieval query.")
@@ -282,10 +282,10 @@ def retrieve_similar(spec: str, image_path: str | None, layer, head, source: str
 def remove_spurious(spec: str, folder: str, raw_heads: str, classnames: str, trials: int, convention: str,
                     progress=gr.Progress()):
     """Worst-group accuracy of a grouped folder with the heads mean-ablated, against random heads."""
-    from core.ablation import component_means
-    from core.heads import check_heads, parse_heads
-    from core.spurious import grouped_folder, spurious_report
-    from core.text import zero_shot_classifier
+    from core.engine.ablation import component_means
+    from core.heads.outputs import check_heads, parse_heads
+    from core.heads.spurious import grouped_folder, spurious_report
+    from core.engine.text import zero_shot_classifier
 
     try:
         bundle = _model(spec)

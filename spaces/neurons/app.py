@@ -17,18 +17,18 @@ if str(ROOT) not in sys.path:
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core.concepts import image_concepts  # noqa: E402
+from core.neurons.concepts import image_concepts  # noqa: E402
 from core.errors import CoreError  # noqa: E402
-from core.examples import example_images  # noqa: E402
+from core.world.examples import example_images  # noqa: E402
 from core.gpu import gpu  # noqa: E402
-from core.images import load_image  # noqa: E402
-from core.models import default_spec, load_clip  # noqa: E402
-from core.neuron_bases import (  # noqa: E402
+from core.engine.images import load_image  # noqa: E402
+from core.engine.models import default_spec, load_clip  # noqa: E402
+from core.neurons.bases import (  # noqa: E402
     BuildOptions, ImageSet, NeuronBasis, build_neuron_bases, find_neuron_bases, load_neuron_basis, neuron_layers)
-from core.neurons import activation_map, image_effects, search_neurons  # noqa: E402
-from core.text import cache_dir, encode_texts, read_text_pool, texts_sha256  # noqa: E402
-from core.viz import overlay  # noqa: E402
-from core.world import load_toy_texts  # noqa: E402
+from core.neurons.texts import activation_map, image_effects, search_neurons  # noqa: E402
+from core.engine.text import cache_dir, encode_texts, read_text_pool, texts_sha256  # noqa: E402
+from core.engine.viz import overlay  # noqa: E402
+from core.world.scenes import load_toy_texts  # noqa: E402
 
 WORLD, FOLDER, TOY_POOL = "generated world", "image folder", "toy"
 N_GALLERY = 8

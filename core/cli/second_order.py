@@ -1,0 +1,63 @@
+"""`python -m core second-order`: every neuron's second-order effect on one image, as safetensors."""
+
+from __future__ import annotations
+
+from core.cli.common import add_model_argument, load_model
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "second-order", help="write phi [neurons, d_out] of one MLP layer for one image (safetensors)",
+        description="Second-order effects of every neuron of MLP LAYER on IMAGE, through every later attention "
+        "head (frozen ln_1 statistics and attention patterns), in the paper's convention: x100 and divided by the "
+        "embedding norm |y|. Writes tensor 'phi' [neurons, d_out] with the model, layer and convention as metadata.")
+    add_model_argument(parser)
+    parser.add_argument("--layer", type=int, required=True, help="MLP layer (must have later attention layers)")
+    parser.add_argument("--image", required=True, help="path to an image file")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--mode", default="paper", choices=("paper", "linear"),
+                        help="paper: with the bias and LayerNorm-mean shares (default); linear: LN-scaled linear part")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(func=run)
+
+
+def _check_out(path, overwrite: bool) -> None:
+    from core.errors import ConfigError
+
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"--out must end in .safetensors, got {path}")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; choose another --out or pass --overwrite to replace it")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path} exists and is not a file")
+
+
+def run(args) -> int:
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from core.engine.images import load_image
+    from core.neurons.texts import image_effects
+    from core.neurons.second_order import COEFFICIENT
+
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    image = load_image(args.image)
+    bundle = load_model(args)
+    phi, _ = image_effects(bundle.model.visual, args.layer, bundle.preprocess(image)[None], mode=args.mode)
+    info = bundle.info
+    metadata = {"model": info.spec, "arch": info.arch, "pretrained": str(info.identity()["pretrained"]),
+                "weights_sha256": str(info.weights_sha256), "random_init": str(info.random_init),
+                "layer": str(args.layer), "mode": args.mode, "coefficient": str(COEFFICIENT),
+                "convention": f"{args.mode}: phi_n = {COEFFICIENT:g} / |y| x (path of neuron n through every later "
+                "head, frozen ln_1 stats and attention)" + (", with bias and LayerNorm-mean shares" if args.mode == "paper" else ""),
+                "shape": "[neuron, d_out]", "image": str(args.image)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    save_file({"phi": phi[0].contiguous().cpu()}, tmp, metadata=metadata)
+    os.replace(tmp, out)
+    print(f"wrote {out}: phi [{phi.shape[1]} neurons, {phi.shape[2]} d_out] of layer {args.layer}, model "
+          f"{info.spec}, convention {args.mode} (x{COEFFICIENT:g}, divided by |y|)")
+    return 0

@@ -1,0 +1,104 @@
+"""`python -m core spurious`: mean-ablate a head set, report overall and worst-group accuracy."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+
+EXAMPLES = """examples:
+  python -m core spurious --model ViT-B-16/laion2b_s34b_b88k --images waterbirds/ --split 2 \\
+      --classnames landbird,waterbird --heads heads/b16_waterbirds.json --trials 5
+  python -m core spurious --model toy --images grouped/ --heads 3.1,3.2 --templates simple
+A head set file is {"heads": [[layer, head], ...], "provenance": "how they were chosen"}."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "spurious", help="spurious-cue removal: worst-group accuracy with a head set mean-ablated vs random heads",
+        description="Zero-shot accuracy, overall and per group, on a grouped folder (Waterbirds layout: "
+        "DIR/metadata.csv with file, label and group columns; Waterbirds' img_filename, y and place work too) "
+        "for the unmodified model, with the chosen heads mean-ablated, and with as many random heads mean-ablated "
+        "(mean and std over seeded trials).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_argument(parser)
+    parser.add_argument("--images", required=True, help="grouped folder holding metadata.csv")
+    parser.add_argument("--heads", required=True, help="a head set JSON file, or heads inline, e.g. 10.3,11.0")
+    parser.add_argument("--trials", type=int, default=5, help="random head sets (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random head sets (default 0)")
+    parser.add_argument("--random-layers", type=int, nargs="+",
+                        help="layers random heads are drawn from (default: the first chosen head's layer to the last)")
+    parser.add_argument("--means-from", help="folder of images to compute the means from (default: the evaluated "
+                        "set itself, as the paper code; flagged in the output)")
+    parser.add_argument("--classnames", help="class names for the label values in sorted order, e.g. "
+                        "landbird,waterbird (default: the label values)")
+    parser.add_argument("--split", help="keep only rows whose split column equals this (Waterbirds test: 2)")
+    parser.add_argument("--templates", default="openai", help="openai (80 ImageNet templates, default), simple "
+                        "('a photo of a {}.') or a file with one template per line containing {}")
+    parser.add_argument("--paper-extras", action="store_true", help="also mean-ablate every MLP and every head of "
+                        "the layers before the last 4 with the chosen and the random heads (the paper code's setting)")
+    add_convention_argument(parser)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def _head_set(value: str, info):
+    from pathlib import Path
+
+    from core.heads.outputs import check_heads, parse_heads
+    from core.heads.spurious import read_head_set
+
+    if value.endswith(".json") or Path(value).is_file():
+        heads, provenance = read_head_set(value)
+    else:
+        heads, provenance = parse_heads(value), "given on the command line"
+    return check_heads(heads, info), provenance
+
+
+def run(args) -> int:
+    from core.engine.ablation import component_means
+    from core.cli.common import classifier_for
+    from core.engine.images import image_files
+    from core.heads.spurious import describe_heads, grouped_folder, spurious_report
+
+    classnames = args.classnames.split(",") if args.classnames else None
+    grouped = grouped_folder(args.images, classnames=classnames, split=args.split)
+    bundle = load_model(args)
+    heads, provenance = _head_set(args.heads, bundle.info)
+    classifier, described = classifier_for(bundle, grouped.classnames, args.templates, None)
+    reference = image_files(args.means_from) if args.means_from else grouped.paths
+    means_description = (f"{args.means_from} ({len(reference)} images)" if args.means_from
+                         else f"the evaluated set itself ({len(reference)} images)")
+    means = component_means(bundle, reference, description=means_description, convention=args.convention,
+                            batch_size=args.batch_size, skipped=[])
+    report = spurious_report(bundle, grouped, classifier, heads, means, provenance=provenance,
+                             means_from_evaluated_set=not args.means_from, trials=args.trials, seed=args.seed,
+                             random_layers=args.random_layers, paper_extras=args.paper_extras,
+                             batch_size=args.batch_size)
+    if args.json:
+        print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()})
+        return 0
+    print(model_line(bundle.info))
+    print(f"evaluated on: {report.evaluated_on}; classes: {', '.join(report.classnames)}; classifier: {described}")
+    flag = "  (WARNING: the evaluated set itself; pass --means-from for a held-out reference)" \
+        if report.means_from_evaluated_set else ""
+    print(f"means from:   {report.means_from}{flag}")
+    print(f"heads:        {describe_heads(heads)} ({provenance}); convention {report.convention}, direct-effect "
+          "mean-ablation (final LayerNorm statistics frozen)")
+    if report.paper_extras:
+        print("              with the chosen and the random heads, every MLP and the heads of the layers before the "
+              "last 4 are mean-ablated too (--paper-extras)")
+    summary = report.random_summary()
+    print(f"\n{'':28s} {'overall':>8s} {'worst group':>12s}")
+    for name, result in (("unmodified model", report.base), ("chosen heads ablated", report.ablated)):
+        print(f"  {name:26s} {100 * result.overall:7.2f}% {100 * result.worst:11.2f}%  "
+              f"(worst: {report.group_names[result.worst_group]})")
+    print(f"  {f'{len(heads)} random heads x{args.trials}':26s} {100 * summary['overall_mean']:7.2f}% "
+          f"{100 * summary['worst_mean']:11.2f}%  (std {100 * summary['overall_std']:.2f} / "
+          f"{100 * summary['worst_std']:.2f}; seed {args.seed}, layers {report.random_layers})")
+    print("\nper group:      " + "  ".join(f"{name}" for name in report.group_names))
+    for name, result in (("unmodified", report.base), ("ablated", report.ablated)):
+        print(f"  {name:12s}  " + "  ".join(f"{100 * v:6.2f}%" for v in result.per_group))
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} unreadable images, e.g. {report.skipped[0]}")
+    return 0

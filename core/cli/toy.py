@@ -1,0 +1,137 @@
+"""`python -m core toy ...`: the generated world and the toy CLIP trained on it.
+
+    python -m core toy scenes --n 100 --seed 0 --out scenes/ [--size 64] [--split heldout] [--overwrite]
+
+Each subcommand is added by one `_register_<name>(toy_subparsers)` function listed in `SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run_scenes(args: argparse.Namespace) -> int:
+    from core.world.scenes import write_scenes
+
+    out = write_scenes(args.out, args.n, args.seed, split=args.split, image_size=args.size, overwrite=args.overwrite)
+    print(f"wrote {args.n} {args.split} scenes ({args.size}x{args.size}) to {out}: images/, masks/, labels.csv")
+    return 0
+
+
+def _register_scenes(toy_subparsers) -> None:
+    parser = toy_subparsers.add_parser(
+        "scenes", help="write generated scenes: images, instance masks and labels.csv",
+        description="Write N generated scenes as images/NNNNNN.png, masks/NNNNNN.png and labels.csv.")
+    parser.add_argument("--n", type=int, required=True, help="number of scenes")
+    parser.add_argument("--seed", type=int, required=True, help="random seed (>= 0)")
+    parser.add_argument("--out", required=True, help="output folder (new or empty)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels, >= 32 (default 64)")
+    # Not argparse `choices`: the engine names the valid splits in its own error.
+    parser.add_argument("--split", default="heldout", help="heldout (default) or train")
+    parser.add_argument("--overwrite", action="store_true", help="replace scenes already written in --out")
+    parser.set_defaults(func=_run_scenes)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import os
+    import platform
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from core.errors import ConfigError
+    from core.engine.models import load_clip
+    from core.paths import TOY_ARCH
+    from core.world.toy import TrainConfig, build_card, train_toy, write_model_card
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it (or choose another --out).")
+    if args.steps < 1 or args.batch_size < 2:
+        raise ConfigError("--steps must be >= 1 and --batch-size >= 2.")
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup=min(args.warmup, args.steps), threads=args.threads,
+                         shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
+                         shape_only_group=args.shape_only_group)
+    summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
+                        save_every=args.save_every)
+    print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
+    if args.no_card:
+        return 0
+    bundle = load_clip(f"{TOY_ARCH}/{out}")
+    command = " ".join(["python -m core toy train", *(shlex.quote(a) for a in sys.argv[3:])])
+    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {args.threads}"
+    card = build_card(bundle, summary, config, command, machine)
+    path = write_model_card(out.parent, card)
+    print(f"zero-shot accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in card["zero_shot"].items()))
+    print(f"model card: {path}")
+    return 0
+
+
+def _register_train(toy_subparsers) -> None:
+    from core.paths import TOY_WEIGHTS
+    from core.world.toy import TrainConfig
+
+    recipe = TrainConfig()  # the shipped recipe
+
+    parser = toy_subparsers.add_parser("train", help="retrain the toy CLIP from scratch and write its model card",
+                                       description="Train the toy CLIP on the generated world (CPU), then evaluate it "
+                                       "and write MODEL_CARD.md and card.json next to the weights.")
+    parser.add_argument("--out", default=str(TOY_WEIGHTS), help=f"weights file (default: {TOY_WEIGHTS})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
+    parser.add_argument("--steps", type=int, default=recipe.steps)
+    parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
+    parser.add_argument("--lr", type=float, default=recipe.lr)
+    parser.add_argument("--warmup", type=int, default=recipe.warmup)
+    parser.add_argument("--seed", type=int, default=recipe.seed)
+    parser.add_argument("--shape-groups", type=int, default=recipe.shape_groups,
+                        help=f"groups per batch of scenes that differ only in shape (default {recipe.shape_groups}; 0: none)")
+    parser.add_argument("--position-groups", type=int, default=recipe.position_groups,
+                        help=f"groups per batch of single objects that differ only in position (default {recipe.position_groups})")
+    parser.add_argument("--group-size", type=int, default=recipe.group_size,
+                        help=f"scenes per group, 2..5 (default {recipe.group_size})")
+    parser.add_argument("--no-shape-only-group", dest="shape_only_group", action="store_false",
+                        help="leave out the group of five scenes captioned by their shape alone")
+    parser.add_argument("--threads", type=int, default=recipe.threads, help=f"torch CPU threads (default {recipe.threads})")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")
+    parser.add_argument("--no-card", action="store_true", help="skip evaluation and the model card")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from core.engine.models import load_clip
+    from core.world.toy import evaluate_toy
+
+    bundle = load_clip(args.model)
+    accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
+    if args.json:
+        print(json.dumps(accuracy))
+    else:
+        print(f"model: {bundle.info.display_name}; {args.n} fresh held-out scenes (seed {args.seed})")
+        for name, value in accuracy.items():
+            print(f"  {name:10s} {100 * value:5.1f}%")
+    return 0
+
+
+def _register_evaluate(toy_subparsers) -> None:
+    parser = toy_subparsers.add_parser("evaluate", help="zero-shot accuracy per attribute on fresh held-out scenes")
+    parser.add_argument("--model", default="toy", help="model spec (default: toy)")
+    parser.add_argument("--n", type=int, default=1000, help="number of held-out scenes (default 1000)")
+    parser.add_argument("--seed", type=int, default=31337, help="seed of the held-out scenes (default 31337)")
+    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": ..}')
+    parser.set_defaults(func=_run_evaluate)
+
+
+SUBCOMMANDS = (_register_scenes, _register_train, _register_evaluate)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("toy", help="the generated world and its toy CLIP",
+                                   description="The generated world and the toy CLIP trained on it.")
+    toy_subparsers = parser.add_subparsers(dest="toy_command", metavar="SUBCOMMAND")
+    for add in SUBCOMMANDS:
+        add(toy_subparsers)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)

@@ -1,0 +1,10 @@
+"""The generated world of shapes (exact labels and masks), the toy CLIP trained on it, and the example images."""
+
+from core.lazy import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "scenes": ["Scene", "ZeroShotTask", "sample_scenes", "heldout_scenes", "render", "render_batch", "shape_mask",
+               "caption", "write_scenes", "load_toy_texts"],
+    "toy": ["TrainConfig", "train_toy", "evaluate_toy", "build_card", "write_model_card"],
+    "examples": ["example_images"],
+})
