@@ -1,0 +1,215 @@
+"""What every tab shares: errors as messages, safe image uploads, tables with headers, the link bar, launching.
+
+Loaded by file path (spaces/ has no __init__.py, so it never shadows Hugging Face's `spaces` package):
+
+    ui = load_ui_common(__file__)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from core import settings
+from core.errors import CoreError
+
+log = logging.getLogger("clipscope.ui")
+FIRST_TAB = "decomposition"  # the tab a link without `tab=` opens in the whole suite
+UPLOAD_LIMIT = "50mb"
+
+
+def message(err: BaseException) -> gr.Error:
+    """A gr.Error that shows `err`'s one-line message (escaped: Gradio renders it as HTML)."""
+    return gr.Error(html.escape(str(err)), print_exception=False)
+
+
+def guard(fn: Callable) -> Callable:
+    """Run a handler; a CoreError becomes its message, anything unexpected a short message (details in the log)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except CoreError as err:
+            raise message(err) from None
+        except Exception as err:  # noqa: BLE001 - a visitor gets a message, the server log the traceback
+            log.exception("unexpected error in %s", fn.__name__)
+            detail = "" if settings.public() else f": {str(err)[:200]}"
+            raise gr.Error(html.escape(f"Unexpected {type(err).__name__} in {fn.__name__}{detail}. The server log "
+                                       "has the details."), print_exception=False) from None
+    return run
+
+from gradio.events import Dependency
+
+class SafeImage(gr.Image):
+    """gr.Image whose unreadable uploads (not an image, too large, empty) give a clear message, not 'Error'."""
+
+    is_template = True  # the front end draws it as gr.Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - PIL raises many kinds; core.engine.images says which problem it is
+            from core.engine.images import load_image
+
+            name = Path(getattr(payload, "orig_name", None) or "the upload").name[:80]
+            try:
+                load_image(getattr(payload, "path", None) or "", name=f"The uploaded file {name}")
+            except CoreError as err:
+                raise message(err) from None
+            raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),
+                           print_exception=False) from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def image_input(elem_id: str, label: str = "Image") -> SafeImage:
+    return SafeImage(type="filepath", label=label, height=240, elem_id=elem_id, image_mode=None,
+                     sources=["upload", "clipboard"])
+
+
+def frame(rows: list[dict] | None, columns: list[str]) -> pd.DataFrame:
+    """A table with named columns even when empty (never Gradio's '1 2 3' placeholder headers)."""
+    return pd.DataFrame(rows or [], columns=columns)
+
+
+def table(label: str, columns: list[str], elem_id: str, **kwargs) -> gr.Dataframe:
+    return gr.Dataframe(value=frame([], columns), headers=columns, label=label, elem_id=elem_id, interactive=False,
+                        **kwargs)
+
+
+def model_box(elem_id: str) -> gr.Dropdown:
+    """The model spec: any spec locally; in public mode only the allow-listed models."""
+    public = settings.public()
+    choices = list(settings.allowed_models())
+    return gr.Dropdown(choices=choices, value=settings.default_model(), label="Model", elem_id=elem_id,
+                       allow_custom_value=not public, scale=2,
+                       info=None if public else "toy (offline default), ARCH/TAG, hf-hub:ORG/NAME, "
+                       "ARCH/path.safetensors, ARCH/none (random weights)")
+
+
+def image_id_box(elem_id: str) -> gr.Textbox:
+    return gr.Textbox(label="Image id (example:N or world:SEED:INDEX; empty for an upload)", elem_id=elem_id,
+                      max_lines=1)
+
+
+def examples(image, image_id, label="Generated-world examples") -> gr.Examples:
+    from core.links.images import EXAMPLE_COUNT, image_ref_path
+
+    rows = [[image_ref_path(f"example:{i}"), f"example:{i}"] for i in range(EXAMPLE_COUNT)]
+    return gr.Examples(examples=rows, inputs=[image, image_id], label=label)
+
+
+# ---------------------------------------------------------------- links
+
+# Write the view into the address bar; a page embedded as <gradio-app> leaves its host's address alone.
+REPLACE_JS = """(query) => {
+  if (query && !document.querySelector('gradio-app[src], gradio-app[space]')) {
+    history.replaceState(history.state, '', location.pathname + '?' + query + location.hash);
+  }
+}"""
+COPY_JS = """async (query) => {
+  const embedded = document.querySelector('gradio-app[src]');
+  const base = embedded ? embedded.getAttribute('src').split('?')[0] : location.origin + location.pathname;
+  const url = base + '?' + (query || '');
+  try { await navigator.clipboard.writeText(url); } catch (err) {
+    const area = document.createElement('textarea'); area.value = url; document.body.appendChild(area);
+    area.select(); document.execCommand('copy'); area.remove();
+  }
+  return 'Copied: ' + url;
+}"""
+
+
+class LinkBar:
+    """The notice a link leaves, 'Copy link', and the 'Cite / reproduce' panel of one tab."""
+
+    instances: dict[str, "LinkBar"] = {}  # tab -> its bar (the whole app writes a tab's link when it is selected)
+
+    def __init__(self, tab: str):
+        self.tab = tab
+        LinkBar.instances[tab] = self
+        self.notice = gr.Markdown(elem_id=f"{tab}-notice")
+        with gr.Row():
+            self.copy = gr.Button("Copy link", size="sm", elem_id=f"{tab}-copy", scale=0)
+            self.copied = gr.Markdown(elem_id=f"{tab}-copied")
+        self.query = gr.Textbox(visible="hidden", elem_id=f"{tab}-query", label="link")
+        with gr.Accordion("Cite / reproduce", open=False, elem_id=f"{tab}-cite-panel"):
+            self.cite = gr.Markdown("Run something first: the panel then shows its link and command line.",
+                                    elem_id=f"{tab}-cite")
+        self.query.change(None, [self.query], None, js=REPLACE_JS)
+        self.copy.click(None, [self.query], [self.copied], js=COPY_JS)
+
+    @property
+    def outputs(self) -> list:
+        return [self.query, self.cite]
+
+
+def link_values(panel) -> tuple[str, str]:
+    return panel.query, panel.markdown
+
+
+def query_of(request: gr.Request | None):
+    """The page's query parameters (empty when called through the API)."""
+    return getattr(request, "query_params", None) if request is not None else None
+
+
+def default_tab(tab: str, alone: bool) -> str:
+    return tab if alone else FIRST_TAB
+
+
+# ---------------------------------------------------------------- running a tab
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="default model spec (default: $CLIPSCOPE_MODEL or toy)")
+    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--public", action="store_true",
+                        help="public mode even on 127.0.0.1 (always on for a Space or a non-loopback --host)")
+    parser.add_argument("--allow-path", action="append", default=None, metavar="DIR",
+                        help="(local mode) folders the server may read images, text pools and bases from")
+    return parser.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> tuple[str, int]:
+    """Apply the command line to the settings (before the tabs are built); returns (host, port)."""
+    if args.model:
+        settings.configure(default_model=args.model)
+    if args.allow_path:
+        settings.configure(allowed_paths=args.allow_path)
+    host, port = args.host or settings.server_host(), args.port or settings.server_port()
+    settings.configure(public=True if args.public or not settings.is_loopback(host) else None)
+    return host, port
+
+
+def launch(demo: gr.Blocks, host: str, port: int) -> None:
+    demo.queue(default_concurrency_limit=2, max_size=64).launch(
+        server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=False,
+        footer_links=["api", "gradio"])
+
+
+def load_module(name: str, path: Path):
+    """Import a file by path once (tabs and this module live in spaces/, which is not a package)."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
