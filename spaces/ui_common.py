@@ -8,10 +8,18 @@ Loaded by file path (spaces/ has no __init__.py, so it never shadows Hugging Fac
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextvars
 import functools
+import hashlib
 import html
+import io
 import logging
+import os
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +32,12 @@ from core.errors import CoreError
 log = logging.getLogger("clipscope.ui")
 FIRST_TAB = "decomposition"  # the tab a link without `tab=` opens in the whole suite
 UPLOAD_LIMIT = "50mb"
+# Every event that runs a model waits in one queue: at most two at a time on the whole server, whatever the tab,
+# so concurrent visitors share the cores instead of oversubscribing them (and memory stays flat).
+MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 2}
+# Worker threads of the server: each thread that has run torch keeps thread-local native memory, so a bounded
+# pool keeps the server's resident memory flat under many visitors (the model queue above runs 2 at a time).
+MAX_THREADS = 8
 
 
 def message(err: BaseException) -> gr.Error:
@@ -31,10 +45,45 @@ def message(err: BaseException) -> gr.Error:
     return gr.Error(html.escape(str(err)), print_exception=False)
 
 
-def guard(fn: Callable) -> Callable:
-    """Run a handler; a CoreError becomes its message, anything unexpected a short message (details in the log)."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
+def _release_memory() -> Callable[[], None]:
+    """glibc's malloc_trim: give freed heap back to the system. Handlers run in many threads, and each thread's
+    malloc arena otherwise keeps the peak of every request it served (the server's RSS then creeps up)."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    lock, last = threading.Lock(), [0.0]
+
+    def release() -> None:
+        now = time.monotonic()
+        if now - last[0] > 1.0 and lock.acquire(blocking=False):  # at most once a second, never waiting
+            try:
+                last[0] = now
+                trim(0)
+            finally:
+                lock.release()
+
+    return release
+
+
+release_memory = _release_memory()
+
+
+# Model work runs on two long-lived threads. torch and the C allocator keep memory per thread that has run a model,
+# so a server whose requests wander over many worker threads grows with every new one; two threads keep it flat.
+# (Which requests run at once is still decided by Gradio's queue; see MODEL_QUEUE.)
+MODEL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipscope-model")
+
+
+def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
+    """Run a handler (on the model threads unless model=False); a CoreError becomes its message, anything
+    unexpected a short message (details in the server log)."""
+    if fn is None:
+        return functools.partial(guard, model=model)
+
+    def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
@@ -46,7 +95,24 @@ def guard(fn: Callable) -> Callable:
             detail = "" if settings.public() else f": {str(err)[:200]}"
             raise gr.Error(html.escape(f"Unexpected {type(err).__name__} in {fn.__name__}{detail}. The server log "
                                        "has the details."), print_exception=False) from None
+        finally:
+            release_memory()
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not model:
+            return call(*args, **kwargs)
+        # The context travels with the call: gr.Progress finds its event through it.
+        return MODEL_THREADS.submit(contextvars.copy_context().run, call, *args, **kwargs).result()
+
     return run
+
+
+def uploaded(path) -> bool:
+    """True for a file in Gradio's upload folder (what a visitor sent), False for any other server path."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    return bool(path) and is_in_or_equal(Path(path).resolve(), Path(get_upload_folder()).resolve())
 
 
 class SafeImage(gr.Image):
@@ -55,6 +121,10 @@ class SafeImage(gr.Image):
     is_template = True  # the front end draws it as gr.Image
 
     def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path and not getattr(payload, "url", "").startswith("data:") and not uploaded(path):
+            # Never open, stat or name a server path a client typed: the same answer whether it exists or not.
+            raise gr.Error("That image was not uploaded to this server: upload the file itself.", print_exception=False)
         try:
             return super().preprocess(payload)
         except gr.Error:
@@ -64,7 +134,7 @@ class SafeImage(gr.Image):
 
             name = Path(getattr(payload, "orig_name", None) or "the upload").name[:80]
             try:
-                load_image(getattr(payload, "path", None) or "", name=f"The uploaded file {name}")
+                load_image(path or b"", name=f"The uploaded file {name}")
             except CoreError as err:
                 raise message(err) from None
             raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),
@@ -74,6 +144,35 @@ class SafeImage(gr.Image):
 def image_input(elem_id: str, label: str = "Image") -> SafeImage:
     return SafeImage(type="filepath", label=label, height=240, elem_id=elem_id, image_mode=None,
                      sources=["upload", "clipboard"])
+
+
+PICTURES = Path(tempfile.gettempdir()) / "clipscope-ui"
+
+
+def picture(image):
+    """A PIL image as a PNG file named by its content, written atomically; other values unchanged.
+
+    Handlers return files, not PIL images: Gradio writes a returned PIL image into its cache in place, so two
+    visitors who get the same picture at the same moment can be sent a half-written file (the client then sees
+    'peer closed connection without sending complete message body'). Files are copied into the cache atomically.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = PICTURES / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not path.is_file():
+            PICTURES.mkdir(parents=True, exist_ok=True)
+            handle, staging = tempfile.mkstemp(dir=PICTURES, suffix=".tmp")
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(staging, path)
+        return str(path)
+    if isinstance(image, list):
+        return [(picture(item[0]), item[1]) if isinstance(item, tuple) else picture(item) for item in image]
+    return image
 
 
 def frame(rows: list[dict] | None, columns: list[str]) -> pd.DataFrame:
@@ -192,7 +291,7 @@ def configure(args: argparse.Namespace) -> tuple[str, int]:
 
 def launch(demo: gr.Blocks, host: str, port: int) -> None:
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
-        server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=False,
+        server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=True, max_threads=MAX_THREADS,
         footer_links=["api", "gradio"])
 
 

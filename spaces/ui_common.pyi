@@ -56,6 +56,10 @@ class SafeImage(gr.Image):
     is_template = True  # the front end draws it as gr.Image
 
     def preprocess(self, payload):
+        path = getattr(payload, "path", None)
+        if path and not getattr(payload, "url", "").startswith("data:") and not uploaded(path):
+            # Never open, stat or name a server path a client typed: the same answer whether it exists or not.
+            raise gr.Error("That image was not uploaded to this server: upload the file itself.", print_exception=False)
         try:
             return super().preprocess(payload)
         except gr.Error:
@@ -65,7 +69,7 @@ class SafeImage(gr.Image):
 
             name = Path(getattr(payload, "orig_name", None) or "the upload").name[:80]
             try:
-                load_image(getattr(payload, "path", None) or "", name=f"The uploaded file {name}")
+                load_image(path or b"", name=f"The uploaded file {name}")
             except CoreError as err:
                 raise message(err) from None
             raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),

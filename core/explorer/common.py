@@ -85,7 +85,8 @@ def query_image(path: str | None, ref: str | None, *, what: str = "the uploaded 
     if ref and ref != "upload":
         return QueryImage(image_from_ref(ref), ref, describe_ref(ref))
     if path:
-        return QueryImage(load_image(path, name=what), "upload", "an uploaded image")
+        # Uploads keep the visitor's file name (Gradio stores them as <cache>/<hash>/<name>): say which file.
+        return QueryImage(load_image(path, name=f"{what} {Path(path).name}"), "upload", "an uploaded image")
     raise ImageError("Upload an image or pick an example first.")
 
 

@@ -139,7 +139,8 @@ def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_pa
 
     progress = progress_or_silent(progress)
     bundle = load_model(spec, progress)
-    basis = find_basis(bundle, bases, layer, session).basis
+    found = find_basis(bundle, bases, layer, session)
+    basis = found.basis
     n = check_index(neuron, "neuron", basis.stats.mean.shape[0])
     query = query_image(image_path, image_ref)
     progress(0.3, desc="second-order effects of the layer")
@@ -154,7 +155,7 @@ def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_pa
                          "activation (post-GELU)")
     info = (f"**Image:** {query.description}.  \nNeuron {n} of layer {basis.stats.layer}: |effect - mean| = "
             f"**{size:.3f}** vs threshold {threshold:.3f} ({size / threshold:.2f}x, {verdict}); activation range "
-            f"{float(heat.min()):+.3f} .. {float(heat.max()):+.3f}")
+            f"{float(heat.min()):+.3f} .. {float(heat.max()):+.3f}.  \n{found.status()}")
     return picture, info
 
 

@@ -46,7 +46,7 @@ def _views(view: explorer.DecompositionView):
     return (view, view.info, gr.Dropdown(choices=view.texts, value=view.texts[view.shown]),
             gr.Dropdown(choices=view.layer_choices(), value=str(view.layer) if view.layer is not None else explorer.ALL),
             gr.Dropdown(choices=view.head_choices(), value=str(view.head) if view.head is not None else explorer.ALL),
-            view.grid, view.token_map, gr.BarPlot(value=ui.frame(view.bars, BAR_COLUMNS), sort=view.bar_order),
+            ui.picture(view.grid), ui.picture(view.token_map), gr.BarPlot(value=ui.frame(view.bars, BAR_COLUMNS), sort=view.bar_order),
             ui.frame(view.table, TABLE_COLUMNS), view.link.query, view.link.markdown)
 
 
@@ -73,19 +73,20 @@ def change_view(view, text: str, layer: str, head: str, scale: str):
     return _views(explorer.rerender(view, text, layer, head, scale))
 
 
-@ui.guard
+@ui.guard(model=False)
 def show_image_id(image_id: str):
     """The picture an image id names (empty: keep the upload)."""
-    return image_from_ref(image_id) if (image_id or "").strip() else gr.skip()
+    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
 
 
+@ui.guard
 def restore(request: gr.Request):
     """The view a link names: its controls, its first answer, and a notice for what was ignored."""
     linked = explorer.open_link(ui.query_of(request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
     if not linked.applies:
         return [gr.skip()] * (len(CONTROLS) + len(VIEW_OUTPUTS)) + [linked.notice or gr.skip()]
     s = linked.state
-    controls = [s.model or gr.skip(), linked.picture or gr.skip(), s.image if linked.picture else gr.skip(),
+    controls = [s.model or gr.skip(), ui.picture(linked.picture) or gr.skip(), s.image if linked.picture else gr.skip(),
                 "\n".join(s.texts) or gr.skip(), s.convention or gr.skip()]
     views = _views(linked.view) if linked.view is not None else [gr.skip()] * len(VIEW_OUTPUTS)
     return controls + list(views) + [linked.notice]
@@ -134,13 +135,14 @@ def build() -> gr.Blocks:
         CONTROLS = [model, image, image_id, texts, convention]
         VIEW_OUTPUTS = [state, info, text_pick, layer_pick, head_pick, grid, token_map, bars, table, *links.outputs]
         button.click(_cleared, None, VIEW_OUTPUTS, queue=False, api_visibility="private").then(
-            run_decomposition, [model, image, image_id, texts, convention], VIEW_OUTPUTS, api_name="decompose")
+            run_decomposition, [model, image, image_id, texts, convention], VIEW_OUTPUTS, api_name="decompose",
+            **ui.MODEL_QUEUE)
         for pick in (text_pick, layer_pick, head_pick, scale):
             pick.input(change_view, [state, text_pick, layer_pick, head_pick, scale], VIEW_OUTPUTS,
                        api_visibility="private")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, None, CONTROLS + VIEW_OUTPUTS + [links.notice], api_visibility="private")
+        demo.load(restore, None, CONTROLS + VIEW_OUTPUTS + [links.notice], api_visibility="private", **ui.MODEL_QUEUE)
     return demo
 
 

@@ -72,7 +72,7 @@ def explain_image(spec, image, image_id, texts, layer, head, pool_file, conventi
     """Which heads respond to the first text, the chosen head's token maps, and its top pool texts."""
     view = explorer.explain_image(spec, image, image_id, texts, layer, head, pool_file, convention, scale=scale,
                                   progress=progress)
-    return (view.info, ui.frame(view.ranked, RANKED_COLUMNS), view.grid, view.maps,
+    return (view.info, ui.frame(view.ranked, RANKED_COLUMNS), ui.picture(view.grid), ui.picture(view.maps),
             ui.frame(view.top_texts, TOP_TEXT_COLUMNS))
 
 
@@ -83,7 +83,7 @@ def retrieve(spec, image, image_id, layer, head, source, folder, uploads, k, met
     """Gallery images whose contribution from the chosen head is nearest the image's."""
     found = explorer.retrieve_similar(spec, image, image_id, layer, head, source, folder, uploads, k, metric,
                                       convention, galleries=galleries, progress=progress)
-    return found.info, found.items, found.galleries
+    return found.info, ui.picture(found.items), found.galleries
 
 
 @gpu(duration=lambda *args, **kwargs: 300)
@@ -94,17 +94,18 @@ def spurious(spec, folder, heads, classnames, trials, convention, progress=gr.Pr
     return info, ui.frame(rows, SPURIOUS_COLUMNS)
 
 
-@ui.guard
+@ui.guard(model=False)
 def link(spec, bases, layer, head, texts, image_id, convention, metric):
     """The link and command lines of the current controls."""
     return ui.link_values(explorer.heads_link(spec, bases, layer, head, texts, image_id, convention, metric))
 
 
-@ui.guard
+@ui.guard(model=False)
 def show_image_id(image_id: str):
-    return image_from_ref(image_id) if (image_id or "").strip() else gr.skip()
+    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
 
 
+@ui.guard
 def restore(request: gr.Request):
     """The view a link names: its controls, its first answers, and a notice for what was ignored."""
     linked = explorer.open_link(ui.query_of(request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
@@ -113,12 +114,13 @@ def restore(request: gr.Request):
         return skip + [linked.notice or gr.skip()]
     s = linked.state
     controls = [s.model or gr.skip(), s.bases or gr.skip(), gr.skip() if s.layer is None else s.layer,
-                gr.skip() if s.head is None else s.head, linked.picture or gr.skip(),
+                gr.skip() if s.head is None else s.head, ui.picture(linked.picture) or gr.skip(),
                 s.image if linked.picture else gr.skip(), "\n".join(s.texts) or gr.skip(), s.convention or gr.skip(),
                 s.method or gr.skip()]
     texts, explained = linked.view or (None, None)
     text_values = [texts.info, ui.frame(texts.rows, explorer.TEXT_COLUMNS)] if texts else [gr.skip()] * 2
-    explain_values = ([explained.info, ui.frame(explained.ranked, RANKED_COLUMNS), explained.grid, explained.maps,
+    explain_values = ([explained.info, ui.frame(explained.ranked, RANKED_COLUMNS), ui.picture(explained.grid),
+                       ui.picture(explained.maps),
                        ui.frame(explained.top_texts, TOP_TEXT_COLUMNS)] if explained else [gr.skip()] * 5)
     return controls + text_values + explain_values + [linked.notice]
 
@@ -218,7 +220,7 @@ def build() -> gr.Blocks:
         def chain(trigger, handler, inputs, outputs, api_name, cleared: dict):
             """Clear the stale result at once, run the handler, then write the link of the controls."""
             trigger(lambda: list(cleared.values()), None, list(cleared), queue=False, api_visibility="private").then(
-                handler, inputs, outputs, api_name=api_name).then(
+                handler, inputs, outputs, api_name=api_name, **ui.MODEL_QUEUE).then(
                 link, link_inputs, links.outputs, api_visibility="private")
 
         no_texts = {texts_info: "", texts_table: ui.frame([], explorer.TEXT_COLUMNS)}
@@ -239,7 +241,7 @@ def build() -> gr.Blocks:
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, None, CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + [links.notice], api_visibility="private")
+        demo.load(restore, None, CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + [links.notice], api_visibility="private", **ui.MODEL_QUEUE)
     return demo
 
 

@@ -64,14 +64,15 @@ def compute_bases(spec, layer, source, n_scenes, folder, pool_file, pool_path, k
 def show_neuron(spec, bases, layer, neuron, session, progress=gr.Progress()):
     """The neuron's texts (signed weights), its top images and its statistics."""
     view = explorer.show_neuron(spec, bases, layer, neuron, session, progress=progress)
-    return ui.frame(view.terms, explorer.TERM_COLUMNS), view.gallery, view.info
+    return ui.frame(view.terms, explorer.TERM_COLUMNS), ui.picture(view.gallery), view.info
 
 
 @gpu(duration=lambda *args, **kwargs: request_seconds(images=1))
 @ui.guard
 def neuron_on_image(spec, bases, layer, neuron, image, image_id, session, progress=gr.Progress()):
     """The neuron's activation map on the image, and its second-order effect size against its threshold."""
-    return explorer.neuron_on_image(spec, bases, layer, neuron, image, image_id, session, progress=progress)
+    heat, info = explorer.neuron_on_image(spec, bases, layer, neuron, image, image_id, session, progress=progress)
+    return ui.picture(heat), info
 
 
 @gpu(duration=lambda *args, **kwargs: request_seconds(texts=1))
@@ -91,17 +92,18 @@ def concepts(spec, bases, layer, image, image_id, top, threshold, session, progr
     return ui.frame(neurons, ACTIVATED_COLUMNS), ui.frame(words, WORD_COLUMNS), info
 
 
-@ui.guard
+@ui.guard(model=False)
 def link(spec, bases, layer, neuron, text, image_id, threshold):
     """The link and command lines of the current controls."""
     return ui.link_values(explorer.neurons_link(spec, bases, layer, neuron, text, image_id, threshold))
 
 
-@ui.guard
+@ui.guard(model=False)
 def show_image_id(image_id: str):
-    return image_from_ref(image_id) if (image_id or "").strip() else gr.skip()
+    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
 
 
+@ui.guard
 def restore(request: gr.Request):
     """The view a link names (controls and first answers); without a link, the bases status."""
     linked = explorer.open_link(ui.query_of(request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
@@ -110,14 +112,14 @@ def restore(request: gr.Request):
         return [gr.skip()] * n_out + [first_status(), linked.notice or gr.skip()]
     s, view = linked.state, linked.view
     controls = [s.model or gr.skip(), s.bases or gr.skip(), gr.skip() if s.layer is None else s.layer,
-                gr.skip() if s.neuron is None else s.neuron, linked.picture or gr.skip(),
+                gr.skip() if s.neuron is None else s.neuron, ui.picture(linked.picture) or gr.skip(),
                 s.image if linked.picture else gr.skip(), s.texts[0] if s.texts else gr.skip(),
                 gr.skip() if s.threshold is None else s.threshold]
     values = [gr.skip()] * len(VIEW_OUTPUTS)
     if view is not None:
-        values = [*((ui.frame(view.neuron.terms, explorer.TERM_COLUMNS), view.neuron.gallery, view.neuron.info)
-                    if view.neuron else [gr.skip()] * 3),
-                  *(view.on_image or [gr.skip()] * 2),
+        values = [*((ui.frame(view.neuron.terms, explorer.TERM_COLUMNS), ui.picture(view.neuron.gallery),
+                     view.neuron.info) if view.neuron else [gr.skip()] * 3),
+                  *((ui.picture(view.on_image[0]), view.on_image[1]) if view.on_image else [gr.skip()] * 2),
                   *((ui.frame(view.concepts[0], ACTIVATED_COLUMNS), ui.frame(view.concepts[1], WORD_COLUMNS),
                      view.concepts[2]) if view.concepts else [gr.skip()] * 3),
                   *((ui.frame(view.search[0], SEARCH_COLUMNS), view.search[1]) if view.search else [gr.skip()] * 2)]
@@ -215,7 +217,7 @@ def build() -> gr.Blocks:
         def chain(trigger, handler, inputs, outputs, api_name, cleared: dict):
             """Clear the stale result at once, run the handler, then write the link of the controls."""
             trigger(lambda: list(cleared.values()), None, list(cleared), queue=False, api_visibility="private").then(
-                handler, inputs, outputs, api_name=api_name).then(
+                handler, inputs, outputs, api_name=api_name, **ui.MODEL_QUEUE).then(
                 link, link_inputs, links.outputs, api_visibility="private")
 
         chain(load.click, load_bases, where + [session], [status], "load_bases", {status: ""})
@@ -232,7 +234,7 @@ def build() -> gr.Blocks:
               {hits: ui.frame([], SEARCH_COLUMNS), search_info: ""})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, None, CONTROLS + VIEW_OUTPUTS + [status, links.notice], api_visibility="private")
+        demo.load(restore, None, CONTROLS + VIEW_OUTPUTS + [status, links.notice], api_visibility="private", **ui.MODEL_QUEUE)
     return demo
 
 
