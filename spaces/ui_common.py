@@ -115,35 +115,36 @@ def uploaded(path) -> bool:
     return bool(path) and is_in_or_equal(Path(path).resolve(), Path(get_upload_folder()).resolve())
 
 
-class SafeImage(gr.Image):
-    """gr.Image whose unreadable uploads (not an image, too large, empty) give a clear message, not 'Error'."""
+def _safe_preprocess(preprocess: Callable, payload):
+    """gr.Image's preprocess, with uploads it cannot read (not an image, too large, empty) named in a clear message
+    instead of Gradio's bare 'Error', and server paths refused unopened."""
+    path = getattr(payload, "path", None)
+    if path and not (getattr(payload, "url", None) or "").startswith("data:") and not uploaded(path):
+        # Never open, stat or name a server path a client typed: the same answer whether it exists or not.
+        raise gr.Error("That image was not uploaded to this server: upload the file itself.", print_exception=False)
+    try:
+        return preprocess(payload)
+    except gr.Error:
+        raise
+    except Exception:  # noqa: BLE001 - PIL raises many kinds; core.engine.images says which problem it is
+        from core.engine.images import load_image
 
-    is_template = True  # the front end draws it as gr.Image
-
-    def preprocess(self, payload):
-        path = getattr(payload, "path", None)
-        if path and not getattr(payload, "url", "").startswith("data:") and not uploaded(path):
-            # Never open, stat or name a server path a client typed: the same answer whether it exists or not.
-            raise gr.Error("That image was not uploaded to this server: upload the file itself.", print_exception=False)
+        name = Path(getattr(payload, "orig_name", None) or "the upload").name[:80]
         try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception:  # noqa: BLE001 - PIL raises many kinds; core.engine.images says which problem it is
-            from core.engine.images import load_image
-
-            name = Path(getattr(payload, "orig_name", None) or "the upload").name[:80]
-            try:
-                load_image(path or b"", name=f"The uploaded file {name}")
-            except CoreError as err:
-                raise message(err) from None
-            raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),
-                           print_exception=False) from None
+            load_image(path or b"", name=f"The uploaded file {name}")
+        except CoreError as err:
+            raise message(err) from None
+        raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),
+                       print_exception=False) from None
 
 
-def image_input(elem_id: str, label: str = "Image") -> SafeImage:
-    return SafeImage(type="filepath", label=label, height=240, elem_id=elem_id, image_mode=None,
+def image_input(elem_id: str, label: str = "Image") -> gr.Image:
+    """An image upload whose unreadable files give a clear message (a plain gr.Image: a subclass would make
+    Gradio write a .pyi stub next to this file)."""
+    image = gr.Image(type="filepath", label=label, height=240, elem_id=elem_id, image_mode=None,
                      sources=["upload", "clipboard"])
+    image.preprocess = functools.partial(_safe_preprocess, image.preprocess)
+    return image
 
 
 PICTURES = Path(tempfile.gettempdir()) / "clipscope-ui"
