@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.gpu import gpu  # noqa: F401  (imports Hugging Face's `spaces` before torch, as ZeroGPU needs)
+import core.gpu  # noqa: F401  (imports Hugging Face's `spaces` before torch, as ZeroGPU needs)
 
 import gradio as gr  # noqa: E402
 
@@ -65,14 +65,16 @@ def build_app():
                     module.demo.render()
                 # Switching tabs shows that tab's view in the address bar.
                 tab.select(None, [module.ui.LinkBar.instances[folder].query], None, js=module.ui.REPLACE_JS)
-        demo.load(select_tab, None, [tab_set], api_visibility="private")
+        page_query = gr.Textbox(visible="hidden", elem_id="app-query")
+        demo.load(select_tab, [page_query], [tab_set], api_visibility="private", js=load_ui().PAGE_QUERY_JS)
     return demo
 
 
-def select_tab(request: gr.Request):
+def select_tab(query: str, request: gr.Request):
     """The tab a link names (`tab=`), else the first."""
-    params = getattr(request, "query_params", None)
-    name = params.get("tab") if params is not None else None
+    from urllib.parse import parse_qs
+
+    name = (parse_qs(str(load_ui().query_of(query, request) or "")).get("tab") or [None])[0]
     return gr.Tabs(selected=name if name in {folder for _, folder in TABS} else TABS[0][1])
 
 

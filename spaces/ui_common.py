@@ -256,8 +256,19 @@ def link_values(panel) -> tuple[str, str]:
     return panel.query, panel.markdown
 
 
-def query_of(request: gr.Request | None):
-    """The page's query parameters (empty when called through the API)."""
+# The link's query string, read in the browser: the page's own address, or, for an app embedded as
+# <gradio-app src="https://...?tab=heads&layer=3">, the query of its `src` (the server only sees the host page's).
+PAGE_QUERY_JS = """() => {
+  const embedded = document.querySelector('gradio-app[src*="?"]');
+  const query = embedded ? embedded.getAttribute('src').split('?').slice(1).join('?') : location.search.slice(1);
+  return [query];
+}"""
+
+
+def query_of(query: str | None, request: gr.Request | None = None):
+    """The link's query: what the browser read (PAGE_QUERY_JS), else the request's (e.g. a direct load)."""
+    if query:
+        return query
     return getattr(request, "query_params", None) if request is not None else None
 
 

@@ -123,6 +123,8 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
     also = (f"  \n(Texts {'from bases' if source_name == FROM_SESSION else 'computed in this session'} also exist "
             f"for this head: choose '{FROM_BASES if source_name == FROM_SESSION else FROM_SESSION}' to see them.)"
             if other else "")
+    if prefer == FROM_SESSION and source_name != FROM_SESSION:
+        also = "  \n(No TextSpan for this head was computed in this session: these are the bases' texts.)"
     total = rows[-1]["cumulative_variance"]
     return HeadTexts(f"{_model_line(bundle.info)}  \n**Head {name}** ({source_name}): {len(rows)} texts explain "
                      f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}",

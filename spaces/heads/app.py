@@ -106,9 +106,9 @@ def show_image_id(image_id: str):
 
 
 @ui.guard
-def restore(request: gr.Request):
+def restore(query: str, request: gr.Request):
     """The view a link names: its controls, its first answers, and a notice for what was ignored."""
-    linked = explorer.open_link(ui.query_of(request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
     skip = [gr.skip()] * (len(CONTROLS) + len(TEXT_OUTPUTS) + len(EXPLAIN_OUTPUTS))
     if not linked.applies:
         return skip + [linked.notice or gr.skip()]
@@ -241,7 +241,8 @@ def build() -> gr.Blocks:
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, None, CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + [links.notice], api_visibility="private", **ui.MODEL_QUEUE)
+        demo.load(restore, [links.query], CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + [links.notice],
+                  api_visibility="private", js=ui.PAGE_QUERY_JS, **ui.MODEL_QUEUE)
     return demo
 
 

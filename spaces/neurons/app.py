@@ -104,9 +104,9 @@ def show_image_id(image_id: str):
 
 
 @ui.guard
-def restore(request: gr.Request):
+def restore(query: str, request: gr.Request):
     """The view a link names (controls and first answers); without a link, the bases status."""
-    linked = explorer.open_link(ui.query_of(request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
     n_out = len(CONTROLS) + len(VIEW_OUTPUTS)
     if not linked.applies:
         return [gr.skip()] * n_out + [first_status(), linked.notice or gr.skip()]
@@ -234,7 +234,8 @@ def build() -> gr.Blocks:
               {hits: ui.frame([], SEARCH_COLUMNS), search_info: ""})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, None, CONTROLS + VIEW_OUTPUTS + [status, links.notice], api_visibility="private", **ui.MODEL_QUEUE)
+        demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [status, links.notice],
+                  api_visibility="private", js=ui.PAGE_QUERY_JS, **ui.MODEL_QUEUE)
     return demo
 
 
