@@ -71,11 +71,11 @@ def build_app():
 
 
 def select_tab(query: str, request: gr.Request):
-    """The tab a link names (`tab=`), else the first."""
+    """The tab a link names (`tab=`); without one, the page stays where the visitor is."""
     from urllib.parse import parse_qs
 
     name = (parse_qs(str(load_ui().query_of(query, request) or "")).get("tab") or [None])[0]
-    return gr.Tabs(selected=name if name in {folder for _, folder in TABS} else TABS[0][1])
+    return gr.Tabs(selected=name) if name in {folder for _, folder in TABS} else gr.skip()
 
 
 def main(argv: list[str] | None = None) -> None:

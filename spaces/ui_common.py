@@ -176,6 +176,12 @@ def picture(image):
     return image
 
 
+def constant(values: list) -> Callable:
+    """A handler that returns these values (one output gets the value itself, not a one-item list)."""
+    result = values[0] if len(values) == 1 else tuple(values)
+    return lambda: result
+
+
 def frame(rows: list[dict] | None, columns: list[str]) -> pd.DataFrame:
     """A table with named columns even when empty (never Gradio's '1 2 3' placeholder headers)."""
     return pd.DataFrame(rows or [], columns=columns)

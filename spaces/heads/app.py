@@ -219,7 +219,7 @@ def build() -> gr.Blocks:
 
         def chain(trigger, handler, inputs, outputs, api_name, cleared: dict):
             """Clear the stale result at once, run the handler, then write the link of the controls."""
-            trigger(lambda: list(cleared.values()), None, list(cleared), queue=False, api_visibility="private").then(
+            trigger(ui.constant(list(cleared.values())), None, list(cleared), queue=False, api_visibility="private").then(
                 handler, inputs, outputs, api_name=api_name, **ui.MODEL_QUEUE).then(
                 link, link_inputs, links.outputs, api_visibility="private")
 
