@@ -33,6 +33,7 @@ class DecompositionView:
     layer: int | None
     head: int | None
     scale: str
+    map_limit: float  # the token map's colour scale saturates at +-map_limit (cosine units)
     info: str
     grid: Image.Image
     token_map: Image.Image
@@ -120,7 +121,7 @@ def render_decomposition(result: ImageDecomposition, image: Image.Image, image_r
     state = ViewState("decomposition", model=result.model["spec"], texts=tuple(result.texts), image=image_ref,
                       convention=result.convention, shown=t or None, layer=layer_index, head=head_index)
     info = _info(result, image_description, t, f"**Token map:** '{text}', {where}; colour scale {scale}.")
-    return DecompositionView(result, image, image_ref, image_description, t, layer_index, head_index, scale, info,
+    return DecompositionView(result, image, image_ref, image_description, t, layer_index, head_index, scale, limit, info,
                              grid, picture, bars, order, table, link_panel(state, reproduce_commands(state)))
 
 
