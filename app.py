@@ -17,6 +17,8 @@ import core.gpu  # noqa: F401  (imports Hugging Face's `spaces` before torch, as
 
 import gradio as gr  # noqa: E402
 
+from core import settings  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"))
 
@@ -46,7 +48,9 @@ def build_app():
 
     spec = default_spec()
     try:
-        info = load_clip(spec).info  # load once up front: the first answer of a link is then fast
+        # Load once up front, on the device the tabs use (ZeroGPU wants models on CUDA at start-up, not per call):
+        # the first answer of a link is then fast.
+        info = load_clip(spec, device=settings.resolve_device()).info
         notice = (f"Default model: **{info.display_name}**. No weights were downloaded: start with "
                   "`python app.py --model ViT-B-16/laion2b_s34b_b88k` (or set CLIPSCOPE_MODEL) for a real CLIP. "
                   "Each result names the model that produced it."

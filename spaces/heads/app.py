@@ -251,7 +251,7 @@ def _last_layer() -> int:
     from core.errors import CoreError
 
     try:
-        return load_clip(settings.default_model()).info.n_layers - 1
+        return load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers - 1
     except CoreError:
         return 0  # the model box still works; errors show when used
 

@@ -141,7 +141,7 @@ def _default_layer() -> int:
     from core.errors import CoreError
 
     try:
-        return explorer.default_layer(load_clip(settings.default_model()).info.n_layers)
+        return explorer.default_layer(load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers)
     except CoreError:
         return 0
 
