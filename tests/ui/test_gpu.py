@@ -50,6 +50,7 @@ def test_to_cpu_moves_nested_tensors():
     assert torch.equal(moved.result.heads, view.result.heads)
 
 
+@pytest.mark.slow
 def test_on_a_zero_gpu_space_every_tab_handler_is_wrapped_by_spaces(tmp_path):
     """With the Space's ZeroGPU variables, `spaces.GPU` wraps our handlers (it then runs them on a GPU worker)."""
     code = """

@@ -145,6 +145,7 @@ def test_image_references_render_the_world_scenes(tmp_path):
     assert default_texts("example:0")[0] == "a green cross"  # the default texts describe the first example
 
 
+@pytest.mark.slow
 def test_the_decomposition_command_gives_the_views_numbers(tmp_path):
     from core.explorer.decomposition import decompose
 
