@@ -61,8 +61,10 @@ def children_rss_mb(pid: int) -> float:
 
 def start_server(port: int) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    log = open(ROOT / "test-artifacts" / "bench-load-server.log", "w")
     return subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(ROOT / "bench-load-server.log", "w"))
+                            stdout=subprocess.DEVNULL, stderr=log)
 
 
 def wait_for(url: str, timeout: float = 300) -> None:
