@@ -239,6 +239,7 @@ class Linked:
     picture: Image.Image | None  # the image an `image=` reference names
     notice: str
     view: object | None = None  # the tab's first answer (None: nothing to compute, or it failed; see notice)
+    link: LinkPanel | None = None  # the canonical link of the restored view, and its commands
 
 
 def read_link(query, tab: str, *, default_tab: str, only_tab: bool) -> tuple[Linked, Callable[[str], "Linked"]]:
@@ -256,6 +257,14 @@ def read_link(query, tab: str, *, default_tab: str, only_tab: bool) -> tuple[Lin
         return Linked(applies, read.state, picture, " ".join(filter(None, [linked.notice, reason])))
 
     return linked, failed
+
+
+def link_model(spec: str | None) -> str | None:
+    """The model a link names for these controls: the checked spec, or None (left out) when it is refused."""
+    try:
+        return access.check_model(spec)
+    except CoreError:
+        return None
 
 
 def link_failure(err: CoreError) -> str:

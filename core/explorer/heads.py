@@ -15,8 +15,8 @@ from PIL import Image
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
-                                  colour_bar, display_source, link_panel, load_model, maybe_int, progress_or_silent,
-                                  query_image, read_texts, text_pool)
+                                  colour_bar, display_source, link_model, link_panel, load_model, maybe_int,
+                                  progress_or_silent, query_image, read_texts, text_pool)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 
@@ -365,7 +365,7 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
 def heads_link(spec: str | None, bases: str | None, layer, head, raw_texts, image_ref: str | None, convention: str,
                metric: str) -> LinkPanel:
     """The link and command lines of the tab's current controls (no model is loaded)."""
-    spec = access.check_model(spec)
+    spec = link_model(spec)
     try:
         texts = tuple(read_texts(raw_texts))
     except CoreError:
@@ -378,9 +378,7 @@ def heads_link(spec: str | None, bases: str | None, layer, head, raw_texts, imag
     source = recipe = None
     notes = []
     try:
-        from core.engine.models import load_clip
-
-        artifact, source = bases_artifact(load_clip(spec), bases or None)
+        artifact, source = bases_artifact(load_model(spec), bases or None)
         recipe = bases_recipe(artifact) if artifact is not None else None
     except CoreError:
         pass
@@ -411,4 +409,6 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
                                    head, None, s.convention or "paper") if image_ref else None)
     except CoreError as err:
         return failed(link_failure(err))
-    return replace(linked, view=(texts, explained))
+    link = heads_link(s.model, s.bases, layer, head, "\n".join(s.texts) or "\n".join(default_texts(image_ref)[:2])
+                      if image_ref else "", image_ref, s.convention or "paper", s.method or "cosine")
+    return replace(linked, view=(texts, explained), link=link)

@@ -17,8 +17,8 @@ from PIL import Image
 from core.errors import ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
-                                  display_source, link_panel, load_model, maybe_int, progress_or_silent, query_image,
-                                  read_texts, text_pool)
+                                  display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
+                                  query_image, read_texts, text_pool)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 
@@ -246,7 +246,7 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
 def neurons_link(spec: str | None, bases: str | None, layer, neuron, text: str | None, image_ref: str | None,
                  threshold) -> LinkPanel:
     """The link and command lines of the tab's current controls (reads only the bases' manifest)."""
-    spec = access.check_model(spec)
+    spec = link_model(spec)
     bases = (bases or "").strip()
     try:
         scale = float(threshold)
@@ -309,4 +309,5 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
         search = search_neurons(s.model, s.bases, layer, s.texts[0], top) if s.texts else None
     except CoreError as err:
         return failed(link_failure(err))
-    return replace(linked, view=LinkedNeurons(status, neuron, on_image, concepts, search))
+    link = neurons_link(s.model, s.bases, layer, s.neuron, s.texts[0] if s.texts else "", image_ref, s.threshold or 1.0)
+    return replace(linked, view=LinkedNeurons(status, neuron, on_image, concepts, search), link=link)

@@ -109,7 +109,7 @@ def show_image_id(image_id: str):
 def restore(query: str, request: gr.Request):
     """The view a link names: its controls, its first answers, and a notice for what was ignored."""
     linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
-    skip = [gr.skip()] * (len(CONTROLS) + len(TEXT_OUTPUTS) + len(EXPLAIN_OUTPUTS))
+    skip = [gr.skip()] * (len(CONTROLS) + len(TEXT_OUTPUTS) + len(EXPLAIN_OUTPUTS) + 2)
     if not linked.applies:
         return skip + [linked.notice or gr.skip()]
     s = linked.state
@@ -122,7 +122,8 @@ def restore(query: str, request: gr.Request):
     explain_values = ([explained.info, ui.frame(explained.ranked, RANKED_COLUMNS), ui.picture(explained.grid),
                        ui.picture(explained.maps),
                        ui.frame(explained.top_texts, TOP_TEXT_COLUMNS)] if explained else [gr.skip()] * 5)
-    return controls + text_values + explain_values + [linked.notice]
+    link = list(ui.link_values(linked.link)) if linked.link else [gr.skip()] * 2
+    return controls + text_values + explain_values + link + [linked.notice]
 
 
 # ---------------------------------------------------------------- layout
@@ -241,7 +242,8 @@ def build() -> gr.Blocks:
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, [links.query], CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + [links.notice],
+        demo.load(restore, [links.query],
+                  CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + links.outputs + [links.notice],
                   api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
 

@@ -107,7 +107,7 @@ def show_image_id(image_id: str):
 def restore(query: str, request: gr.Request):
     """The view a link names (controls and first answers); without a link, the bases status."""
     linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
-    n_out = len(CONTROLS) + len(VIEW_OUTPUTS)
+    n_out = len(CONTROLS) + len(VIEW_OUTPUTS) + 2
     if not linked.applies:
         return [gr.skip()] * n_out + [first_status(), linked.notice or gr.skip()]
     s, view = linked.state, linked.view
@@ -123,7 +123,8 @@ def restore(query: str, request: gr.Request):
                   *((ui.frame(view.concepts[0], ACTIVATED_COLUMNS), ui.frame(view.concepts[1], WORD_COLUMNS),
                      view.concepts[2]) if view.concepts else [gr.skip()] * 3),
                   *((ui.frame(view.search[0], SEARCH_COLUMNS), view.search[1]) if view.search else [gr.skip()] * 2)]
-    return controls + values + [view.status if view else gr.skip(), linked.notice]
+    link = list(ui.link_values(linked.link)) if linked.link else [gr.skip()] * 2
+    return controls + values + link + [view.status if view else gr.skip(), linked.notice]
 
 
 def first_status() -> str:
@@ -234,7 +235,7 @@ def build() -> gr.Blocks:
               {hits: ui.frame([], SEARCH_COLUMNS), search_info: ""})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
-        demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [status, links.notice],
+        demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [status, links.notice],
                   api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
 
