@@ -332,7 +332,7 @@ def select_heads(result: TextSpanResult, rows: Sequence[int]) -> TextSpanResult:
 def rank_heads(scores: torch.Tensor, k: int | None = None) -> list[dict]:
     """Heads of a [layer, head] score matrix sorted by score, highest first: [{layer, head, score}]."""
     n_heads = scores.shape[1]
-    order = torch.argsort(scores.flatten(), descending=True)[: k or scores.numel()]
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)[: k or scores.numel()]  # ties: by index
     return [{"layer": int(i) // n_heads, "head": int(i) % n_heads, "score": float(scores.flatten()[i])} for i in order]
 
 
@@ -374,5 +374,6 @@ def image_head_texts(
     trace = trace_vit(visual, pixels)
     units = torch.nn.functional.normalize(text_embeddings.to(bundle.device).float(), dim=-1)
     scores = direct_effects(trace, fold_weights(visual), convention=convention, directions=units).scores()
-    values, indices = scores.heads[0, layer, index].topk(min(k, len(units)))
-    return [(int(i), float(v)) for v, i in zip(values.cpu(), indices.cpu())]
+    head_scores = scores.heads[0, layer, index].cpu()
+    indices = torch.argsort(head_scores, descending=True, stable=True)[:k]  # ties: lower text index first
+    return [(int(i), float(head_scores[i])) for i in indices]
