@@ -64,8 +64,8 @@ def _check(scores: np.ndarray, prediction: np.ndarray, target: np.ndarray) -> No
 
 
 def image_scores(scores: np.ndarray, prediction: np.ndarray, target: np.ndarray) -> ImageScores:
-    """Metrics terms of one image: scores float [H, W] in [0, 1], prediction and target bool [H, W]."""
-    scores = np.asarray(scores, dtype=np.float64)
+    """Metrics terms of one image: scores [H, W] in [0, 1] (taken as float32), prediction and target bool [H, W]."""
+    scores = np.asarray(scores, dtype=np.float32)  # the papers' maps are float32: 1 - S rounds as theirs does
     prediction, target = np.asarray(prediction, dtype=bool), np.asarray(target, dtype=bool)
     _check(scores, prediction, target)
     correct = int((prediction == target).sum())
@@ -74,7 +74,7 @@ def image_scores(scores: np.ndarray, prediction: np.ndarray, target: np.ndarray)
     union_fg = int((prediction | target).sum())
     union_bg = int((~prediction | ~target).sum())
     constant = scores.max() == scores.min()
-    channels = np.zeros((2,) + scores.shape) if constant else np.stack([1.0 - scores, scores])
+    channels = np.zeros((2,) + scores.shape, np.float32) if constant else np.stack([np.float32(1) - scores, scores])
     one_hot = np.stack([~target, target]).astype(np.int64)
     ap = float(np.nan_to_num(average_precision_score(one_hot.reshape(-1), channels.reshape(-1))))
     ap_fg = float(average_precision_score(target.reshape(-1), scores.reshape(-1))) if target.any() else math.nan

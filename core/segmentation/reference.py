@@ -111,8 +111,8 @@ def paper_dataset_metrics(per_image: list) -> dict[str, float]:
 @torch.no_grad()
 def literal_heads_map(visual: nn.Module, image: torch.Tensor, direction: torch.Tensor, *, convention: str = "paper",
                       heads: list[tuple[int, int]] | None = None) -> torch.Tensor:
-    """[G * G]: sum over layers and heads (or `heads`) of each patch token's literal direct effect, projected
-    on `direction` [d_out] and divided by |y| (image [3, H, W])."""
+    """[G * G] (or [text, G * G] for directions [text, d_out]): sum over layers and heads (or `heads`) of each
+    patch token's literal direct effect, projected on `direction` [d_out] and divided by |y| (image [3, H, W])."""
     parts = literal_direct_effects(visual, image, convention)
     tokens = parts["tokens"]  # [layer, head, token, d_out]
     total = torch.zeros(tokens.shape[2], tokens.shape[3])
@@ -120,7 +120,7 @@ def literal_heads_map(visual: nn.Module, image: torch.Tensor, direction: torch.T
         for head in range(tokens.shape[1]):
             if heads is None or (layer, head) in heads:
                 total += tokens[layer, head]
-    return (total[1:] @ direction.float()) / parts["embedding"].norm()
+    return (direction.float() @ total[1:].T) / parts["embedding"].norm()
 
 
 # ---------------------------------------------------------------- the papers' spatial forward
