@@ -185,6 +185,9 @@ def evaluate(
     for method in methods:
         if method != ORACLE:
             check_method(method)
+    if subtract_class_mean is not None and "heads" not in methods:
+        raise ConfigError("class-mean subtraction applies to the heads map only (it is linear in the class text); "
+                          "no heads method was asked for")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     info = bundle.info
