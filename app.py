@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"))
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
+        ("Segmentation", "segmentation"))
 
 
 def load_tab(folder: str):

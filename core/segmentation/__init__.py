@@ -15,6 +15,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "datasets": ["SegmentationDataset", "SegmentationSample", "WorldSegmentation", "ImageNetSegmentation",
                  "FolderSegmentation", "open_dataset", "write_imagenet_segmentation"],
     "evaluate": ["EvaluationReport", "MethodResult", "evaluate", "recompute_from_maps", "oracle_grids"],
-    "segment": ["ImageSegmentation", "segment_image", "label_map"],
+    "segment": ["ImageSegmentation", "segment_image", "label_map", "world_truth", "iou"],
     "reference": ["paper_eval_image", "paper_dataset_metrics", "literal_heads_map"],
 })

@@ -122,3 +122,14 @@ def side_by_side(pictures: Sequence[Image.Image], gap: int = 8) -> Image.Image:
         canvas.paste(picture, (x, 0))
         x += picture.width + gap
     return canvas
+
+
+def stacked(pictures: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+    """Pictures in one column, left-aligned."""
+    height = sum(p.height for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (max(p.width for p in pictures), height), "white")
+    y = 0
+    for picture in pictures:
+        canvas.paste(picture, (0, y))
+        y += picture.height + gap
+    return canvas

@@ -125,3 +125,24 @@ def segment_image(
     return ImageSegmentation(texts, method, segmenter.describe(), grids, maps, joint, threshold, clamp, subtract,
                              [float(c) for c in cosine], model_view(pil.convert("RGB"), size), bundle.info.as_dict(),
                              method in TEXT_FREE)
+
+
+def world_truth(image: Image.Image, n_examples: int = 6) -> tuple[np.ndarray, str] | None:
+    """(mask bool [H, W], "colour shape") when `image` is one of the generated-world example scenes (compared
+    pixel for pixel with the scenes `core.world.examples` draws), else None."""
+    from core.world.examples import EXAMPLE_SEED
+    from core.world.scenes import heldout_scenes
+
+    pixels = np.asarray(image.convert("RGB"))
+    if pixels.shape != (64, 64, 3):
+        return None
+    for picture, labels, mask in heldout_scenes(n_examples, seed=EXAMPLE_SEED):
+        if np.array_equal(np.asarray(picture), pixels):
+            return mask > 0, f"{labels['colour']} {labels['shape']}"
+    return None
+
+
+def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(prediction, truth).sum()
+    return float(np.logical_and(prediction, truth).sum() / union) if union else 1.0
