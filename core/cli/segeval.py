@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.common import add_model_argument, load_model, model_line, print_json
-from core.cli.segment import METHOD_CHOICES, add_method_options, add_yes_no, method_options, resolve_method, yes_no
+from core.cli.common import add_model_argument, model_line, print_json
+from core.cli.segment import (METHOD_CHOICES, add_device_argument, add_method_options, add_yes_no, load_on_device,
+                              method_options, resolve_method, yes_no)
 
 EPILOG = """examples:
-  python -m core segeval --dataset world:500:4242 --method heads --method raw-attention --method oracle
+  python -m core segeval --dataset world:500:2718 --method heads --method raw-attention --method oracle
   python -m core segeval --model ViT-B-32/openai --dataset gtsegs_ijcv.mat --method neurons --neuron-layers 8 9 10 \\
       --bases b32-bases --protocol official
 
@@ -41,12 +42,14 @@ def register(subparsers) -> None:
     parser.add_argument("--classes", default=None,
                         help="file of class names (one per line) to predict among on an unlabelled dataset "
                         "(default: the 1,000 ImageNet classes)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images of the dataset")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--state-dir", default=None,
                         help="where finished images are recorded for resuming (default $CLIPSCOPE_CACHE/segeval)")
     parser.add_argument("--save-maps", metavar="DIR", default=None,
                         help="write DIR/METHOD/{i:05d}_map.npy (the scores the metrics used) and DIR/{i:05d}_mask.png")
     add_method_options(parser)
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=run)
 
@@ -63,7 +66,7 @@ def run(args) -> int:
     import sys
 
     from core.errors import ConfigError
-    from core.segmentation.datasets import open_dataset, read_classnames
+    from core.segmentation.datasets import first_images, open_dataset, read_classnames
     from core.segmentation.evaluate import ORACLE, evaluate
     from core.segmentation.protocols import PROTOCOLS, parse_threshold
 
@@ -73,7 +76,9 @@ def run(args) -> int:
     threshold = parse_threshold(args.threshold)
     classnames = read_classnames(args.classes) if args.classes else None
     dataset = open_dataset(args.dataset, classnames)
-    bundle = load_model(args)
+    if args.limit is not None:
+        dataset = first_images(dataset, args.limit)
+    bundle = load_on_device(args)
     report = evaluate(bundle, dataset, methods, protocol=args.protocol, options=method_options(args, bundle),
                       class_source=args.class_source, threshold=threshold, clamp=yes_no(args.clamp),
                       subtract_class_mean=yes_no(args.subtract_class_mean), batch_size=args.batch_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.common import add_model_argument, load_model, model_line, print_json
+from core.cli.common import add_model_argument, model_line, print_json
 
 METHOD_CHOICES = "heads|neurons|random-neurons|raw-attention|rollout|gradcam|chefer"
 EPILOG = """examples:
@@ -48,6 +48,30 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
                        help="chefer: first block (default -1 = the last block only, their CLIP notebook)")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N, ... (default auto: cuda when available, else cpu)")
+
+
+def load_on_device(args):
+    """The model on --device (load_model of core.cli.common loads on the CPU)."""
+    import torch
+
+    from core.engine.models import default_spec, load_clip
+    from core.errors import ConfigError
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {args.device!r}: use cpu, cuda or cuda:N") from err
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: no CUDA device is available on this machine")
+    return load_clip(args.model or default_spec(), device=device)
+
+
 def method_options(args, bundle):
     from core.segmentation.methods import MethodOptions, parse_heads
 
@@ -88,6 +112,7 @@ def register(subparsers) -> None:
     add_yes_no(parser, "--clamp", "clamp scores at 0 before min-max (default: the method's rule; heads: yes)")
     add_yes_no(parser, "--subtract-mean", "heads: subtract the mean over the texts (default: yes with several texts)")
     add_method_options(parser)
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print segment.json's content")
     parser.set_defaults(func=run)
 
@@ -140,7 +165,7 @@ def run(args) -> int:
     method = resolve_method(args.method, args.random)
     threshold = parse_threshold(args.threshold)
     image = load_image(args.image)
-    bundle = load_model(args)
+    bundle = load_on_device(args)
     options = method_options(args, bundle)
     out = Path(args.out)
     _prepare_out(out, lambda line: print(line, file=sys.stderr))

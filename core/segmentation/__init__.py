@@ -13,7 +13,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "protocols": ["PROTOCOLS", "Protocol", "method_protocol", "normalise_maps", "binarise", "mask_view"],
     "metrics": ["ImageScores", "SegmentationMetrics", "image_scores"],
     "datasets": ["SegmentationDataset", "SegmentationSample", "WorldSegmentation", "ImageNetSegmentation",
-                 "FolderSegmentation", "open_dataset", "write_imagenet_segmentation"],
+                 "FolderSegmentation", "open_dataset", "first_images", "write_imagenet_segmentation"],
     "evaluate": ["EvaluationReport", "MethodResult", "evaluate", "recompute_from_maps", "oracle_grids"],
     "segment": ["ImageSegmentation", "segment_image", "label_map", "world_truth", "iou"],
     "reference": ["paper_eval_image", "paper_dataset_metrics", "literal_heads_map"],

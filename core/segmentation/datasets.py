@@ -327,6 +327,32 @@ class FolderSegmentation(SegmentationDataset):
         return self._prompts
 
 
+class FirstImages(SegmentationDataset):
+    """The first `n` images of another dataset (a quick check before a full run)."""
+
+    def __init__(self, dataset: SegmentationDataset, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DatasetError(f"the number of images must be a positive integer, got {n!r}")
+        self.dataset, self.count = dataset, min(n, len(dataset))
+        self.labelled = dataset.labelled
+        self.spec = f"{dataset.spec}[:{self.count}]"
+        self.description = f"the first {self.count} images of {dataset.description}"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def sample(self, index: int) -> SegmentationSample:
+        self._check_index(index)
+        return self.dataset.sample(index)
+
+    def class_prompts(self) -> ClassPrompts:
+        return self.dataset.class_prompts()
+
+
+def first_images(dataset: SegmentationDataset, n: int) -> SegmentationDataset:
+    return FirstImages(dataset, n)
+
+
 # ---------------------------------------------------------------- specs
 
 def open_dataset(spec: str, classnames: Sequence[str] | None = None) -> SegmentationDataset:

@@ -164,11 +164,12 @@ def neuron_pool(bundle: ClipBundle, layers: Sequence[int] | None = None, bases: 
 class Segmenter:
     """One method bound to one model: `segmenter(pixels, targets)` -> MethodOutput.
 
-    Holds the folded weights and, for the neuron methods, the candidate neurons; build one per
+    Holds the head mask and, for the neuron methods, the candidate neurons; build one per
     (model, method, options) and reuse it over a dataset.
     """
 
-    def __init__(self, bundle: ClipBundle, method: str, options: MethodOptions = MethodOptions()):
+    def __init__(self, bundle: ClipBundle, method: str, options: MethodOptions = MethodOptions(),
+                 pool: NeuronPool | None = None):
         self.bundle, self.method, self.options = bundle, check_method(method), options
         info = bundle.info
         if options.convention not in CONVENTIONS:
@@ -184,7 +185,9 @@ class Segmenter:
             if not -info.n_layers <= start < info.n_layers:
                 raise IndexRangeError(f"{name} {start} is out of range: this model has {info.n_layers} blocks "
                                       f"(0..{info.n_layers - 1}, or -1..-{info.n_layers} from the end)")
-        self.pool = neuron_pool(bundle, options.neuron_layers, options.bases) if method.endswith("neurons") else None
+        # pool: candidate neurons given directly (e.g. a benchmark without bases); else read from the bases
+        self.pool = pool if pool is not None or not method.endswith("neurons") else \
+            neuron_pool(bundle, options.neuron_layers, options.bases)
 
     # ------------------------------------------------------------ public
 
@@ -194,11 +197,11 @@ class Segmenter:
             return (f"heads: token direct effects summed over {'all heads' if o.heads is None else f'heads {_heads_text(o.heads)}'}"
                     f", convention {o.convention}")
         if self.pool is not None:
-            kind = "random" if self.method == "random-neurons" else "top"
-            return (f"{self.method}: {kind} {o.top_k} neurons per class of layers {', '.join(map(str, self.pool.layers))}"
-                    f" by |<PC, text>| (bases {self.pool.source})"
-                    f"{', sign-weighted' if o.sign_weight else ', plain mean'}"
-                    f"{f', seed {o.seed}' if self.method == 'random-neurons' else ''}")
+            layers = ", ".join(map(str, self.pool.layers))
+            chosen = (f"{o.top_k} random neurons per class (seed {o.seed})" if self.method == "random-neurons"
+                      else f"the top {o.top_k} neurons per class by |<PC, text>|")
+            return (f"{self.method}: {chosen} of layers {layers} (bases {self.pool.source}), mean activation map"
+                    f"{', sign-weighted' if o.sign_weight else ''}")
         if self.method == "rollout":
             return f"rollout from block {o.rollout_start}, mean over heads, 0.5 A + 0.5 I"
         if self.method == "chefer":
