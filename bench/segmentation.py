@@ -14,6 +14,7 @@ against the heads map.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -23,13 +24,16 @@ from core.segmentation.methods import METHODS, NeuronPool, Segmenter, Targets
 from core.segmentation.reference import original_spatial_path
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
+def best_time(fn, repeats: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds), each the best of `repeats` runs. On a shared machine the CPU time
+    (all threads) is the steadier measure of cost; both are printed."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
 def random_pool(bundle, layers: tuple[int, ...], seed: int = 0) -> NeuronPool:
@@ -58,6 +62,7 @@ def main() -> None:
     layers = tuple(range(max(0, info.n_layers - 4), info.n_layers - 1))  # ViT-B: 8, 9, 10 as in paper 2
     pool = random_pool(bundle, layers)
     print(f"model {info.display_name}; torch {torch.__version__}, {args.threads} threads; best of {args.repeats}; "
+          f"load average {os.getloadavg()[0]:.1f}; "
           f"{args.classes} classes, predicted class; neurons: top-200 of layers {layers}")
 
     def plain(x):
@@ -69,29 +74,32 @@ def main() -> None:
     for batch in args.batches:
         x = torch.randn(batch, 3, info.image_size, info.image_size, generator=generator)
         plain(x)
-        base = best_time(lambda: plain(x), args.repeats)
+        base, base_cpu = best_time(lambda: plain(x), args.repeats)
         if batch == 1:
-            plain_time = base
-        print(f"\nbatch {batch}\n  {'plain encode_image':24s} {1000 * base / batch:8.1f} ms/image  x 1.00")
+            plain_time = base_cpu
+        print(f"\nbatch {batch}  (wall ms/image, ratio; CPU ms/image, ratio)\n  {'plain encode_image':24s} "
+              f"{1000 * base / batch:8.1f}  x 1.00   {1000 * base_cpu / batch:8.1f}  x 1.00")
         for method, segmenter in segmenters.items():
             targets = Targets(classes, None, subtract_mean=method == "heads")
             segmenter(x, targets)  # warm up (neurons: ranks every class's neurons once)
-            seconds = best_time(lambda: segmenter(x, targets), args.repeats)
+            wall, cpu = best_time(lambda: segmenter(x, targets), args.repeats)
             if method == "heads" and batch == 1:
-                heads_time = seconds
-            print(f"  {method:24s} {1000 * seconds / batch:8.1f} ms/image  x{seconds / base:5.2f}")
+                heads_time = cpu
+            print(f"  {method:24s} {1000 * wall / batch:8.1f}  x{wall / base:5.2f}   {1000 * cpu / batch:8.1f}  "
+                  f"x{cpu / base_cpu:5.2f}")
     if not args.skip_original:
         x = torch.randn(1, 3, info.image_size, info.image_size, generator=generator)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         tokens = original_spatial_path(bundle.model.visual, x[0])
         scores = tokens.sum((0, 1))[1:] @ classes.T  # the papers then project every token on every class
-        original = time.perf_counter() - start
+        wall, original = time.perf_counter() - start, time.process_time() - start_cpu
         heads = segmenters.get("heads") or Segmenter(bundle, "heads")
-        heads_time = heads_time or best_time(lambda: heads(x, Targets(classes, None, True)), args.repeats)
-        plain_time = plain_time or best_time(lambda: plain(x), args.repeats)
-        print(f"\npapers' spatial path (per-query [token, token, head, d_model] tensors), one image: {original:.2f} s"
-              f" = x{original / plain_time:.0f} a plain forward (batch 1); heads map {1000 * heads_time:.0f} ms "
-              f"-> {original / heads_time:.0f}x faster ({tuple(scores.shape)} token x class scores)")
+        heads_time = heads_time or best_time(lambda: heads(x, Targets(classes, None, True)), args.repeats)[1]
+        plain_time = plain_time or best_time(lambda: plain(x), args.repeats)[1]
+        print(f"\npapers' spatial path (per-query [token, token, head, d_model] tensors), one image: {wall:.1f} s wall,"
+              f" {original:.1f} s CPU = x{original / plain_time:.0f} a plain forward (batch 1, CPU time); heads map "
+              f"{1000 * heads_time:.0f} ms CPU -> {original / heads_time:.0f}x less ({tuple(scores.shape)} token x "
+              "class scores)")
 
 
 if __name__ == "__main__":
