@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "concepts",
     "second_order",
     "bases",
+    "segment",
+    "segeval",
 )
 
 
