@@ -184,6 +184,26 @@ def _inside_any(text: str, roots) -> bool:
     return False
 
 
+def check_output_path(path, kind: str = "output folder", *, folder: bool = True) -> Path:
+    """A path a user named for output, checked without creating anything: allowed (check_user_path), not
+    an existing entry of the wrong type, and under a writable folder (the first part of it that exists)."""
+    path = check_user_path(path, kind)
+    if os.path.lexists(path):
+        if folder and not path.is_dir():
+            raise OutputError(f"{kind} {path} exists and is not a folder; choose another")
+        if not folder and path.is_dir():
+            raise OutputError(f"{kind} {path} is a folder; give a file name")
+    parent = path.absolute()
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    target = path if os.path.lexists(path) else parent
+    if not target.is_dir() and target != path:
+        raise OutputError(f"cannot create {kind} {path}: {target} is a file, not a folder")
+    if not os.access(target if target.is_dir() else target.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {kind} {path}: permission denied")
+    return path
+
+
 def output_folder(path, kind: str = "output folder") -> Path:
     """Create (if needed) a folder that a user named for output, or say in one line why it cannot be."""
     path = check_user_path(path, kind)
@@ -197,13 +217,4 @@ def output_folder(path, kind: str = "output folder") -> Path:
         raise OutputError(f"cannot create {kind} {path}: {err.strerror or err}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to {kind} {path}: permission denied")
-    return path
-
-
-def output_file(path, kind: str = "output file") -> Path:
-    """A file path a user named for output: allowed, its folder created, itself not a folder."""
-    path = check_user_path(path, kind)
-    if path.is_dir():
-        raise OutputError(f"{kind} {path} is a folder; give a file name")
-    output_folder(path.parent if str(path.parent) else Path("."), f"folder of the {kind}")
     return path

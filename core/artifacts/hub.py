@@ -149,7 +149,7 @@ def _files_present(folder: Path) -> bool:
 def push_artifact(path: str | Path, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
     """Verify the artifact at `path`, then upload it as Hub dataset repo `repo_id`; returns the commit sha."""
     path = Path(path)
-    problems = verify_artifact(path)
+    problems = verify_artifact(path, deep=True)  # contents too: never publish NaN tensors or unreadable tables
     if problems:
         raise BasesError(f"refusing to push {path}: " + "; ".join(problems))
     if not (path / CARD).is_file():  # generated from the manifest, so recreating it loses nothing

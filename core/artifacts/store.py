@@ -356,6 +356,10 @@ class ArtifactWriter:
             _atomic_write(self.path / rel, write)
         except OSError as err:
             raise OutputError(f"cannot write {rel} in {self.path}: {err.strerror or err}") from None
+        except Exception as err:  # safetensors reports a failed write as SafetensorError, not OSError
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise OutputError(f"cannot write {rel} in {self.path}: {_first_line(err)}") from None
 
     def _save_progress(self) -> None:
         text = _json_text({"kind": KIND, "schema_version": SCHEMA_VERSION, **self._build, "files": self._done},

@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("the output was closed before everything was written (e.g. by `| head`)")
     except OSError as err:  # the file system said no: a missing, unreadable or unwritable path
         return _fail(_os_message(err))
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own I/O error (a full disk, a lost folder)
+            raise
+        return _fail(f"a safetensors file could not be read or written: {str(err).splitlines()[0] if str(err) else err}")
     except KeyboardInterrupt:
         print("interrupted: partial results already written are kept; run the same command again to resume.",
               file=sys.stderr)

@@ -55,7 +55,7 @@ def run(args) -> int:
     folder = Path(args.images)
     labelled = labelled_source(args.images, args.label_column, "--images")
     means_paths = labelled.paths
-    if args.means_from:
+    if args.means_from is not None:
         means_paths = image_files(existing_folder(args.means_from, "image folder --means-from"))
     bundle = load_model(args)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)

@@ -104,9 +104,10 @@ def _verify(args) -> int:
 
     guards.check_user_path(args.path, "bases folder")
     problems = bases.verify_artifact(args.path, deep=True)
-    if problems:
-        listed = "\n".join(f"  - {problem}" for problem in problems)
-        raise BasesError(f"{args.path} failed verification ({len(problems)} problem(s)):\n{listed}")
+    if problems:  # the first problem on the error line, any others listed below it
+        more = "".join(f"\n  - {problem}" for problem in problems[1:])
+        count = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+        raise BasesError(f"{args.path} failed verification{count}: {problems[0]}{more}")
     artifact = bases.Artifact(Path(args.path), bases.read_manifest(args.path))  # just verified
     print(f"ok: {args.path}\n{_summary(artifact)}")
     return 0
@@ -115,7 +116,12 @@ def _verify(args) -> int:
 def _info(args) -> int:
     from core.artifacts import hub
 
+    from core.artifacts.store import verify_artifact
+
     artifact = hub.load_bases(hub.check_user_source(args.source), allow_unpinned=args.allow_unpinned)
+    problems = verify_artifact(artifact.path, within=artifact.root, deep=True)  # contents too: NaN, bad tables
+    if problems:
+        raise BasesError(f"cannot use the bases at {artifact.path}: " + "; ".join(problems))
     print(f"{artifact.path}\n{_summary(artifact)}")
     return 0
 
@@ -182,7 +188,7 @@ def _build(args: argparse.Namespace) -> int:
     count(args.terms, "texts", "--terms")
     for layer in (args.layers or []) + (args.neuron_layers or []):
         positive(layer, "--layers/--neuron-layers", minimum=0)
-    guards.check_user_path(args.out, "output folder --out")
+    guards.check_output_path(args.out, "output folder --out")
     model_spec(args)
     texts, pool_name, problems = _texts(args.texts)
     if problems:

@@ -109,11 +109,11 @@ def run(args) -> int:
     for layer in args.layer:
         positive(layer, "--layer", minimum=0)
     check_templates(args.templates)
-    guards.check_user_path(args.out, "output folder --out")
+    guards.check_output_path(args.out, "output folder --out")
     model_spec(args)
     image_set = _image_set(args.images)
     texts, pool_name, problems = _texts(args.texts)
-    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate else None
+    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
     bundle = load_model(args)
     evaluation = _evaluation(args, bundle, labelled) if labelled else None
     options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, mode=args.mode, half=args.half,

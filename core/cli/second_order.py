@@ -31,7 +31,7 @@ def _check_out(value: str, overwrite: bool):
     from core import guards
     from core.errors import ConfigError, OutputError
 
-    path = guards.check_user_path(value, "output file --out")
+    path = guards.check_output_path(value, "output file --out", folder=False)
     if path.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors, got {path}")
     if path.is_dir() or (path.exists() and not path.is_file()):
@@ -41,7 +41,7 @@ def _check_out(value: str, overwrite: bool):
     if path.exists() and not _ours(path):
         raise OutputError(f"{path} was not written by `python -m core second-order`; it is never replaced: "
                           "choose another --out")
-    return guards.output_file(Path(path), "output file --out")
+    return Path(path)
 
 
 def _ours(path) -> bool:
@@ -84,9 +84,18 @@ def run(args) -> int:
                 "head, frozen ln_1 stats and attention)" + (", with bias and LayerNorm-mean shares" if args.mode == "paper" else ""),
                 "shape": "[neuron, d_out]",
                 "image": str(args.image).encode("utf-8", "backslashreplace").decode("utf-8")}
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file({"phi": phi[0].contiguous().cpu()}, tmp, metadata=metadata)
-    os.replace(tmp, out)
+    try:
+        save_file({"phi": phi[0].contiguous().cpu()}, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except Exception as err:  # safetensors reports a failed write as SafetensorError, not OSError
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
+            from core.errors import OutputError
+
+            raise OutputError(f"cannot write {out}: {str(err).splitlines()[0] if str(err) else err}") from None
+        raise
     print(f"wrote {out}: phi [{phi.shape[1]} neurons, {phi.shape[2]} d_out] of layer {args.layer}, model "
           f"{info.spec}, convention {args.mode} (x{COEFFICIENT:g}, divided by |y|)")
     return 0

@@ -74,7 +74,7 @@ def run(args) -> int:
     classnames = args.classnames.split(",") if args.classnames else None
     grouped = grouped_folder(existing_folder(args.images, "grouped folder --images"), classnames=classnames,
                              split=args.split)
-    reference = (image_files(existing_folder(args.means_from, "image folder --means-from")) if args.means_from
+    reference = (image_files(existing_folder(args.means_from, "image folder --means-from")) if args.means_from is not None
                  else grouped.paths)
     bundle = load_model(args)
     heads = check_heads(heads, bundle.info)

@@ -96,11 +96,11 @@ def _check_inputs(args):
     if args.pool_name is not None:
         check_texts([args.pool_name], what="--pool-name")
     check_templates(args.templates)
-    guards.check_user_path(args.out, "output folder --out")
+    guards.check_output_path(args.out, "output folder --out")
     model_spec(args)
     pool = resolve_text_pool(args.texts, name=args.pool_name)
     paths = image_files(existing_folder(args.images, "image folder --images"))
-    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate else None
+    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
     return pool, paths, labelled
 
 

@@ -18,7 +18,7 @@ def _run_scenes(args: argparse.Namespace) -> int:
     guards.check_count(args.n, "scenes", "--n (scenes)")
     guards.check_count(args.size, "scene_size", "--size (pixels)", minimum=32)
     positive(args.seed, "--seed", minimum=0)
-    out = guards.check_user_path(args.out, "output folder --out")
+    out = guards.check_output_path(args.out, "output folder --out")
     out = write_scenes(out, args.n, args.seed, split=args.split, image_size=args.size, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} scenes ({args.size}x{args.size}) to {out}: images/, masks/, labels.csv")
     return 0
@@ -52,7 +52,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from core.paths import TOY_ARCH
     from core.world.toy import TrainConfig, build_card, check_training_outputs, train_toy, write_model_card
 
-    out = guards.output_file(args.out, "weights file --out")
+    out = guards.check_output_path(args.out, "weights file --out", folder=False)
     check_training_outputs(out, overwrite=args.overwrite, card=not args.no_card)
     given = {name: getattr(args, name) for name in ("steps", "batch_size", "lr", "seed", "warmup", "threads",
                                                     "shape_groups", "position_groups", "group_size")}

@@ -258,7 +258,9 @@ def _quiet_logging():
 
 
 def _weights_error(arch: str, pretrained: str, source: str, err: Exception) -> WeightsError:
-    reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    reason = str(err).splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if len(reason) < 12:  # e.g. the weights-only unpickler's bare "101": say what kind of failure it was
+        reason = f"{type(err).__name__} {reason}"
     if source in ("file", "toy"):
         return WeightsError(
             f"could not load weights from {pretrained} into {arch}: {reason}. "
