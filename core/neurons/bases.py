@@ -171,13 +171,13 @@ def load_neuron_basis(artifact: Artifact, layer: int, model_info=None) -> Neuron
         raise ConfigError(f"the bases at {artifact.path} have neuron statistics for layer(s) "
                           f"{', '.join(map(str, layers))}, not layer {layer}")
     params = artifact.manifest["algorithms"][ALGORITHM]
-    missing = [key for key in ("mode", "coefficient", "dictionary", "terms", "k") if key not in params]
-    if missing:
-        raise BasesError(f"the bases at {artifact.path} lack neuron parameters {', '.join(missing)}: rebuild them")
     texts = artifact.json("texts")
     if not isinstance(texts, list):
         raise BasesError(f"extra/texts.json in {artifact.path} is not a list of texts: rebuild the bases")
     check_text_pool(artifact, texts)
+    missing = [key for key in ("mode", "coefficient", "dictionary", "terms", "k") if key not in params]
+    if missing:
+        raise BasesError(f"the bases at {artifact.path} lack neuron parameters {', '.join(missing)}: rebuild them")
     image_set = ImageSet.from_record(artifact.json("image_set"))
     sizes = {"neuron": model_info.d_mlp, "d_out": model_info.d_out} if model_info is not None else {}
     stored = artifact.tensors(f"neurons_L{layer}", _NEURON_SHAPES, sizes, integer=("top_images",),
