@@ -16,6 +16,7 @@ The MAX_* bounds hold everywhere: they stop a typo such as `--n 1000000000000` b
 
 from __future__ import annotations
 
+import operator
 import os
 from pathlib import Path
 
@@ -68,18 +69,14 @@ def check_count(value, name: str, what: str, *, minimum: int = 1) -> int:
 
     `what` names the input in the message, e.g. "--n (scenes)".
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            try:
-                import numpy as np
-
-                if not isinstance(value, np.integer):
-                    raise TypeError
-                value = int(value)
-            except (ImportError, TypeError):
-                raise ConfigError(f"{what} must be a whole number, got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():  # a UI number field gives 5.0
+        value = int(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # int, numpy integers; not str, float or bool
+    except TypeError:
+        raise ConfigError(f"{what} must be a whole number, got {value!r}"[:300]) from None
     if value < minimum:
         raise ConfigError(f"{what} must be at least {minimum}, got {value}")
     bound = limit(name)

@@ -382,9 +382,13 @@ class ArtifactWriter:
         self._card_sha256 = _own_card(self.path, records)
         self._check_own_top_level(records)
         own = {MANIFEST, CARD, PROGRESS, *SECTIONS} if previous else set(SECTIONS)
+        stray = sorted(rel for p in _section_files(self.path) if (rel := p.relative_to(self.path).as_posix())
+                       not in self._owned)
+        if stray:  # they would block finalize() after all the work: say so now, whatever overwrite says
+            raise BasesError(f"{self.path} holds files in tensors/, tables/ or extra/ that no clipscope build "
+                             f"listed ({', '.join(stray[:5])}); they are never deleted: move them out, or choose "
+                             "another output folder")
         foreign = sorted(p.name for p in self.path.iterdir() if p.name not in own)
-        foreign += sorted(p.relative_to(self.path).as_posix() for p in _section_files(self.path)
-                          if p.relative_to(self.path).as_posix() not in self._owned)
         if foreign and not overwrite:
             raise BasesError(f"{self.path} holds files that are not clipscope bases ({', '.join(foreign[:5])}): "
                              "choose a new or empty folder, or pass overwrite=True (--overwrite) to write next "

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from core.artifacts.store import ArtifactWriter, load_artifact
 from core.cli import main
-from core.errors import OutputError
+from core.errors import BasesError, OutputError
 
 MODEL = "Tiny-ViT/none"
 
@@ -87,7 +87,11 @@ def test_a_users_file_where_a_group_would_go_is_never_replaced(tmp_path):
     (out / "tensors").mkdir(parents=True)
     (out / "tensors" / "g.safetensors").write_bytes(b"mine")
     model = {"spec": "x", "arch": "a", "pretrained": "p", "weights_sha256": None, "random_init": True}
+    with pytest.raises(BasesError, match="never deleted"):  # refused before any work, whatever overwrite says
+        ArtifactWriter(out, model=model, overwrite=True)
+    (out / "tensors" / "g.safetensors").unlink()
     writer = ArtifactWriter(out, model=model, overwrite=True)
+    (out / "tensors" / "g.safetensors").write_bytes(b"mine")  # dropped there during a long build
     with pytest.raises(OutputError, match="never replaced"):
         writer.add_tensors("g", {"t": torch.zeros(2)})
     assert (out / "tensors" / "g.safetensors").read_bytes() == b"mine"
