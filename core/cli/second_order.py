@@ -60,7 +60,6 @@ def _ours(path) -> bool:
 
 def run(args) -> int:
     import os
-    from pathlib import Path
 
     from safetensors.torch import save_file
 

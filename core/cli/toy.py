@@ -44,7 +44,6 @@ def _run_train(args: argparse.Namespace) -> int:
     import platform
     import shlex
     import sys
-    from pathlib import Path
 
     from core import guards
     from core.cli.common import positive

@@ -536,7 +536,6 @@ _OWN_PATH = re.compile(r"labels\.csv|(images|masks)/\d{6,}\.png")
 
 def _write_scenes_manifest(out: Path, files: dict, params: dict) -> None:
     import json
-    import os
 
     tmp = out / f"{SCENES_MANIFEST}.tmp"
     tmp.write_text(json.dumps({"kind": _SCENES_KIND, **params, "files": files}), encoding="utf-8")
@@ -587,7 +586,6 @@ def write_scenes(out_dir, n: int, seed: int, *, split: str = "heldout", image_si
     """
     import hashlib
     import io
-    import os
 
     image_size = _check_image_size(image_size)
     scenes = sample_scenes(n, seed, split=split)
