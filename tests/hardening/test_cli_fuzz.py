@@ -388,9 +388,10 @@ def test_malformed_input_is_one_clear_line(case, hostile, tmp_path, capsys):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     out, err = capsys.readouterr()
-    if expect is None:
-        return
     assert "Traceback" not in err and "Traceback" not in out
+    if expect is None:  # artifact-level checks pass; the damage is refused where tensors are read (other cases)
+        assert status in (0, 2) and err.count("error: ") <= 1, err[-2000:]
+        return
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert status == 2, (status, err[-2000:], out[-500:])
     assert len(errors) == 1, err[-2000:]
