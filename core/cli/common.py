@@ -27,6 +27,14 @@ def add_convention_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_images(value: str, **kwargs):
+    """The engine's ImageSet of an --images value (folder, world:N[:SEED], hf:...; see core.engine.imagesets)."""
+    import core.world  # noqa: F401  (registers the generated world's images: world:N[:SEED])
+    from core.engine.imagesets import parse_image_set
+
+    return parse_image_set(value, **kwargs)
+
+
 def load_model(args: argparse.Namespace):
     from core.engine.models import default_spec, load_clip
 
