@@ -9,6 +9,6 @@ from core.lazy import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "runtime": ["Runtime", "DistributedError", "start", "stop", "launched_by_torchrun", "reduce_slots", "agree"],
     "topk": ["RunningTopK", "total_order", "merge_across_ranks"],
-    "headstats": ["HeadStatistics", "accumulate", "text_span_from_statistics"],
+    "headstats": ["HeadStatistics", "accumulate", "text_span_from_stats"],
     "bases": ["BasesPlan", "BuildReport", "build_bases", "DEFAULT_SHARD_SIZE"],
 })

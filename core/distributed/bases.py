@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from core.artifacts.store import ArtifactWriter, text_pool_identity
 from core.distributed import runtime as rt
-from core.distributed.headstats import HeadStatistics, accumulate, text_span_from_statistics
+from core.distributed.headstats import HeadStatistics, accumulate, text_span_from_stats
 from core.distributed.topk import RunningTopK, merge_across_ranks
 from core.engine.contributions import direct_effects, fold_weights
 from core.engine.imagesets import ImageSet
@@ -394,7 +394,7 @@ def _write_artifact(writer, bundle, image_set, texts, plan, totals, means, tops,
     embeddings = encode_texts(bundle, texts).cpu()
     stats = HeadStatistics(count, totals["head_sum"][[h[0] for h in plan.heads], [h[1] for h in plan.heads]],
                            totals["span_gram"])
-    result = text_span_from_statistics(stats, embeddings, n_texts=plan.per_head, rank=plan.rank,
+    result = text_span_from_stats(stats, embeddings, n_texts=plan.per_head, rank=plan.rank,
                                        criterion=plan.criterion)
     head_means = (totals["head_sum"] / count).float()
     writer.add_tensors(MEANS_GROUP, {"mean": head_means, "count": torch.tensor([count])})

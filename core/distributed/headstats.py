@@ -6,7 +6,7 @@ ranks; TextSpan then runs once on the merged totals:
     mean = s / n,   centred Gram G = S - n mean mean^T,   data span = top eigenvectors of S.
 Memory: 8 * d_out^2 bytes per head (2 MB at d_out 512), never [image, d_out].
 
-`text_span_from_statistics` is the one place that turns statistics into a TextSpanResult; it follows
+`text_span_from_stats` is the one place that turns statistics into a TextSpanResult; it follows
 `core.heads.textspan.text_span` step for step (same greedy loop, same helpers) from the statistics
 instead of the outputs.
 """
@@ -23,11 +23,15 @@ from core.heads import textspan as ts
 
 
 class HeadStatistics(NamedTuple):
-    """count [] int; sums [head, d_out] float64; grams [head, d_out, d_out] float64 (uncentred)."""
+    """count [] int; sum [head, d_out] float64; gram [head, d_out, d_out] float64 (uncentred).
+
+    The same fields as core.heads.textspan.HeadStatistics of the coming "TextSpan from sufficient
+    statistics" change, so switching to it is an import.
+    """
 
     count: int
-    sums: torch.Tensor
-    grams: torch.Tensor
+    sum: torch.Tensor
+    gram: torch.Tensor
 
 
 def accumulate(sums: torch.Tensor, grams: torch.Tensor, outputs: torch.Tensor) -> None:
@@ -37,8 +41,8 @@ def accumulate(sums: torch.Tensor, grams: torch.Tensor, outputs: torch.Tensor) -
     grams += x.mT @ x
 
 
-def text_span_from_statistics(stats: HeadStatistics, text_embeddings: torch.Tensor, *, n_texts: int, rank: int,
-                              criterion: str = "std", chunk_heads: int | None = None) -> ts.TextSpanResult:
+def text_span_from_stats(stats: HeadStatistics, text_embeddings: torch.Tensor, *, n_texts: int, rank: int,
+                         criterion: str = "std", chunk_heads: int | None = None) -> ts.TextSpanResult:
     """TextSpan (data span) for every head from its statistics; floats of the result are float32."""
     count, sums, grams = stats
     n_head, d_out = sums.shape
