@@ -86,8 +86,8 @@ def _add_build(subparsers) -> None:
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where finished shards are kept until the artifact is written (default: the clipscope "
                         "cache; use a shared folder for multi-node runs that may restart on other nodes)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda; under torchrun "
-                        "each process takes GPU LOCAL_RANK")
+    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu or cuda (default: "
+                        "$CLIPSCOPE_DEVICE, else auto); under torchrun each process takes GPU LOCAL_RANK")
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
                         help="seconds a process waits for the others before giving up (default 1800)")
     parser.set_defaults(bases_func=_build)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from core import settings
 from core.errors import CoreError
 
 DEFAULT_TIMEOUT_S = 1800
@@ -62,24 +63,23 @@ class Runtime:
 
 
 def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return settings.torchrun() is not None
 
 
 def start(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Runtime:
     """Join torchrun's process group when launched by it, else a single-process runtime.
 
-    device: "cpu", "cuda" or None (CUDA when this rank has one). Under torchrun each rank takes GPU
-    LOCAL_RANK; the backend is NCCL on GPUs, gloo on CPUs.
+    device: "auto" (CUDA when this machine has one), "cpu", "cuda", or None for the configured default
+    (core.settings). Under torchrun each rank takes GPU LOCAL_RANK; the backend is NCCL on GPUs, gloo on CPUs.
     """
-    wants_cuda = torch.cuda.is_available() if device in (None, "auto") else str(device).startswith("cuda")
-    if wants_cuda and not torch.cuda.is_available():
-        raise DistributedError("--device cuda was asked for but this machine has no CUDA device")
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Runtime(0, 1, 0, torch.device("cuda" if wants_cuda else "cpu"), None)
+    chosen = settings.resolve_device(device)  # None: --device / CLIPSCOPE_DEVICE, default auto
+    wants_cuda = chosen.type == "cuda"
+    launch = settings.torchrun()
+    if launch is None or launch["world_size"] == 1:
+        return Runtime(0, 1, 0, chosen, None)
     import torch.distributed as dist
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = launch["rank"], launch["world_size"], launch["local_rank"]
     if wants_cuda:
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
@@ -91,7 +91,7 @@ def start(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Ru
         # torch 2.15 + gloo: workers restarted by torchrun (--max-restarts) fail to connect through the
         # agent's store while keys of the previous attempt are left in it; a prefix per attempt avoids it.
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=to))
-        store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        store = dist.PrefixStore(f"attempt{launch['restart']}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=to)
     except (RuntimeError, ValueError) as err:
         raise DistributedError(f"rank {rank} could not join the other {world - 1} processes ({backend}): "

@@ -265,7 +265,7 @@ class ImageSet:
             return [Path(self.params["root"]) / name for name in self.params["files"]]
         if self.kind == "files":
             return [Path(p) for p in self.params["paths"]]
-        from core.engine.text import cache_dir
+        from core.settings import cache_dir
 
         folder = cache_dir() / EXPORT_FOLDER / self.fingerprint()[:32]
         done = folder / "complete.json"
@@ -477,7 +477,7 @@ def _hf_open_cached(name: str, revision: str | None, local: bool, path: str | No
                     raise DatasetError(f"{label} has splits {', '.join(dataset)}; no split {split!r}")
                 dataset = dataset[split]
         else:
-            from core.engine.text import cache_dir
+            from core.settings import cache_dir
 
             files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else [folder]
             if not files or any(f.suffix != ".parquet" for f in files):
@@ -511,7 +511,7 @@ def _hf_dataset(image_set: ImageSet):
 
 
 def _offline() -> bool:
-    import os
+    from core import settings
 
     try:
         import datasets.config as config
@@ -520,7 +520,7 @@ def _offline() -> bool:
             return True
     except ImportError:  # pragma: no cover
         pass
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return settings.hub_offline()
 
 
 def _first_line(err: BaseException) -> str:
