@@ -157,8 +157,9 @@ class ImageSet:
         dataset = _hf_open(source, split, streaming)
         column = _image_column(dataset, column, _hf_label(source, split))
         count = _hf_count(dataset, source, split)
+        # streamed or not, a local dataset is the same images: fingerprint its map-style form
         fingerprint = (f"{name}@{revision}" if not source.local else
-                       getattr(dataset, "_fingerprint", None) or _path_fingerprint([source.path]))
+                       getattr(_hf_open(source, split, False), "_fingerprint", None) or _path_fingerprint([source.path]))
         params = {"name": name if not source.local else Path(name).name, "local": source.local, "split": split,
                   "column": column, "revision": revision, "streaming": streaming, "fingerprint": fingerprint}
         if source.local:
