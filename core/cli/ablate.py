@@ -14,9 +14,10 @@ def register(subparsers) -> None:
         "ImageFolder layout (one sub-folder per class), or a labels CSV with --label-column.",
     )
     add_model_argument(parser)
-    parser.add_argument("--images", required=True, help="labelled image folder (ImageFolder layout, or with labels.csv)")
+    parser.add_argument("--images", required=True, help="labelled image folder (ImageFolder layout, or with labels.csv), "
+                        "or world:N[:SEED] / hf:ORG/NAME@REVISION:SPLIT with --label-column")
     parser.add_argument("--label-column", help="read labels from DIR/labels.csv, this column (e.g. shape)")
-    parser.add_argument("--means-from", help="folder of images to compute the means from (default: --images)")
+    parser.add_argument("--means-from", help="images to compute the means from, as --images (default: --images)")
     parser.add_argument("--templates", default="auto",
                         help="openai (the 80 ImageNet templates), simple ('a photo of a {}.'), toy (the world's "
                         "templates for --label-column), a file with one template per line containing {}, or auto "
@@ -43,19 +44,16 @@ def run(args) -> int:
     from pathlib import Path
 
     from core.engine.ablation import Ablation, ablation_accuracies, component_means, standard_ablations
-    from core.cli.common import classifier_for
-    from core.engine.images import image_folder, labelled_from_csv
+    from core.cli.common import classifier_for, parse_images
 
     folder = Path(args.images)
-    labelled = (labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column
-                else image_folder(folder))
+    labelled = parse_images(args.images, labelled=True, label_column=args.label_column,
+                            generator_split="heldout").labelled_images()
     bundle = load_model(args)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     means_paths = labelled.paths if not args.means_from else None
     if args.means_from:
-        from core.engine.images import image_files
-
-        means_paths = image_files(args.means_from)
+        means_paths = parse_images(args.means_from, generator_split="heldout").local_paths()
     source = f"{args.means_from or folder} ({len(means_paths)} images{'; the evaluation set itself' if not args.means_from else ''})"
     means = component_means(bundle, means_paths, description=source, convention=args.convention, batch_size=args.batch_size)
     ablations = standard_ablations(bundle.info.n_layers)

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     parser.add_argument("--layer", type=int, nargs="+", required=True, help="MLP layer(s), e.g. 9 (paper: 9 of ViT-B-32)")
     parser.add_argument("--images", required=True,
-                        help="folder of images for the statistics, or world:N[:SEED] for N generated world scenes")
+                        help="folder of images for the statistics, world:N[:SEED] for N generated world scenes, or "
+                        "hf:ORG/NAME@REVISION:SPLIT[:COLUMN] (hf:PATH:SPLIT for a dataset saved locally)")
     parser.add_argument("--texts", required=True, help="text pool file (one text per line), or 'toy' for the toy pool")
     parser.add_argument("--out", required=True, help="output folder of the bases artifact")
     parser.add_argument("--k", type=int, default=100, help="top images per neuron for the PC and threshold (default 100)")
@@ -49,18 +50,9 @@ def register(subparsers) -> None:
 
 
 def _image_set(value: str):
-    from core.errors import ConfigError
-    from core.neurons.bases import ImageSet
+    from core.cli.common import parse_images
 
-    if not value.startswith("world:"):
-        return ImageSet.folder(value)
-    try:
-        parts = [int(part) for part in value.split(":")[1:]]
-    except ValueError as err:
-        raise ConfigError(f"--images world:N[:SEED] needs integers, got {value!r}") from err
-    if not 1 <= len(parts) <= 2:
-        raise ConfigError(f"--images world:N[:SEED], got {value!r}")
-    return ImageSet.world(parts[0], seed=parts[1] if len(parts) == 2 else 0)
+    return parse_images(value, generator_split="train")
 
 
 def _texts(value: str) -> tuple[list[str], str, list[str]]:

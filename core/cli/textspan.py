@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         "a bases artifact (one tensor group per head, a table of texts). Optionally run the paper's completeness "
         "check on a labelled folder.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
-    parser.add_argument("--images", required=True, help="folder of images to fit on (searched recursively)")
+    parser.add_argument("--images", required=True, help="folder of images to fit on (searched recursively), "
+                        "world:N[:SEED] or hf:ORG/NAME@REVISION:SPLIT[:COLUMN]")
     parser.add_argument("--texts", required=True, help="text pool file, one text per line "
                         "(empty and duplicate lines are reported and skipped)")
     parser.add_argument("--pool-name", help="name recorded for the text pool (default: the file name)")
@@ -73,19 +74,20 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from core.engine.images import image_files
+    from core.cli.common import parse_images
     from core.engine.text import read_text_pool
     from core.heads.bases import build_textspan_bases, finish_textspan_bases, head_text_rows
 
     texts, problems = read_text_pool(args.texts)
     for problem in problems:
         print(f"text pool {args.texts}: {problem}", file=sys.stderr)
-    paths = image_files(args.images)
+    image_set = parse_images(args.images, generator_split="heldout")
+    paths = image_set.local_paths()
     bundle = load_model(args)
     heads = _heads(args, bundle.info)
     build = build_textspan_bases(
         bundle, paths, texts, heads, args.out, pool_name=args.pool_name or Path(args.texts).name,
-        image_description=str(args.images), per_head=args.per_head, rank=args.rank,
+        image_description=str(args.images) if image_set.kind == "folder" else image_set.description, per_head=args.per_head, rank=args.rank,
         criterion=args.criterion, span=args.span, convention=args.convention, batch_size=args.batch_size,
         overwrite=args.overwrite, progress=_progress())
     completeness = _completeness(args, bundle, build) if args.evaluate else None
