@@ -180,6 +180,7 @@ def build_bases(
             raise
     rt.raise_if_any(runtime, problem, "writing the artifact")
     report.seconds["finish"] = time.perf_counter() - started
+    log("seconds (rank 0): " + json.dumps({k: round(v, 3) for k, v in report.seconds.items()}))
     _remove_partials(work, mine)
     rt.barrier(runtime)
     if runtime.is_main:

@@ -1,0 +1,185 @@
+"""Benchmark: bases-build throughput at 1 and 2 processes (torchrun, gloo, CPU), merge cost, and GPU throughput.
+
+    python -m bench.scale [--images 256] [--vit-images 48] [--skip-vit]       # from the repo root
+    python -m bench.scale --gpu [--gpu-models ViT-B-16/none ViT-L-14/none] [--batch 64]
+
+CPU section (always): `python -m core bases build` on the toy model (world scenes) and on a random
+ViT-B-32 (`ViT-B-32/none`, the same scenes resized to 224 px), as one process (all cores) and as
+`torchrun --standalone --nproc_per_node 2` (one thread each, as torchrun sets). Each run is a fresh
+subprocess; "build" is rank 0's time from the first shard to the finalised artifact (no launch, no
+model load), "wall" includes both. Prints images/s, the 2-process / 1-process ratio and the merge
+cost (the pass-1 slot reductions plus the cross-rank top-k merge) as a share of the build time.
+Target: merge under 5% of the build on the toy model. Also one forward pass of ViT-B-32 for scale:
+the build's cost per image divided by a forward's is the factor README uses to extrapolate GPU-hours.
+
+GPU section (`--gpu`, needs CUDA; `--device cpu` runs the same code on small models to check it):
+per model, random weights, batch 64, images/s for a plain forward, the non-spatial decomposition
+(trace + direct effects), the spatial decomposition onto 10 texts, the second-order effects of one
+layer, and a full bases build (one process, 8 shards of the batch size... see --gpu-images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_cmd(model: str, images: int, out: Path, shard: int, batch: int, k: int) -> list[str]:
+    return ["bases", "build", "--model", model, "--images", f"world:{images}:1", "--texts", "toy", "--out", str(out),
+            "--shard-size", str(shard), "--batch-size", str(batch), "--k", str(k), "--device", "cpu"]
+
+
+def run_build(model: str, images: int, processes: int, cache: Path, shard: int, batch: int, k: int) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="scale-")) / "bases"
+    env = {**os.environ, "CLIPSCOPE_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    if processes > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        env.pop("OMP_NUM_THREADS", None)  # torchrun sets 1 per process
+    else:
+        launch = [sys.executable]
+    started = time.perf_counter()
+    result = subprocess.run(launch + ["-m", "core"] + _build_cmd(model, images, out, shard, batch, k), cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"build failed ({model}, {processes} processes):\n{result.stderr[-3000:]}")
+    seconds = json.loads(re.search(r"seconds \(rank 0\): (\{.*\})", result.stderr).group(1))
+    build = sum(seconds.values())
+    merge = seconds.get("merge1", 0.0) + seconds.get("merge2", 0.0)
+    return {"model": model, "processes": processes, "images": images, "wall_s": wall, "build_s": build,
+            "merge_s": merge, "images_per_s": images / build, "merge_share": merge / build, "seconds": seconds}
+
+
+def forward_seconds_per_image(model: str, batch: int = 16, repeats: int = 2) -> float:
+    import torch
+
+    from core.engine.models import load_clip
+
+    bundle = load_clip(model)
+    pixels = torch.randn(batch, 3, bundle.info.image_size, bundle.info.image_size)
+    with torch.inference_mode():
+        bundle.model.visual(pixels)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            bundle.model.visual(pixels)
+    return (time.perf_counter() - started) / (repeats * batch)
+
+
+def cpu_section(args) -> None:
+    cache = Path(tempfile.mkdtemp(prefix="scale-cache-"))
+    rows = []
+    plans = [("toy", args.images, 64, 32, 100 if args.images >= 100 else 16)]
+    if not args.skip_vit:
+        plans.append(("ViT-B-32/none", args.vit_images, 16, 8, 16))
+    for model, images, shard, batch, k in plans:
+        for processes in (1, 2):
+            rows.append(run_build(model, images, processes, cache, shard, batch, k))
+            r = rows[-1]
+            print(f"{model:14s} {processes} process(es): {r['images_per_s']:7.2f} images/s (build {r['build_s']:.1f} s, "
+                  f"wall {r['wall_s']:.1f} s incl. launch), merge {r['merge_s']:.3f} s = {100 * r['merge_share']:.2f}% "
+                  f"of the build; {r['seconds']}", flush=True)
+        one, two = rows[-2], rows[-1]
+        print(f"{model:14s} 2 processes / 1 process: {two['images_per_s'] / one['images_per_s']:.2f}x images/s "
+              f"(2 cores shared by both runs)", flush=True)
+    toy_merge = max(r["merge_share"] for r in rows if r["model"] == "toy" and r["processes"] == 2)
+    print(f"merge cost on the toy model at 2 processes: {100 * toy_merge:.2f}% of the build "
+          f"(target < 5%: {'met' if toy_merge < 0.05 else 'NOT met'})")
+    if not args.skip_vit:
+        vit = next(r for r in rows if r["model"] == "ViT-B-32/none" and r["processes"] == 1)
+        forward = forward_seconds_per_image("ViT-B-32/none")
+        print(f"ViT-B-32 forward: {1 / forward:.2f} images/s; bases build cost per image = "
+              f"{(1 / vit['images_per_s']) / forward:.1f} forwards (README's extrapolation factor)")
+
+
+def gpu_section(args) -> None:
+    import torch
+
+    import core.world  # noqa: F401  (registers world:N)
+    from core.distributed.bases import BasesPlan, build_bases
+    from core.engine.contributions import direct_effects, fold_weights
+    from core.engine.models import load_clip
+    from core.engine.text import encode_texts
+    from core.engine.trace import trace_vit
+    from core.engine.imagesets import parse_image_set
+    from core.heads.outputs import default_heads
+    from core.neurons.bases import BuildOptions
+    from core.neurons.second_order import second_order_basis, second_order_effects
+    from core.world.scenes import load_toy_texts
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device (or pass --device cpu to check the code on small models)")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def rate(step, batch, repeats=args.repeats) -> float:
+        step()
+        sync()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        sync()
+        return repeats * batch / (time.perf_counter() - started)
+
+    texts = load_toy_texts()
+    for spec in args.gpu_models:
+        bundle = load_clip(spec, device=device)
+        visual, info, batch = bundle.model.visual, bundle.info, args.batch
+        pixels = torch.randn(batch, 3, info.image_size, info.image_size, device=device)
+        folded = fold_weights(visual)
+        ten = encode_texts(bundle, texts[:10]).to(device)
+        layer = max(0, info.n_layers - 3)
+        basis = second_order_basis(visual, layer)
+        with torch.inference_mode():
+            rows = {
+                "forward": rate(lambda: visual(pixels), batch),
+                "decomposition": rate(lambda: direct_effects(trace_vit(visual, pixels), folded).scores(), batch),
+                "spatial onto 10 texts": rate(lambda: direct_effects(trace_vit(visual, pixels, keep_values=True), folded,
+                                                                     spatial=True, directions=ten).scores(), batch),
+                f"second-order, layer {layer}": rate(lambda: second_order_effects(
+                    trace_vit(visual, pixels, mlp_layers=[layer]), basis), batch),
+            }
+        image_set = parse_image_set(f"world:{args.gpu_images}:1", generator_split="heldout")
+        plan = BasesPlan(heads=default_heads(info), neuron_layers=list(range(max(0, info.n_layers - 4), info.n_layers - 1)),
+                         per_head=20, rank=min(80, info.d_out, args.gpu_images), n_terms=24,
+                         options=BuildOptions(k=min(100, args.gpu_images), batch_size=batch), shard_size=batch * 4)
+        with tempfile.TemporaryDirectory() as tmp:
+            report = build_bases(bundle, image_set, texts, Path(tmp) / "bases", plan, pool_name="toy",
+                                 work_dir=Path(tmp) / "work")
+        rows["bases build (incl. TextSpan, PCs, OMP)"] = report.images / sum(report.seconds.values())
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        for what, value in rows.items():
+            print(f"{spec:16s} {name}: {what:40s} {value:9.1f} images/s (batch {batch})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256, help="world scenes for the toy model (default 256)")
+    parser.add_argument("--vit-images", type=int, default=48, help="world scenes for ViT-B-32/none (default 48)")
+    parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="run the GPU section (needs CUDA unless --device cpu)")
+    parser.add_argument("--gpu-models", nargs="+", default=["ViT-B-16/none", "ViT-L-14/none"])
+    parser.add_argument("--gpu-images", type=int, default=1024, help="images for the GPU bases build (default 1024)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    if args.gpu:
+        gpu_section(args)
+    else:
+        cpu_section(args)
+
+
+if __name__ == "__main__":
+    main()
