@@ -88,6 +88,8 @@ def _add_build(subparsers) -> None:
                         "cache; use a shared folder for multi-node runs that may restart on other nodes)")
     parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu or cuda (default: "
                         "$CLIPSCOPE_DEVICE, else auto); under torchrun each process takes GPU LOCAL_RANK")
+    parser.add_argument("--loader-threads", type=int, default=None, metavar="N",
+                        help="threads decoding images per process (default 4 on a GPU, 0 on the CPU)")
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
                         help="seconds a process waits for the others before giving up (default 1800)")
     parser.set_defaults(bases_func=_build)
@@ -195,7 +197,9 @@ def _build(args: argparse.Namespace) -> int:
         options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, batch_size=args.batch_size)
         n_terms = options.n_terms or default_terms(len(texts), info.d_out)
         plan = BasesPlan(heads=heads, neuron_layers=neuron_layers, per_head=args.per_head, rank=rank,
-                         n_terms=n_terms, options=options, shard_size=args.shard_size or _shard_size(args.batch_size))
+                         n_terms=n_terms, options=options, shard_size=args.shard_size or _shard_size(args.batch_size),
+                         loader_threads=args.loader_threads if args.loader_threads is not None
+                         else 4 if runtime.device.type == "cuda" else 0)
         log = (lambda line: print(line, file=sys.stderr)) if main else (lambda _: None)
         log(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
             f"{image_set.description}, text pool {pool_name} ({len(texts)})")

@@ -71,6 +71,7 @@ class BasesPlan:
     shard_size: int = DEFAULT_SHARD_SIZE
     convention: str = "paper"
     criterion: str = "std"
+    loader_threads: int = 0  # decode each batch's images in threads (a GPU outruns one decoding thread)
 
     def n_shards(self, count: int) -> int:
         return -(-count // self.shard_size)
@@ -215,6 +216,7 @@ def _check_plan(bundle: ClipBundle, plan: BasesPlan, count: int, n_texts: int, r
 
 def _plan_record(plan: BasesPlan) -> dict:
     record = asdict(plan)
+    record.pop("loader_threads")  # how images are decoded never changes a result
     record["heads"] = [list(h) for h in plan.heads]
     return record
 
@@ -296,7 +298,8 @@ def _pass1_shard(bundle, image_set, plan, layers, shard) -> dict[str, torch.Tens
     span_gram = torch.zeros(len(plan.heads), info.d_out, info.d_out, **f64)
     neuron_sums = {layer: torch.zeros(basis.d_mlp, info.d_out, **f64) for layer, basis in layers.items()}
     count, skipped = 0, []
-    for _, pixels in image_set.slice(start, stop).batches(bundle.preprocess, plan.options.batch_size, skipped):
+    for _, pixels in image_set.slice(start, stop).batches(bundle.preprocess, plan.options.batch_size, skipped,
+                                                          plan.loader_threads):
         trace = trace_vit(visual, pixels.to(device), mlp_layers=list(layers))
         heads = direct_effects(trace, folded, convention=plan.convention).scores().heads.float()  # [b, L, H, d]
         head_sum += heads.sum(0, dtype=torch.float64)
@@ -350,7 +353,8 @@ def _pass2_shard(bundle, image_set, plan, layers, means, tops, shard, expected) 
     visual, device = bundle.model.visual, bundle.device
     start, stop = plan.shard_range(shard, image_set.count)
     seen = 0
-    for ids, pixels in image_set.slice(start, stop).batches(bundle.preprocess, plan.options.batch_size, []):
+    for ids, pixels in image_set.slice(start, stop).batches(bundle.preprocess, plan.options.batch_size, [],
+                                                            plan.loader_threads):
         trace = trace_vit(visual, pixels.to(device), mlp_layers=list(layers))
         for layer, basis in layers.items():
             phi = second_order_effects(trace, basis, mode=plan.options.mode, coefficient=plan.options.coefficient)

@@ -25,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -252,9 +254,9 @@ class ImageSet:
         return self.slice(start, start + size + (index < extra))
 
     def batches(self, preprocess: Callable, batch_size: int = 32, skipped: list[str] | None = None,
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                threads: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(ids [batch], pixels [batch, 3, H, W]) over the whole set through the model's preprocessing."""
-        return self.slice(0, self.count).batches(preprocess, batch_size, skipped)
+        return self.slice(0, self.count).batches(preprocess, batch_size, skipped, threads)
 
     def n_batches(self, batch_size: int) -> int:
         return -(-self.count // batch_size)
@@ -337,27 +339,37 @@ class ImageShard:
         return range(self.start, self.stop)
 
     def batches(self, preprocess: Callable, batch_size: int = 32, skipped: list[str] | None = None,
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                threads: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(global ids [batch], pixels [batch, 3, H, W]); batch boundaries are fixed by `start` and
-        `batch_size` alone. Unreadable images are named in `skipped` (else raise)."""
+        `batch_size` alone. Unreadable images are named in `skipped` (else raise). threads > 0 decodes
+        and preprocesses each batch's images in that many threads (for a GPU that decoding would starve)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
-        ids, pixels = [], []
         label = self.image_set.description
-        for offset, source in enumerate(self.image_set._sources(self.start, self.stop)):
-            index = self.start + offset
+
+        def prepare(item):
+            index, source = item
             try:
-                pixels.append(preprocess(load_image(source, name=_source_name(source, index, label))))
-                ids.append(index)
+                return index, preprocess(load_image(source, name=_source_name(source, index, label))), None
             except ImageError as err:
-                if skipped is None:
-                    raise
-                skipped.append(str(err))
-            if (offset + 1) % batch_size == 0 and pixels:
-                yield torch.tensor(ids), torch.stack(pixels)
-                ids, pixels = [], []
-        if pixels:
-            yield torch.tensor(ids), torch.stack(pixels)
+                return index, None, err
+
+        pool = ThreadPoolExecutor(threads) if threads > 0 else None
+        try:
+            sources = enumerate(self.image_set._sources(self.start, self.stop), start=self.start)
+            while chunk := list(islice(sources, batch_size)):
+                prepared = list(pool.map(prepare, chunk)) if pool else [prepare(item) for item in chunk]
+                for _, _, err in prepared:
+                    if err is not None:
+                        if skipped is None:
+                            raise err
+                        skipped.append(str(err))
+                kept = [(index, pixels) for index, pixels, err in prepared if err is None]
+                if kept:
+                    yield torch.tensor([i for i, _ in kept]), torch.stack([p for _, p in kept])
+        finally:
+            if pool:
+                pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- parsing specs
