@@ -10,7 +10,8 @@ subprocess; "build" is rank 0's time from the first shard to the finalised artif
 model load), "wall" includes both. Prints images/s, the 2-process / 1-process ratio and the merge
 cost (the pass-1 slot reductions plus the cross-rank top-k merge) as a share of the build time.
 Target: merge under 5% of the build on the toy model. Also one forward pass of ViT-B-32 for scale:
-the build's cost per image divided by a forward's is the factor README uses to extrapolate GPU-hours.
+the build's cost per image divided by a forward's (both one thread) is the factor README uses to
+extrapolate GPU-hours. The single process runs twice, with one thread and with all cores' threads.
 
 GPU section (`--gpu`, needs CUDA; `--device cpu` runs the same code on small models to check it):
 per model, random weights, batch 64, images/s for a plain forward, the non-spatial decomposition
@@ -38,9 +39,12 @@ def _build_cmd(model: str, images: int, out: Path, shard: int, batch: int, k: in
             "--shard-size", str(shard), "--batch-size", str(batch), "--k", str(k), "--device", "cpu"]
 
 
-def run_build(model: str, images: int, processes: int, cache: Path, shard: int, batch: int, k: int) -> dict:
+def run_build(model: str, images: int, processes: int, cache: Path, shard: int, batch: int, k: int,
+              threads: int | None = None) -> dict:
     out = Path(tempfile.mkdtemp(prefix="scale-")) / "bases"
     env = {**os.environ, "CLIPSCOPE_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if processes > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
         env.pop("OMP_NUM_THREADS", None)  # torchrun sets 1 per process
@@ -55,7 +59,7 @@ def run_build(model: str, images: int, processes: int, cache: Path, shard: int, 
     seconds = json.loads(re.search(r"seconds \(rank 0\): (\{.*\})", result.stderr).group(1))
     build = sum(seconds.values())
     merge = seconds.get("merge1", 0.0) + seconds.get("merge2", 0.0)
-    return {"model": model, "processes": processes, "images": images, "wall_s": wall, "build_s": build,
+    return {"model": model, "processes": processes, "threads": threads or "all", "images": images, "wall_s": wall, "build_s": build,
             "merge_s": merge, "images_per_s": images / build, "merge_share": merge / build, "seconds": seconds}
 
 
@@ -64,6 +68,7 @@ def forward_seconds_per_image(model: str, batch: int = 16, repeats: int = 2) -> 
 
     from core.engine.models import load_clip
 
+    torch.set_num_threads(1)  # compared with the 1-thread build
     bundle = load_clip(model)
     pixels = torch.randn(batch, 3, bundle.info.image_size, bundle.info.image_size)
     with torch.inference_mode():
@@ -81,20 +86,21 @@ def cpu_section(args) -> None:
     if not args.skip_vit:
         plans.append(("ViT-B-32/none", args.vit_images, 16, 8, 16))
     for model, images, shard, batch, k in plans:
-        for processes in (1, 2):
-            rows.append(run_build(model, images, processes, cache, shard, batch, k))
+        for processes, threads in ((1, 1), (1, None), (2, None)):  # torchrun gives each of 2 processes 1 thread
+            rows.append(run_build(model, images, processes, cache, shard, batch, k, threads))
             r = rows[-1]
-            print(f"{model:14s} {processes} process(es): {r['images_per_s']:7.2f} images/s (build {r['build_s']:.1f} s, "
-                  f"wall {r['wall_s']:.1f} s incl. launch), merge {r['merge_s']:.3f} s = {100 * r['merge_share']:.2f}% "
-                  f"of the build; {r['seconds']}", flush=True)
-        one, two = rows[-2], rows[-1]
-        print(f"{model:14s} 2 processes / 1 process: {two['images_per_s'] / one['images_per_s']:.2f}x images/s "
-              f"(2 cores shared by both runs)", flush=True)
+            print(f"{model:14s} {processes} process(es), threads {r['threads']}: {r['images_per_s']:7.2f} images/s "
+                  f"(build {r['build_s']:.1f} s, wall {r['wall_s']:.1f} s incl. launch), merge {r['merge_s']:.3f} s = "
+                  f"{100 * r['merge_share']:.2f}% of the build; {r['seconds']}", flush=True)
+        single = max(rows[-3:-1], key=lambda r: r["images_per_s"])
+        two = rows[-1]
+        print(f"{model:14s} 2 processes / best single process ({single['threads']} threads): "
+              f"{two['images_per_s'] / single['images_per_s']:.2f}x images/s", flush=True)
     toy_merge = max(r["merge_share"] for r in rows if r["model"] == "toy" and r["processes"] == 2)
     print(f"merge cost on the toy model at 2 processes: {100 * toy_merge:.2f}% of the build "
           f"(target < 5%: {'met' if toy_merge < 0.05 else 'NOT met'})")
     if not args.skip_vit:
-        vit = next(r for r in rows if r["model"] == "ViT-B-32/none" and r["processes"] == 1)
+        vit = next(r for r in rows if r["model"] == "ViT-B-32/none" and r["processes"] == 1 and r["threads"] == 1)
         forward = forward_seconds_per_image("ViT-B-32/none")
         print(f"ViT-B-32 forward: {1 / forward:.2f} images/s; bases build cost per image = "
               f"{(1 / vit['images_per_s']) / forward:.1f} forwards (README's extrapolation factor)")

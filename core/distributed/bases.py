@@ -133,6 +133,9 @@ def build_bases(
         (work / "plan.json").write_text(json.dumps({"identity": identity, "sharding": plan.sharding(count)},
                                                    indent=1, default=str))
     log(f"{n_shards} shards of up to {plan.shard_size} images; {runtime.describe()}; work folder {work}")
+    if n_shards % runtime.world_size:
+        log(f"note: {n_shards} shards do not divide evenly over {runtime.world_size} processes: ranks "
+            f"0..{n_shards % runtime.world_size - 1} compute one more (the result is the same; the time is not)")
 
     started = time.perf_counter()
     layers = {layer: second_order_basis(bundle.model.visual, layer) for layer in plan.neuron_layers}
