@@ -226,15 +226,19 @@ def all_gather(runtime: Runtime, tensor: torch.Tensor, stage: str) -> list[torch
     return [part.cpu() for part in parts]
 
 
-def sum_exclusive(runtime: Runtime, tensor: torch.Tensor, stage: str) -> torch.Tensor:
-    """All-reduce a tensor in which each entry is non-zero on at most one rank: exact, the owner's bits."""
+def sum_exclusive(runtime: Runtime, tensor: torch.Tensor, stage: str, dst: int | None = None) -> torch.Tensor:
+    """Sum a tensor in which each entry is non-zero on at most one rank: exact, the owner's bits.
+    dst: only that rank receives the sum (the others get their own tensor back); None: every rank."""
     if not runtime.distributed:
         return tensor
     import torch.distributed as dist
 
     buffer = tensor.to(runtime.comm_device).contiguous()
     with collective(runtime, stage):
-        dist.all_reduce(buffer)
+        if dst is None:
+            dist.all_reduce(buffer)
+        else:
+            dist.reduce(buffer, dst=dst)
     return buffer.cpu()
 
 

@@ -99,9 +99,10 @@ class RunningTopK:
         self.update(norms, ids, vectors)
 
 
-def merge_across_ranks(runtime, top: RunningTopK, stage: str) -> RunningTopK:
-    """The global top-k, sorted, on every rank: (norm, id) lists are gathered and ranked the same way
-    everywhere; each chosen vector is filled in by the one rank holding it and summed exactly."""
+def merge_across_ranks(runtime, top: RunningTopK, stage: str, dst: int | None = 0) -> RunningTopK:
+    """The global top-k, sorted: (norm, id) lists are gathered and ranked the same way on every rank;
+    each chosen vector is filled in by the one rank holding it and summed exactly on rank `dst` (the
+    writer; None: on every rank). Other ranks get the right norms and ids but not the vectors."""
     from core.distributed.runtime import all_gather, sum_exclusive
 
     if not runtime.distributed:
@@ -115,5 +116,5 @@ def merge_across_ranks(runtime, top: RunningTopK, stage: str) -> RunningTopK:
     vectors = torch.zeros_like(top.vectors, device="cpu")
     neuron, rank_slot = mine.nonzero(as_tuple=True)
     vectors[neuron, rank_slot] = top.vectors.cpu()[neuron, slot[neuron, rank_slot]]
-    vectors = sum_exclusive(runtime, vectors, stage)
+    vectors = sum_exclusive(runtime, vectors, stage, dst)
     return RunningTopK(norms.gather(1, choice), ids.gather(1, choice), vectors)
