@@ -69,16 +69,14 @@ def _texts(value: str) -> tuple[list[str], str, list[str]]:
 
 
 def _evaluation(args, bundle):
-    from pathlib import Path
-
     import torch
 
-    from core.cli.common import classifier_for
-    from core.engine.images import image_folder, iter_image_batches, labelled_from_csv
+    from core.cli.common import classifier_for, parse_images
+    from core.engine.images import iter_image_batches
     from core.neurons.bases import Evaluation
 
-    folder = Path(args.evaluate)
-    labelled = labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column else image_folder(folder)
+    labelled = parse_images(args.evaluate, labelled=True, label_column=args.label_column,
+                            generator_split="heldout").labelled_images()
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     labels = torch.tensor(labelled.labels)
 

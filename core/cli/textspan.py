@@ -121,14 +121,11 @@ def run(args) -> int:
 
 
 def _completeness(args, bundle, build) -> dict:
-    from pathlib import Path
-
-    from core.cli.common import classifier_for
+    from core.cli.common import classifier_for, parse_images
     from core.heads.completeness import completeness_on_folder
-    from core.engine.images import image_folder, labelled_from_csv
 
-    folder = Path(args.evaluate)
-    labelled = labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column else image_folder(folder)
+    labelled = parse_images(args.evaluate, labelled=True, label_column=args.label_column,
+                            generator_split="heldout").labelled_images()
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     ms = sorted({m for m in args.m if m <= args.per_head})
     if len(ms) < len(set(args.m)):
