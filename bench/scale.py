@@ -11,7 +11,7 @@ model load), "wall" includes both. Prints images/s, the 2-process / 1-process ra
 cost (the pass-1 slot reductions plus the cross-rank top-k merge) as a share of the build time.
 Target: merge under 5% of the build on the toy model. Also one forward pass of ViT-B-32 for scale:
 the build's cost per image divided by a forward's (both one thread) is the factor README uses to
-extrapolate GPU-hours. The single process runs twice, with one thread and with all cores' threads.
+extrapolate GPU-hours. The single process uses one thread (`--all-threads` adds a run with every core's).
 
 GPU section (`--gpu`, needs CUDA; `--device cpu` runs the same code on small models to check it):
 per model, random weights, batch 64, images/s for a plain forward, the non-spatial decomposition
@@ -85,11 +85,12 @@ def forward_seconds_per_image(model: str, batch: int = 16, repeats: int = 2) -> 
 def cpu_section(args) -> None:
     cache = Path(tempfile.mkdtemp(prefix="scale-cache-"))
     rows = []
-    plans = [("toy", args.images, 64, 32, 100 if args.images >= 100 else 16)]
+    plans = [("toy", args.images, 256, 32, 100 if args.images >= 100 else 16)]
     if not args.skip_vit:
         plans.append(("ViT-B-32/none", args.vit_images, 8, 8, 8))
     for model, images, shard, batch, k in plans:
-        for processes, threads in ((1, 1), (1, None), (2, None)):  # torchrun gives each of 2 processes 1 thread
+        configs = ((1, 1), (1, None), (2, None)) if args.all_threads else ((1, 1), (2, None))
+        for processes, threads in configs:  # torchrun gives each of 2 processes 1 thread
             rows.append(run_build(model, images, processes, cache, shard, batch, k, threads))
             r = rows[-1]
             print(f"{model:14s} {processes} process(es), threads {r['threads']}: {r['images_per_s']:7.2f} images/s "
@@ -97,7 +98,7 @@ def cpu_section(args) -> None:
                   f"fixed finish {r['seconds']['finish']:.1f} s; wall {r['wall_s']:.1f} s incl. launch and model load); "
                   f"merge {r['merge_s']:.3f} s = {100 * r['merge_share']:.2f}% of the build, "
                   f"{100 * r['merge_share_passes']:.2f}% of the passes; {r['seconds']}", flush=True)
-        single = max(rows[-3:-1], key=lambda r: r["images_per_s"])
+        single = max(rows[-len(configs):-1], key=lambda r: r["images_per_s"])
         two = rows[-1]
         print(f"{model:14s} 2 processes / best single process ({single['threads']} threads): "
               f"{two['images_per_s'] / single['images_per_s']:.2f}x images/s", flush=True)
@@ -176,9 +177,11 @@ def gpu_section(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=256, help="world scenes for the toy model (default 256)")
+    parser.add_argument("--images", type=int, default=1024, help="world scenes for the toy model (default 1024)")
     parser.add_argument("--vit-images", type=int, default=24, help="world scenes for ViT-B-32/none (default 24)")
     parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--all-threads", action="store_true",
+                        help="also one process with every core's threads (meaningless on a machine shared with other jobs)")
     parser.add_argument("--gpu", action="store_true", help="run the GPU section (needs CUDA unless --device cpu)")
     parser.add_argument("--gpu-models", nargs="+", default=["ViT-B-16/none", "ViT-L-14/none"])
     parser.add_argument("--gpu-images", type=int, default=1024, help="images for the GPU bases build (default 1024)")

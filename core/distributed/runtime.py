@@ -226,20 +226,25 @@ def all_gather(runtime: Runtime, tensor: torch.Tensor, stage: str) -> list[torch
     return [part.cpu() for part in parts]
 
 
-def sum_exclusive(runtime: Runtime, tensor: torch.Tensor, stage: str, dst: int | None = None) -> torch.Tensor:
-    """Sum a tensor in which each entry is non-zero on at most one rank: exact, the owner's bits.
-    dst: only that rank receives the sum (the others get their own tensor back); None: every rank."""
+def gather_rows(runtime: Runtime, rows: torch.Tensor, counts: Sequence[int], stage: str) -> list[torch.Tensor]:
+    """On rank 0, every rank's rows [counts[r], ...] (rank 0's own first); [] elsewhere. Copies, no arithmetic.
+    counts must be known to every rank (they are computed the same way everywhere)."""
     if not runtime.distributed:
-        return tensor
+        return [rows]
     import torch.distributed as dist
 
-    buffer = tensor.to(runtime.comm_device).contiguous()
     with collective(runtime, stage):
-        if dst is None:
-            dist.all_reduce(buffer)
-        else:
-            dist.reduce(buffer, dst=dst)
-    return buffer.cpu()
+        if runtime.rank != 0:
+            if counts[runtime.rank]:
+                dist.send(rows.to(runtime.comm_device).contiguous(), dst=0)
+            return []
+        received = [rows]
+        for rank in range(1, runtime.world_size):
+            buffer = torch.empty((counts[rank], *rows.shape[1:]), dtype=rows.dtype, device=runtime.comm_device)
+            if counts[rank]:
+                dist.recv(buffer, src=rank)
+            received.append(buffer.cpu())
+    return received
 
 
 def owned(shards: Sequence[int], runtime: Runtime) -> list[int]:

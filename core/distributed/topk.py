@@ -99,11 +99,11 @@ class RunningTopK:
         self.update(norms, ids, vectors)
 
 
-def merge_across_ranks(runtime, top: RunningTopK, stage: str, dst: int | None = 0) -> RunningTopK:
-    """The global top-k, sorted: (norm, id) lists are gathered and ranked the same way on every rank;
-    each chosen vector is filled in by the one rank holding it and summed exactly on rank `dst` (the
-    writer; None: on every rank). Other ranks get the right norms and ids but not the vectors."""
-    from core.distributed.runtime import all_gather, sum_exclusive
+def merge_across_ranks(runtime, top: RunningTopK, stage: str) -> RunningTopK:
+    """The global top-k, sorted, complete on rank 0 (the writer): (norm, id) lists are gathered and ranked
+    the same way on every rank; each chosen vector is then copied to rank 0 by the one rank holding it.
+    Other ranks get the right norms and ids but not the vectors."""
+    from core.distributed.runtime import all_gather, gather_rows
 
     if not runtime.distributed:
         return top.sorted()
@@ -112,9 +112,12 @@ def merge_across_ranks(runtime, top: RunningTopK, stage: str, dst: int | None = 
     k = top.k
     choice = total_order(norms, ids)[:, :k]  # [neuron, k] positions in the gathered lists
     owner, slot = choice // k, choice % k
-    mine = owner == runtime.rank
-    vectors = torch.zeros_like(top.vectors, device="cpu")
-    neuron, rank_slot = mine.nonzero(as_tuple=True)
-    vectors[neuron, rank_slot] = top.vectors.cpu()[neuron, slot[neuron, rank_slot]]
-    vectors = sum_exclusive(runtime, vectors, stage, dst)
+    counts = [int((owner == rank).sum()) for rank in range(runtime.world_size)]
+    mine = (owner == runtime.rank).nonzero(as_tuple=True)  # (neuron, final position), row-major
+    rows = top.vectors[mine[0], slot[mine]].cpu()
+    received = gather_rows(runtime, rows, counts, stage)
+    vectors = torch.zeros(top.vectors.shape, dtype=top.vectors.dtype)
+    for rank, part in enumerate(received):
+        neuron, position = (owner == rank).nonzero(as_tuple=True)
+        vectors[neuron, position] = part
     return RunningTopK(norms.gather(1, choice), ids.gather(1, choice), vectors)
