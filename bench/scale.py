@@ -82,6 +82,32 @@ def forward_seconds_per_image(model: str, batch: int = 16, repeats: int = 2) -> 
     return (time.perf_counter() - started) / (repeats * batch)
 
 
+# Image towers at 224 px: (width, layers, tokens incl. class, patch); MLP 4x width.
+TOWERS = {"ViT-B-16": (768, 12, 197, 16), "ViT-L-14": (1024, 24, 257, 14), "ViT-H-14": (1280, 32, 257, 14)}
+IMAGENET_VAL = 50_000
+GPU_FP32_FLOPS = 67e12  # H100/H200 SXM FP32 (no TF32: PyTorch's default for float32 matmuls)
+GPU_UTILISATION = 0.5
+
+
+def forward_flops(width: int, layers: int, tokens: int, patch: int) -> float:
+    """2 x multiply-adds of one image's forward: qkv + out-proj + MLP (12 w^2 per token), attention (2 t^2 w)."""
+    per_layer = 12 * width**2 * tokens + 2 * tokens**2 * width
+    return 2.0 * (layers * per_layer + (tokens - 1) * 3 * patch**2 * width)
+
+
+def extrapolate(factor: float) -> None:
+    """GPU-hours for ImageNet-val bases, EXTRAPOLATED (not measured): images x factor x forward FLOPs at
+    GPU_UTILISATION of the FP32 peak. factor: the build's cost per image in forwards, measured on the CPU."""
+    print(f"EXTRAPOLATED, not measured: ImageNet-val ({IMAGENET_VAL:,} images) bases, the two image passes at "
+          f"{factor:.1f} forwards per image (measured on the CPU), {GPU_UTILISATION:.0%} of "
+          f"{GPU_FP32_FLOPS / 1e12:.0f} TFLOP/s FP32 (one H100/H200):")
+    for name, tower in TOWERS.items():
+        flops = forward_flops(*tower)
+        seconds = IMAGENET_VAL * factor * flops / (GPU_FP32_FLOPS * GPU_UTILISATION)
+        print(f"  {name}: forward {flops / 1e9:.0f} GFLOP/image -> {seconds / 3600:.2f} GPU-hours "
+              f"({IMAGENET_VAL * 2 / seconds:.0f} images/s per pass needed from the image decoders)")
+
+
 def cpu_section(args) -> None:
     cache = Path(tempfile.mkdtemp(prefix="scale-cache-"))
     rows = []
@@ -108,8 +134,10 @@ def cpu_section(args) -> None:
     if not args.skip_vit:
         vit = next(r for r in rows if r["model"] == "ViT-B-32/none" and r["processes"] == 1 and r["threads"] == 1)
         forward = forward_seconds_per_image("ViT-B-32/none")
+        factor = (1 / vit["images_per_s"]) / forward
         print(f"ViT-B-32 forward (1 thread): {1 / forward:.2f} images/s; the bases build's two passes cost "
-              f"{(1 / vit['images_per_s']) / forward:.1f} forwards per image (README's extrapolation factor)")
+              f"{factor:.1f} forwards per image (README's extrapolation factor)")
+        extrapolate(factor)
 
 
 def gpu_section(args) -> None:
@@ -188,8 +216,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--extrapolate", type=float, metavar="FACTOR",
+                        help="only print the extrapolated GPU-hours for this build cost (forwards per image)")
     args = parser.parse_args()
-    if args.gpu:
+    if args.extrapolate:
+        extrapolate(args.extrapolate)
+    elif args.gpu:
         gpu_section(args)
     else:
         cpu_section(args)

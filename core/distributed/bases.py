@@ -54,7 +54,7 @@ from core.neurons.second_order import check_layer, second_order_basis, second_or
 from core.neurons.stats import check_k
 
 DEFAULT_SHARD_SIZE = 2048
-WORK_FORMAT = 1
+WORK_FORMAT = 2
 Progress = Callable[..., Iterable]
 
 
@@ -311,7 +311,8 @@ def _pass1_shard(bundle, image_set, plan, layers, shard) -> dict[str, torch.Tens
             phi = second_order_effects(trace, basis, mode=plan.options.mode, coefficient=plan.options.coefficient)
             neuron_sums[layer] += phi.sum(0, dtype=torch.float64)
         count += pixels.shape[0]
-    return {"count": torch.tensor([count], dtype=torch.float64), "head_sum": head_sum, "span_gram": span_gram,
+    return {"count": torch.tensor([count], dtype=torch.float64), "head_sum": head_sum, "span_sum": span_sum,
+            "span_gram": span_gram,
             **{f"neuron_sum_L{layer}": total for layer, total in neuron_sums.items()},
             "skipped": _skipped_tensor(skipped)}
 
@@ -320,7 +321,7 @@ def _pass1_layout(bundle: ClipBundle, plan: BasesPlan) -> list[tuple[str, tuple[
     info = bundle.info
     d_mlp = {layer: second_order_basis(bundle.model.visual, layer).d_mlp for layer in plan.neuron_layers}
     return ([("count", (1,)), ("head_sum", (info.n_layers, info.n_heads, info.d_out)),
-             ("span_gram", (len(plan.heads), info.d_out, info.d_out))]
+             ("span_sum", (len(plan.heads), info.d_out)), ("span_gram", (len(plan.heads), info.d_out, info.d_out))]
             + [(f"neuron_sum_L{layer}", (d_mlp[layer], info.d_out)) for layer in plan.neuron_layers])
 
 
@@ -400,8 +401,7 @@ def _remove_partials(work: Path, shards: list[int]) -> None:
 def _write_artifact(writer, bundle, image_set, texts, plan, totals, means, tops, report, progress) -> Path:
     count = report.images
     embeddings = encode_texts(bundle, texts).cpu()
-    stats = HeadStatistics(count, totals["head_sum"][[h[0] for h in plan.heads], [h[1] for h in plan.heads]],
-                           totals["span_gram"])
+    stats = HeadStatistics(count, totals["span_sum"].contiguous(), totals["span_gram"].contiguous())
     result = text_span_from_stats(stats, embeddings, n_texts=plan.per_head, rank=plan.rank,
                                        criterion=plan.criterion)
     head_means = (totals["head_sum"] / count).float()

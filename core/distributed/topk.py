@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from core.neurons.stats import rank_order
+
 EMPTY_ID = -1  # an unfilled slot: norm -inf, sorts after every real image
 
 
 def total_order(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per row, positions sorting [row, n] by score descending, then id ascending (stable sorts)."""
-    by_id = torch.argsort(ids, dim=-1, stable=True)
-    by_score = torch.argsort(scores.gather(-1, by_id), dim=-1, descending=True, stable=True)
-    return by_id.gather(-1, by_score)
+    """Per row, positions sorting [row, n] by score descending, then id ascending (core.neurons.stats.rank_order)."""
+    return rank_order(scores, ids)
 
 
 @dataclass
