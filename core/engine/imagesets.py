@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class ImageSet:
     @classmethod
     def from_labelled(cls, labelled: LabelledImages) -> "ImageSet":
         root = Path(_common_root(labelled.paths))
-        files = [Path(p).resolve().relative_to(root).as_posix() for p in labelled.paths]
+        files = [Path(os.path.abspath(p)).relative_to(root).as_posix() for p in labelled.paths]  # links not followed
         return cls("folder", labelled.description, len(files),
                    {"root": str(root), "files": files, "labels": list(labelled.labels),
                     "classnames": list(labelled.classnames)})
@@ -640,9 +641,7 @@ def _path_fingerprint(paths: Sequence[Path]) -> str:
 
 
 def _common_root(paths: Sequence) -> str:
-    import os
-
-    resolved = [str(Path(p).resolve()) for p in paths]
+    resolved = [os.path.abspath(p) for p in paths]
     if not resolved:
         raise DatasetError("no images in the labelled set")
     root = os.path.commonpath(resolved)
