@@ -16,7 +16,8 @@ from pathlib import Path
 from core import settings
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"))
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
+        ("Segmentation", "segmentation"))
 
 
 def load_tab(folder: str):

@@ -21,6 +21,7 @@ wins over the environment. Importing this module has no side effects and pulls i
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
@@ -45,6 +46,21 @@ def configure(**values: Any) -> None:
             _overrides.pop(key, None)
         else:
             _overrides[key] = value
+
+
+@contextlib.contextmanager
+def overridden(**values: Any):
+    """`configure(**values)` for the duration of a `with` block (None leaves a setting as it was)."""
+    previous = {key: _overrides.get(key) for key in values}
+    configure(**{key: value for key, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                _overrides.pop(key, None)
+            else:
+                _overrides[key] = value
 
 
 def _env(name: str, default: str = "") -> str:

@@ -115,38 +115,51 @@ def run(args) -> int:
 
 
 def _verify(args) -> int:
+    from core import guards
     from core.artifacts import store as bases
 
-    problems = bases.verify_artifact(args.path)
-    if problems:
-        listed = "\n".join(f"  - {problem}" for problem in problems)
-        raise BasesError(f"{args.path} failed verification ({len(problems)} problem(s)):\n{listed}")
+    guards.check_user_path(args.path, "bases folder")
+    problems = bases.verify_artifact(args.path, deep=True)
+    if problems:  # the first problem on the error line, any others listed below it
+        more = "".join(f"\n  - {problem}" for problem in problems[1:])
+        count = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+        raise BasesError(f"{args.path} failed verification{count}: {problems[0]}{more}")
     artifact = bases.Artifact(Path(args.path), bases.read_manifest(args.path))  # just verified
     print(f"ok: {args.path}\n{_summary(artifact)}")
     return 0
 
 
 def _info(args) -> int:
-    from core.artifacts import store as bases
+    from core.artifacts import hub
 
-    artifact = bases.load_artifact(args.source, allow_unpinned=args.allow_unpinned)
+    from core.artifacts.store import verify_artifact
+
+    artifact = hub.load_bases(hub.check_user_source(args.source), allow_unpinned=args.allow_unpinned)
+    problems = verify_artifact(artifact.path, within=artifact.root, deep=True)  # contents too: NaN, bad tables
+    if problems:
+        raise BasesError(f"cannot use the bases at {artifact.path}: " + "; ".join(problems))
     print(f"{artifact.path}\n{_summary(artifact)}")
     return 0
 
 
 def _pull(args) -> int:
-    from core.artifacts import hub, store as bases
+    from core import guards
+    from core.artifacts import hub
 
+    if args.cache_dir is not None:
+        guards.check_user_path(args.cache_dir, "cache folder --cache-dir")
     folder = hub.pull_artifact(args.repo_id, args.revision, cache_dir=args.cache_dir,
                                allow_unpinned=args.allow_unpinned)
-    artifact = bases.load_artifact(folder)
+    artifact = hub.load_bases(folder)
     print(f"{folder}\n{_summary(artifact)}")
     return 0
 
 
 def _push(args) -> int:
+    from core import guards
     from core.artifacts import hub
 
+    guards.check_user_path(args.path, "bases folder")
     commit = hub.push_artifact(args.path, args.repo_id, private=args.private)
     print(f"pushed {args.path} to dataset repo {args.repo_id}, commit {commit}\n"
           f"load with: {args.repo_id}@{commit}")
@@ -173,19 +186,33 @@ def _summary(artifact: Artifact) -> str:
 def _build(args: argparse.Namespace) -> int:
     import sys
 
-    from core.cli.common import parse_images
+    from core import guards
+    from core.cli.common import count, model_spec, parse_images, positive
     from core.cli.neurons import _progress, _texts
     from core.distributed import runtime as rt
     from core.distributed.bases import BasesPlan, build_bases
-    from core.engine.models import default_spec, load_clip
+    from core.engine.models import load_clip
     from core.heads.outputs import default_heads, heads_of_layers
     from core.neurons.bases import BuildOptions
     from core.neurons.texts import default_terms
 
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.per_head, "texts", "--per-head")
+    count(args.rank, "texts", "--rank")
+    count(args.k, "gallery", "--k")
+    count(args.terms, "texts", "--terms")
+    positive(args.shard_size, "--shard-size")
+    positive(args.loader_threads, "--loader-threads", minimum=0, maximum=64)
+    for layer in (args.layers or []) + (args.neuron_layers or []):
+        positive(layer, "--layers/--neuron-layers", minimum=0)
+    guards.check_output_path(args.out, "output folder --out")
+    if args.work_dir:
+        guards.check_output_path(args.work_dir, "work folder --work-dir")
+    spec = model_spec(args)
     runtime = rt.start(args.device, timeout_s=args.timeout)
     try:
         main = runtime.is_main
-        bundle = load_clip(args.model or default_spec(), device=runtime.device)
+        bundle = load_clip(spec, device=runtime.device)
         info = bundle.info
         texts, pool_name, problems = _texts(args.texts)
         if problems and main:

@@ -56,27 +56,20 @@ def _image_set(value: str):
 
 
 def _texts(value: str) -> tuple[list[str], str, list[str]]:
-    from pathlib import Path
+    """(texts, pool name, skipped lines) through the one text-pool resolver (`toy` or a file)."""
+    from core.engine.text import resolve_text_pool
 
-    from core.engine.text import read_text_pool
-
-    if value == "toy":
-        from core.world.scenes import load_toy_texts
-
-        return load_toy_texts(), "toy", []
-    texts, problems = read_text_pool(value)
-    return texts, Path(value).name, problems
+    pool = resolve_text_pool(value)
+    return pool.texts, pool.name, pool.problems
 
 
-def _evaluation(args, bundle):
+def _evaluation(args, bundle, labelled):
     import torch
 
-    from core.cli.common import classifier_for, parse_images
+    from core.cli.common import classifier_for
     from core.engine.images import iter_image_batches
     from core.neurons.bases import Evaluation
 
-    labelled = parse_images(args.evaluate, labelled=True, label_column=args.label_column,
-                            generator_split="heldout").labelled_images()
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     labels = torch.tensor(labelled.labels)
 
@@ -102,10 +95,22 @@ def run(args) -> int:
     from core.artifacts.store import load_artifact
     from core.neurons.bases import BuildOptions, build_neuron_bases, load_neuron_basis, read_ablation_table
 
+    from core import guards
+    from core.cli.common import check_templates, count, labelled_source, model_spec, positive
+
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.k, "gallery", "--k")
+    count(args.terms, "texts", "--terms")
+    for layer in args.layer:
+        positive(layer, "--layer", minimum=0)
+    check_templates(args.templates)
+    guards.check_output_path(args.out, "output folder --out")
+    model_spec(args)
     image_set = _image_set(args.images)
     texts, pool_name, problems = _texts(args.texts)
+    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
     bundle = load_model(args)
-    evaluation = _evaluation(args, bundle) if args.evaluate else None
+    evaluation = _evaluation(args, bundle, labelled) if labelled else None
     options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, mode=args.mode, half=args.half,
                            batch_size=args.batch_size)
     log = (lambda line: print(line, file=sys.stderr))
@@ -117,7 +122,7 @@ def run(args) -> int:
                               pool_name=pool_name, options=options, evaluation=evaluation, progress=_progress,
                               overwrite=args.overwrite, log=log)
     artifact = load_artifact(path, expect_model=bundle.info.identity())
-    bases = [load_neuron_basis(artifact, layer) for layer in args.layer]
+    bases = [load_neuron_basis(artifact, layer, bundle.info) for layer in args.layer]
     ablations = read_ablation_table(artifact)
     if args.json:
         print_json({"out": str(path), "model": bundle.info.spec, "image_set": image_set.description,

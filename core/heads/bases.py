@@ -109,7 +109,19 @@ def artifact_result(artifact: Artifact, heads: Sequence[Head] | None = None) -> 
     if missing or not heads:
         raise BasesError(f"the bases at {artifact.path} hold no TextSpan for {', '.join(missing) or 'any head'}")
     params = artifact.manifest["algorithms"].get("textspan", {})
-    return heads, result_from_tensors([artifact.tensors(group_name(h)) for h in heads], params)
+    if not isinstance(params, dict):
+        raise BasesError(f"the bases at {artifact.path} record TextSpan parameters {params!r}, not a dict")
+    sizes: dict[str, int] = {}  # one n and one d_out across heads: a tampered file fails here, not in torch.stack
+    pool = artifact.manifest.get("text_pool") or {}
+    below = {"indices": pool["count"]} if isinstance(pool.get("count"), int) else None
+    groups = [artifact.tensors(group_name(h), TEXTSPAN_SHAPES, sizes, integer=("indices", "rank"), below=below)
+              for h in heads]
+    return heads, result_from_tensors(groups, params)
+
+
+# The stored tensors of one head (result_tensors); the check in artifact_result keeps their shapes consistent.
+TEXTSPAN_SHAPES = {"indices": ("n",), "variance_explained": ("n",), "cumulative": ("n",), "mean": ("d_out",),
+                   "directions": ("n", "d_out"), "total_variance": (1,), "rank": (1,)}
 
 
 # ---------------------------------------------------------------- the build
