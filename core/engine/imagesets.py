@@ -408,7 +408,10 @@ def parse_image_set(spec: str, *, generator_split: str | None = None, labelled: 
         except ValueError as err:
             raise ConfigError(f"--images {name}:N[:SEED[:SPLIT]] needs integers N and SEED, got {spec!r}") from err
         split = parts[2] if len(parts) == 3 else generator_split
-        image_set = ImageSet.generated(name, numbers[0], numbers[1] if len(numbers) == 2 else 0, split)
+        try:
+            image_set = ImageSet.generated(name, numbers[0], numbers[1] if len(numbers) == 2 else 0, split)
+        except ConfigError as err:
+            raise ConfigError(f"--images {name}:N[:SEED] (or {name}:N:SEED:SPLIT): {err}") from err
         return image_set.with_labels(label_column) if label_column else image_set
     if not allow_paths:
         raise ConfigError("image folders are not available here: upload images or use a generated set")
