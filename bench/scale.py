@@ -16,7 +16,7 @@ extrapolate GPU-hours. The single process uses one thread (`--all-threads` adds 
 GPU section (`--gpu`, needs CUDA; `--device cpu` runs the same code on small models to check it):
 per model, random weights, batch 64, images/s for a plain forward, the non-spatial decomposition
 (trace + direct effects), the spatial decomposition onto 10 texts, the second-order effects of one
-layer, and a full bases build (one process, 8 shards of the batch size... see --gpu-images).
+layer, and a full bases build (one process over --gpu-images world scenes, shards of 4 batches).
 """
 
 from __future__ import annotations
