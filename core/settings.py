@@ -176,3 +176,11 @@ def server_port() -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise ConfigError(f"GRADIO_SERVER_PORT={value!r} is not a port number")
     return int(value)
+
+
+def torchrun() -> dict[str, int] | None:
+    """rank, world_size, local_rank, restart (TORCHELASTIC_RESTART_COUNT) when torchrun started this process."""
+    if not (_env("RANK") and _env("WORLD_SIZE")):
+        return None
+    return {"rank": int(_env("RANK")), "world_size": int(_env("WORLD_SIZE")),
+            "local_rank": int(_env("LOCAL_RANK") or 0), "restart": int(_env("TORCHELASTIC_RESTART_COUNT") or 0)}

@@ -14,9 +14,10 @@ def register(subparsers) -> None:
         "ImageFolder layout (one sub-folder per class), or a labels CSV with --label-column.",
     )
     add_model_argument(parser)
-    parser.add_argument("--images", required=True, help="labelled image folder (ImageFolder layout, or with labels.csv)")
+    parser.add_argument("--images", required=True, help="labelled image folder (ImageFolder layout, or with labels.csv), "
+                        "or world:N[:SEED] / hf:ORG/NAME@REVISION:SPLIT with --label-column")
     parser.add_argument("--label-column", help="read labels from DIR/labels.csv, this column (e.g. shape)")
-    parser.add_argument("--means-from", help="folder of images to compute the means from (default: --images)")
+    parser.add_argument("--means-from", help="images to compute the means from, as --images (default: --images)")
     parser.add_argument("--templates", default="auto",
                         help="openai (the 80 ImageNet templates), simple ('a photo of a {}.'), toy (the world's "
                         "templates for --label-column), a file with one template per line containing {}, or auto "
@@ -43,9 +44,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from core.engine.ablation import Ablation, ablation_accuracies, component_means, standard_ablations
-    from core.cli.common import (check_convention, check_templates, classifier_for, count, existing_folder,
-                                 labelled_source, model_spec)
-    from core.engine.images import image_files
+    from core.cli.common import (check_convention, check_templates, classifier_for, count, labelled_source,
+                                 model_spec, parse_images)
 
     count(args.batch_size, "batch_size", "--batch-size")
     check_convention(args.convention)
@@ -56,7 +56,7 @@ def run(args) -> int:
     labelled = labelled_source(args.images, args.label_column, "--images")
     means_paths = labelled.paths
     if args.means_from is not None:
-        means_paths = image_files(existing_folder(args.means_from, "image folder --means-from"))
+        means_paths = parse_images(args.means_from, "--means-from", generator_split="heldout").local_paths()
     bundle = load_model(args)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     source = f"{args.means_from or folder} ({len(means_paths)} images{'; the evaluation set itself' if not args.means_from else ''})"

@@ -125,13 +125,40 @@ def image_source(value: str, kind: str = "--images") -> tuple[str, Any]:
 
 
 def labelled_source(folder_value: str, label_column: str | None, kind: str):
-    """A labelled folder for --images/--evaluate: ImageFolder layout, or DIR/labels.csv with --label-column."""
+    """A labelled folder for --images/--evaluate: ImageFolder layout, or DIR/labels.csv with --label-column;
+    or world:N[:SEED] / hf:... with --label-column naming the labels (written once as files, see parse_images)."""
     from core.engine.images import image_folder, labelled_from_csv
+    from core.engine.imagesets import HF_PREFIX
+
+    if folder_value.startswith(("world:", HF_PREFIX)):
+        return parse_images(folder_value, kind, labelled=True, label_column=label_column,
+                            generator_split="heldout").labelled_images()
 
     folder = existing_folder(folder_value, f"labelled folder {kind}")
     if label_column:
         return labelled_from_csv(folder / "labels.csv", label_column)
     return image_folder(folder)
+
+
+def parse_images(value: str, kind: str = "--images", *, labelled: bool = False, label_column: str | None = None,
+                 generator_split: str | None = None):
+    """The engine's ImageSet (core.engine.imagesets) of an image-set option: a folder (allowed by core.guards),
+    world:N[:SEED[:SPLIT]] (N within the scene bound) or hf:ORG/NAME@REVISION:SPLIT[:COLUMN] / hf:PATH:SPLIT."""
+    import core.world  # noqa: F401  (registers the generated world's images: world:N[:SEED])
+    from core.engine.imagesets import HF_PREFIX, parse_image_set
+
+    spec = value.strip() if isinstance(value, str) else value
+    if isinstance(spec, str) and spec.startswith("world:"):
+        parts = spec.split(":")
+        image_source(":".join(parts[:3]), kind)  # bounds of N and SEED; a SPLIT is checked by the world
+    elif isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        name = spec[len(HF_PREFIX):].split(":")[0]
+        if "/" not in name or Path(name).exists() or name.startswith((".", "/", "~")):
+            guards.check_user_path(name, f"dataset folder {kind}")
+    else:
+        spec = str(existing_folder(spec, f"image folder {kind}", hint="use world:N for generated scenes or "
+                                   "hf:ORG/NAME@REVISION:SPLIT for a Hugging Face dataset"))
+    return parse_image_set(spec, labelled=labelled, label_column=label_column, generator_split=generator_split)
 
 
 TEMPLATE_NAMES = ("auto", "toy", "openai", "simple")

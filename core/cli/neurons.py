@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     parser.add_argument("--layer", type=int, nargs="+", required=True, help="MLP layer(s), e.g. 9 (paper: 9 of ViT-B-32)")
     parser.add_argument("--images", required=True,
-                        help="folder of images for the statistics, or world:N[:SEED] for N generated world scenes")
+                        help="folder of images for the statistics, world:N[:SEED] for N generated world scenes, or "
+                        "hf:ORG/NAME@REVISION:SPLIT[:COLUMN] (hf:PATH:SPLIT for a dataset saved locally)")
     parser.add_argument("--texts", required=True, help="text pool file (one text per line), or 'toy' for the toy pool")
     parser.add_argument("--out", required=True, help="output folder of the bases artifact")
     parser.add_argument("--k", type=int, default=100, help="top images per neuron for the PC and threshold (default 100)")
@@ -49,15 +50,9 @@ def register(subparsers) -> None:
 
 
 def _image_set(value: str):
-    """An ImageSet from --images: a folder (checked by core.guards), or world:N[:SEED] within the scene bound."""
-    from core.cli.common import image_source
-    from core.neurons.bases import ImageSet
+    from core.cli.common import parse_images
 
-    kind, source = image_source(value)
-    if kind == "folder":
-        return ImageSet.folder(source)
-    n, seed = source
-    return ImageSet.world(n, seed=seed)
+    return parse_images(value, generator_split="train")
 
 
 def _texts(value: str) -> tuple[list[str], str, list[str]]:

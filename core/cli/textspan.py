@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         "a bases artifact (one tensor group per head, a table of texts). Optionally run the paper's completeness "
         "check on a labelled folder.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
-    parser.add_argument("--images", required=True, help="folder of images to fit on (searched recursively)")
+    parser.add_argument("--images", required=True, help="folder of images to fit on (searched recursively), "
+                        "world:N[:SEED] or hf:ORG/NAME@REVISION:SPLIT[:COLUMN]")
     parser.add_argument("--texts", required=True, help="text pool file, one text per line (empty and duplicate "
                         "lines are reported and skipped), or 'toy' for the toy pool")
     parser.add_argument("--pool-name", help="name recorded for the text pool (default: the file name)")
@@ -73,8 +74,7 @@ def _progress():
 def _check_inputs(args):
     """Everything that can be checked before the model loads: (text pool, image files, labelled set or None)."""
     from core import guards
-    from core.cli.common import check_convention, check_templates, count, existing_folder, labelled_source, model_spec
-    from core.engine.images import image_files
+    from core.cli.common import check_convention, check_templates, count, labelled_source, model_spec, parse_images
     from core.engine.text import check_texts, resolve_text_pool
     from core.errors import ConfigError
     from core.heads.outputs import parse_heads
@@ -99,7 +99,7 @@ def _check_inputs(args):
     guards.check_output_path(args.out, "output folder --out")
     model_spec(args)
     pool = resolve_text_pool(args.texts, name=args.pool_name)
-    paths = image_files(existing_folder(args.images, "image folder --images"))
+    paths = parse_images(args.images, generator_split="heldout").local_paths()
     labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
     return pool, paths, labelled
 
