@@ -43,24 +43,29 @@ def run(args) -> int:
     from pathlib import Path
 
     from core.engine.ablation import Ablation, ablation_accuracies, component_means, standard_ablations
-    from core.cli.common import classifier_for
-    from core.engine.images import image_folder, labelled_from_csv
+    from core.cli.common import (check_convention, check_templates, classifier_for, count, existing_folder,
+                                 labelled_source, model_spec)
+    from core.engine.images import image_files
 
+    count(args.batch_size, "batch_size", "--batch-size")
+    check_convention(args.convention)
+    check_templates(args.templates)
+    heads = _parse_heads(args.heads)
+    model_spec(args)
     folder = Path(args.images)
-    labelled = (labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column
-                else image_folder(folder))
+    labelled = labelled_source(args.images, args.label_column, "--images")
+    means_paths = labelled.paths
+    if args.means_from is not None:
+        means_paths = image_files(existing_folder(args.means_from, "image folder --means-from"))
     bundle = load_model(args)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
-    means_paths = labelled.paths if not args.means_from else None
-    if args.means_from:
-        from core.engine.images import image_files
-
-        means_paths = image_files(args.means_from)
     source = f"{args.means_from or folder} ({len(means_paths)} images{'; the evaluation set itself' if not args.means_from else ''})"
     means = component_means(bundle, means_paths, description=source, convention=args.convention, batch_size=args.batch_size)
     ablations = standard_ablations(bundle.info.n_layers)
-    heads = _parse_heads(args.heads)
     if heads:
+        from core.heads.outputs import check_heads
+
+        heads = tuple(check_heads(heads, bundle.info))
         ablations.append(Ablation("heads " + args.heads, heads=heads))
     report = ablation_accuracies(bundle, labelled, classifier, means, ablations,
                                  classifier_description=described, batch_size=args.batch_size)

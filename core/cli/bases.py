@@ -99,38 +99,51 @@ def run(args) -> int:
 
 
 def _verify(args) -> int:
+    from core import guards
     from core.artifacts import store as bases
 
-    problems = bases.verify_artifact(args.path)
-    if problems:
-        listed = "\n".join(f"  - {problem}" for problem in problems)
-        raise BasesError(f"{args.path} failed verification ({len(problems)} problem(s)):\n{listed}")
+    guards.check_user_path(args.path, "bases folder")
+    problems = bases.verify_artifact(args.path, deep=True)
+    if problems:  # the first problem on the error line, any others listed below it
+        more = "".join(f"\n  - {problem}" for problem in problems[1:])
+        count = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+        raise BasesError(f"{args.path} failed verification{count}: {problems[0]}{more}")
     artifact = bases.Artifact(Path(args.path), bases.read_manifest(args.path))  # just verified
     print(f"ok: {args.path}\n{_summary(artifact)}")
     return 0
 
 
 def _info(args) -> int:
-    from core.artifacts import store as bases
+    from core.artifacts import hub
 
-    artifact = bases.load_artifact(args.source, allow_unpinned=args.allow_unpinned)
+    from core.artifacts.store import verify_artifact
+
+    artifact = hub.load_bases(hub.check_user_source(args.source), allow_unpinned=args.allow_unpinned)
+    problems = verify_artifact(artifact.path, within=artifact.root, deep=True)  # contents too: NaN, bad tables
+    if problems:
+        raise BasesError(f"cannot use the bases at {artifact.path}: " + "; ".join(problems))
     print(f"{artifact.path}\n{_summary(artifact)}")
     return 0
 
 
 def _pull(args) -> int:
-    from core.artifacts import hub, store as bases
+    from core import guards
+    from core.artifacts import hub
 
+    if args.cache_dir is not None:
+        guards.check_user_path(args.cache_dir, "cache folder --cache-dir")
     folder = hub.pull_artifact(args.repo_id, args.revision, cache_dir=args.cache_dir,
                                allow_unpinned=args.allow_unpinned)
-    artifact = bases.load_artifact(folder)
+    artifact = hub.load_bases(folder)
     print(f"{folder}\n{_summary(artifact)}")
     return 0
 
 
 def _push(args) -> int:
+    from core import guards
     from core.artifacts import hub
 
+    guards.check_user_path(args.path, "bases folder")
     commit = hub.push_artifact(args.path, args.repo_id, private=args.private)
     print(f"pushed {args.path} to dataset repo {args.repo_id}, commit {commit}\n"
           f"load with: {args.repo_id}@{commit}")
@@ -165,12 +178,24 @@ def _build(args: argparse.Namespace) -> int:
     from core.neurons.texts import default_terms
     from core.heads.bases import build_textspan_bases, finish_textspan_bases, textspan_build_params
 
-    bundle = load_model(args)
-    info = bundle.info
+    from core import guards
+    from core.cli.common import count, model_spec, positive
+
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.per_head, "texts", "--per-head")
+    count(args.rank, "texts", "--rank")
+    count(args.k, "gallery", "--k")
+    count(args.terms, "texts", "--terms")
+    for layer in (args.layers or []) + (args.neuron_layers or []):
+        positive(layer, "--layers/--neuron-layers", minimum=0)
+    guards.check_output_path(args.out, "output folder --out")
+    model_spec(args)
     texts, pool_name, problems = _texts(args.texts)
     if problems:
         print(f"text pool {pool_name}: {len(problems)} lines skipped (e.g. {problems[0]})", file=sys.stderr)
     image_set, paths = _build_images(args.images)
+    bundle = load_model(args)
+    info = bundle.info
     heads = heads_of_layers(info, args.layers) if args.layers else default_heads(info)
     neuron_layers = args.neuron_layers or list(range(max(0, info.n_layers - 4), info.n_layers - 1))
     rank = args.rank if args.rank is not None else min(80, info.d_out, len(paths))
@@ -197,20 +222,17 @@ def _build(args: argparse.Namespace) -> int:
 
 def _build_images(value: str):
     """(ImageSet, file paths): world scenes are rendered once into the cache so TextSpan can read them."""
-    from core.errors import ConfigError
+    from core.cli.common import image_source
     from core.engine.images import image_files
     from core.neurons.bases import ImageSet
     from core.engine.text import cache_dir
     from core.world.scenes import write_scenes
 
-    if not value.startswith("world:"):
-        image_set = ImageSet.folder(value)
+    kind, source = image_source(value)
+    if kind == "folder":
+        image_set = ImageSet.folder(source)
         return image_set, [Path(image_set.params["root"]) / name for name in image_set.params["files"]]
-    try:
-        n, *rest = (int(part) for part in value.split(":")[1:])
-    except ValueError as err:
-        raise ConfigError(f"--images world:N[:SEED] needs integers, got {value!r}") from err
-    seed = rest[0] if rest else 0
+    n, seed = source
     image_set = ImageSet.world(n, seed=seed, split="heldout")
     folder = cache_dir() / "world-scenes" / f"heldout-n{n}-seed{seed}-v{image_set.params['world_version']}"
     if not (folder / "labels.csv").is_file():

@@ -1,12 +1,19 @@
-"""Arguments and output helpers shared by the command-line commands."""
+"""Arguments and output helpers shared by the command-line commands.
+
+Every input is checked where it enters, before any model is loaded: paths go through `core.guards` (public
+mode, --allow-path), numbers through its bounds, model specs through its allow-list. A refusal is a
+`CoreError` that `core.cli.main` prints as one line with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from core import guards
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +34,125 @@ def add_convention_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model(args: argparse.Namespace):
-    from core.engine.models import default_spec, load_clip
+CONVENTIONS = ("paper", "centered")
 
-    return load_clip(args.model or default_spec())
+
+def model_spec(args: argparse.Namespace) -> str:
+    """The --model spec (or the default), checked against this server's allow-list before anything loads."""
+    from core import settings
+
+    return guards.check_model_allowed(args.model if args.model is not None else settings.default_model())
+
+
+def load_model(args: argparse.Namespace):
+    from core.engine.models import load_clip
+
+    return load_clip(model_spec(args))
+
+
+def check_convention(value: str) -> str:
+    from core.errors import ConfigError
+
+    if value not in CONVENTIONS:
+        raise ConfigError(f"unknown --convention {value[:40]!r}: choose one of {', '.join(CONVENTIONS)}")
+    return value
+
+
+def existing_file(value: str, kind: str, *, hint: str = "") -> Path:
+    """A file a user named: allowed by core.guards, and a regular file (a folder, pipe or device is refused)."""
+    import stat
+
+    from core.errors import DatasetError
+
+    path = guards.check_user_path(value, kind, hint=hint)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{kind} not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{kind} {path} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    if stat.S_ISDIR(mode):
+        raise DatasetError(f"{kind} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{kind} {path} is not a regular file (a pipe or a device?)")
+    return path
+
+
+def existing_folder(value: str, kind: str, *, hint: str = "") -> Path:
+    """A folder a user named: allowed by core.guards, and a folder."""
+    from core.errors import DatasetError
+
+    path = guards.check_user_path(value, kind, hint=hint)
+    if not path.is_dir():
+        raise DatasetError(f"{kind} not found: {path}" if not path.exists() else f"{kind} {path} is not a folder")
+    return path
+
+
+def count(value: int | None, bound: str, flag: str, *, minimum: int = 1) -> int | None:
+    """An integer option within [minimum, the core.guards bound]; None stays None."""
+    return None if value is None else guards.check_count(value, bound, flag, minimum=minimum)
+
+
+def positive(value: int | None, flag: str, *, minimum: int = 1, maximum: int | None = None) -> int | None:
+    """An integer option of at least `minimum` (and at most `maximum`); None stays None."""
+    from core.errors import ConfigError
+
+    if value is None:
+        return None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{flag} must be at least {minimum}{upper}, got {value}")
+    return value
+
+
+def image_source(value: str, kind: str = "--images") -> tuple[str, Any]:
+    """`world:N[:SEED]` as ("world", (n, seed)) with N within the scene bound, else ("folder", Path)."""
+    from core.errors import ConfigError
+
+    if value.startswith("world:"):
+        try:
+            parts = [int(part) for part in value.split(":")[1:]]
+        except ValueError:
+            raise ConfigError(f"{kind} world:N[:SEED] needs integers, got {value[:60]!r}") from None
+        if not 1 <= len(parts) <= 2:
+            raise ConfigError(f"{kind} world:N[:SEED], got {value[:60]!r}")
+        n = guards.check_count(parts[0], "scenes", f"{kind} world:N (scenes)")
+        seed = parts[1] if len(parts) == 2 else 0
+        if seed < 0:
+            raise ConfigError(f"{kind} world:N:SEED needs a seed >= 0, got {seed}")
+        return "world", (n, seed)
+    return "folder", existing_folder(value, f"image folder {kind}", hint="use world:N for generated scenes")
+
+
+def labelled_source(folder_value: str, label_column: str | None, kind: str):
+    """A labelled folder for --images/--evaluate: ImageFolder layout, or DIR/labels.csv with --label-column."""
+    from core.engine.images import image_folder, labelled_from_csv
+
+    folder = existing_folder(folder_value, f"labelled folder {kind}")
+    if label_column:
+        return labelled_from_csv(folder / "labels.csv", label_column)
+    return image_folder(folder)
+
+
+TEMPLATE_NAMES = ("auto", "toy", "openai", "simple")
+
+
+def check_templates(templates: str) -> str:
+    """A --templates choice: a name, or a file of templates (allowed by core.guards, each with one {})."""
+    if templates not in TEMPLATE_NAMES:
+        _template_lines(templates)
+    return templates
+
+
+def _template_lines(templates: str) -> list[str]:
+    from core.engine.text import check_template, read_text_pool
+
+    path = existing_file(templates, "templates file", hint="use " + ", ".join(TEMPLATE_NAMES))
+    lines, _ = read_text_pool(path)
+    guards.check_count(len(lines), "templates", f"templates in {path.name}")
+    for line in lines:
+        check_template(line)
+    return lines
 
 
 def print_json(obj: Any) -> None:
@@ -44,11 +166,9 @@ def model_line(info) -> str:
 
 def classifier_for(bundle, classnames, templates: str, column: str | None):
     """A zero-shot classifier for `classnames` from a --templates choice; returns (classifier, description)."""
-    from pathlib import Path
-
     from core.world import scenes as world
     from core.errors import ConfigError
-    from core.engine.text import imagenet_classifier_texts, prompt_classifier, read_text_pool, zero_shot_classifier
+    from core.engine.text import imagenet_classifier_texts, prompt_classifier, zero_shot_classifier
 
     if templates == "auto":
         templates = "toy" if bundle.info.source == "toy" and column in world.ZERO_SHOT else "openai"
@@ -65,7 +185,5 @@ def classifier_for(bundle, classnames, templates: str, column: str | None):
         return zero_shot_classifier(bundle, classnames, imagenet_classifier_texts()[1]), "80 OpenAI ImageNet templates"
     if templates == "simple":
         return zero_shot_classifier(bundle, classnames, ["a photo of a {}."]), "'a photo of a {}.'"
-    lines, _ = read_text_pool(Path(templates))
-    if not all("{}" in line for line in lines):
-        raise ConfigError(f"every template in {templates} must contain {{}}.")
+    lines = _template_lines(templates)
     return zero_shot_classifier(bundle, classnames, lines), f"{len(lines)} templates from {templates}"

@@ -11,9 +11,15 @@ import argparse
 
 
 def _run_scenes(args: argparse.Namespace) -> int:
+    from core import guards
+    from core.cli.common import positive
     from core.world.scenes import write_scenes
 
-    out = write_scenes(args.out, args.n, args.seed, split=args.split, image_size=args.size, overwrite=args.overwrite)
+    guards.check_count(args.n, "scenes", "--n (scenes)")
+    guards.check_count(args.size, "scene_size", "--size (pixels)", minimum=32)
+    positive(args.seed, "--seed", minimum=0)
+    out = guards.check_output_path(args.out, "output folder --out")
+    out = write_scenes(out, args.n, args.seed, split=args.split, image_size=args.size, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} scenes ({args.size}x{args.size}) to {out}: images/, masks/, labels.csv")
     return 0
 
@@ -25,10 +31,11 @@ def _register_scenes(toy_subparsers) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of scenes")
     parser.add_argument("--seed", type=int, required=True, help="random seed (>= 0)")
     parser.add_argument("--out", required=True, help="output folder (new or empty)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels, >= 32 (default 64)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels, 32..1024 (default 64)")
     # Not argparse `choices`: the engine names the valid splits in its own error.
     parser.add_argument("--split", default="heldout", help="heldout (default) or train")
-    parser.add_argument("--overwrite", action="store_true", help="replace scenes already written in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace scenes an earlier `toy scenes` wrote in "
+                        "--out (listed in its .clipscope-scenes.json); other files are never replaced or deleted")
     parser.set_defaults(func=_run_scenes)
 
 
@@ -37,22 +44,34 @@ def _run_train(args: argparse.Namespace) -> int:
     import platform
     import shlex
     import sys
-    from pathlib import Path
 
-    from core.errors import ConfigError
+    from core import guards
+    from core.cli.common import positive
     from core.engine.models import load_clip
     from core.paths import TOY_ARCH
-    from core.world.toy import TrainConfig, build_card, train_toy, write_model_card
+    from core.world.toy import TrainConfig, build_card, check_training_outputs, train_toy, write_model_card
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it (or choose another --out).")
-    if args.steps < 1 or args.batch_size < 2:
-        raise ConfigError("--steps must be >= 1 and --batch-size >= 2.")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup=min(args.warmup, args.steps), threads=args.threads,
-                         shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
+    out = guards.check_output_path(args.out, "weights file --out", folder=False)
+    check_training_outputs(out, overwrite=args.overwrite, card=not args.no_card)
+    given = {name: getattr(args, name) for name in ("steps", "batch_size", "lr", "seed", "warmup", "threads",
+                                                    "shape_groups", "position_groups", "group_size")}
+    config = TrainConfig(**{name: value for name, value in given.items() if value is not None},
                          shape_only_group=args.shape_only_group)
+    positive(config.steps, "--steps", maximum=10_000_000)
+    positive(config.batch_size, "--batch-size", minimum=2, maximum=guards.MAX_BATCH_SIZE)
+    positive(config.threads, "--threads", maximum=1024)
+    positive(config.warmup, "--warmup")
+    positive(config.seed, "--seed", minimum=0)
+    if not (0 < config.lr < 1):  # also refuses nan and inf
+        from core.errors import ConfigError
+
+        raise ConfigError(f"--lr must be a number between 0 and 1, got {config.lr}")
+    positive(args.log_every, "--log-every")
+    positive(args.save_every, "--save-every", minimum=0)
+    if config.warmup > config.steps:
+        from dataclasses import replace
+
+        config = replace(config, warmup=config.steps)
     summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
                         save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
@@ -60,7 +79,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     bundle = load_clip(f"{TOY_ARCH}/{out}")
     command = " ".join(["python -m core toy train", *(shlex.quote(a) for a in sys.argv[3:])])
-    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {args.threads}"
+    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {config.threads}"
     card = build_card(bundle, summary, config, command, machine)
     path = write_model_card(out.parent, card)
     print(f"zero-shot accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in card["zero_shot"].items()))
@@ -69,30 +88,31 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _register_train(toy_subparsers) -> None:
+    # Defaults (None) are the shipped recipe, core.world.toy.TrainConfig, read at run time: importing it here
+    # would load torch and open_clip for every command's --help.
     from core.paths import TOY_WEIGHTS
-    from core.world.toy import TrainConfig
 
-    recipe = TrainConfig()  # the shipped recipe
+    recipe = "the shipped recipe, core.world.toy.TrainConfig"
 
     parser = toy_subparsers.add_parser("train", help="retrain the toy CLIP from scratch and write its model card",
                                        description="Train the toy CLIP on the generated world (CPU), then evaluate it "
                                        "and write MODEL_CARD.md and card.json next to the weights.")
     parser.add_argument("--out", default=str(TOY_WEIGHTS), help=f"weights file (default: {TOY_WEIGHTS})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
-    parser.add_argument("--steps", type=int, default=recipe.steps)
-    parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
-    parser.add_argument("--lr", type=float, default=recipe.lr)
-    parser.add_argument("--warmup", type=int, default=recipe.warmup)
-    parser.add_argument("--seed", type=int, default=recipe.seed)
-    parser.add_argument("--shape-groups", type=int, default=recipe.shape_groups,
-                        help=f"groups per batch of scenes that differ only in shape (default {recipe.shape_groups}; 0: none)")
-    parser.add_argument("--position-groups", type=int, default=recipe.position_groups,
-                        help=f"groups per batch of single objects that differ only in position (default {recipe.position_groups})")
-    parser.add_argument("--group-size", type=int, default=recipe.group_size,
-                        help=f"scenes per group, 2..5 (default {recipe.group_size})")
+    parser.add_argument("--overwrite", action="store_true", help="replace a weights file (and its model card) that "
+                        "an earlier `toy train` wrote; other files are never replaced")
+    parser.add_argument("--steps", type=int, help=f"training steps (default: {recipe})")
+    parser.add_argument("--batch-size", type=int, help=f"scenes per batch (default: {recipe})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate (default: {recipe})")
+    parser.add_argument("--warmup", type=int, help=f"warm-up steps (default: {recipe})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default: {recipe})")
+    parser.add_argument("--shape-groups", type=int,
+                        help=f"groups per batch of scenes that differ only in shape (0: none; default: {recipe})")
+    parser.add_argument("--position-groups", type=int,
+                        help=f"groups per batch of single objects that differ only in position (default: {recipe})")
+    parser.add_argument("--group-size", type=int, help=f"scenes per group, 2..5 (default: {recipe})")
     parser.add_argument("--no-shape-only-group", dest="shape_only_group", action="store_false",
                         help="leave out the group of five scenes captioned by their shape alone")
-    parser.add_argument("--threads", type=int, default=recipe.threads, help=f"torch CPU threads (default {recipe.threads})")
+    parser.add_argument("--threads", type=int, help=f"torch CPU threads (default: {recipe})")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the model card")
@@ -102,10 +122,14 @@ def _register_train(toy_subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from core import guards
+    from core.cli.common import positive
     from core.engine.models import load_clip
     from core.world.toy import evaluate_toy
 
-    bundle = load_clip(args.model)
+    guards.check_count(args.n, "scenes", "--n (scenes)")
+    positive(args.seed, "--seed", minimum=0)
+    bundle = load_clip(guards.check_model_allowed(args.model))
     accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
     if args.json:
         print(json.dumps(accuracy))

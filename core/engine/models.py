@@ -30,7 +30,9 @@ import open_clip
 import torch
 from torch import nn
 
+from core import settings
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
+from core.guards import check_model_allowed
 
 from core.paths import CONFIG_DIR, TOY_ARCH, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
@@ -47,10 +49,13 @@ def register_model_configs(path: str | os.PathLike = CONFIG_DIR) -> None:
         open_clip.add_model_config(path)
 
 
-register_model_configs()
-# Extra architecture configs (JSON files or folders), e.g. the test suite's tiny models.
-for _extra in filter(None, os.environ.get("CLIPSCOPE_MODEL_CONFIGS", "").split(os.pathsep)):
-    register_model_configs(_extra)
+@functools.lru_cache(maxsize=1)
+def _register_configs_once() -> None:
+    """The project's own configs and $CLIPSCOPE_MODEL_CONFIGS (e.g. the test suite's tiny models), on first use
+    rather than at import, so importing the engine changes nothing in open_clip."""
+    register_model_configs()
+    for extra in settings.model_config_paths():
+        register_model_configs(extra)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ def _known_specs_hint() -> str:
 def parse_spec(spec: str) -> tuple[str, str, str]:
     """Split a spec into (arch, pretrained, source); raise UnknownModelError if malformed or unknown."""
     spec = (spec or "").strip()
+    _register_configs_once()
     if not spec:
         raise UnknownModelError("empty model spec. " + _known_specs_hint())
     if spec == TOY_SPEC:
@@ -191,8 +197,10 @@ def _create(arch: str, pretrained: str, source: str, device: torch.device):
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, AssertionError) as err:
         # open_clip asserts on some shape mismatches of a foreign checkpoint
         raise _weights_error(arch, pretrained, source, err) from err
-    except Exception as err:  # safetensors raises its own SafetensorError; pickle loaders raise others
-        if type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):
+    except Exception as err:
+        # A file is whatever the user gave: the weights-only unpickler raises IndexError or TypeError on text,
+        # safetensors its own SafetensorError. Any failure to read it is a statement about the file.
+        if source in ("file", "toy") or type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):
             raise _weights_error(arch, pretrained, source, err) from err
         raise
 
@@ -208,7 +216,7 @@ def _factory(arch: str, pretrained: str, source: str, kwargs: dict[str, Any]):
 
 
 def _hub_host() -> str:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = settings.hub_endpoint()
     return endpoint.split("://", 1)[-1].split("/", 1)[0].split(":")[0]
 
 
@@ -250,13 +258,15 @@ def _quiet_logging():
 
 
 def _weights_error(arch: str, pretrained: str, source: str, err: Exception) -> WeightsError:
-    reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    reason = str(err).splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if len(reason) < 12:  # e.g. the weights-only unpickler's bare "101": say what kind of failure it was
+        reason = f"{type(err).__name__} {reason}"
     if source in ("file", "toy"):
         return WeightsError(
             f"could not load weights from {pretrained} into {arch}: {reason}. "
             "The file may be truncated or corrupted, or be a checkpoint of another architecture."
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = settings.hub_offline()
     return WeightsError(
         f"could not obtain weights for {arch if source == 'hf-hub' else arch + '/' + pretrained}"
         f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network on this machine?)'}: {reason}. "
@@ -319,20 +329,31 @@ def _load_cached(spec: str, device: str) -> ClipBundle:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    check_finite_weights(model, spec)
     info = describe(model, arch, pretrained, source)
     tokenizer = open_clip.get_tokenizer(arch)
     return ClipBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, info=info, device=torch_device)
+
+
+def check_finite_weights(model: nn.Module, spec: str) -> None:
+    """Refuse weights holding NaN or Inf: every result computed from them would be NaN, printed as a number."""
+    for name, tensor in model.named_parameters():  # not buffers: the text tower's causal mask holds -inf
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"the weights of {spec} hold NaN or infinite values (first in {name}): "
+                               "the checkpoint is corrupt or diverged in training; use another checkpoint")
 
 
 def load_clip(spec: str = TOY_SPEC, device: str | torch.device = "cpu") -> ClipBundle:
     """Load (once per process) the model named by `spec`; see the module docstring for spec forms.
 
     Raises UnknownModelError for names we do not know, WeightsError when weights cannot be
-    obtained or read, UnsupportedModelError for towers the decomposition cannot model.
+    obtained or read (or hold NaN/Inf), UnsupportedModelError for towers the decomposition cannot
+    model, and ModelNotAllowedError for what this server does not load (core.guards: public mode).
     """
-    return _load_cached(spec.strip() if isinstance(spec, str) else spec, str(torch.device(device)))
+    spec = check_model_allowed(spec)
+    return _load_cached(spec, str(torch.device(device)))
 
 
 def default_spec() -> str:
     """The model the app starts on: $CLIPSCOPE_MODEL, else the offline toy model."""
-    return os.environ.get("CLIPSCOPE_MODEL", "").strip() or TOY_SPEC
+    return settings.default_model()

@@ -146,23 +146,49 @@ def neuron_layers(artifact: Artifact) -> list[int]:
     if not params:
         raise BasesError(f"the bases at {artifact.path} hold no neuron statistics; build them with "
                          + BUILD_COMMAND.format(spec=artifact.manifest["model"]["spec"]))
-    return [int(layer) for layer in params["layers"]]
+    layers = params.get("layers") if isinstance(params, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(layer, int) and not isinstance(layer, bool)
+                                               for layer in layers):
+        raise BasesError(f"the bases at {artifact.path} record neuron layers {layers!r}, not a list of integers: "
+                         "the manifest was edited; rebuild the bases")
+    return list(layers)
 
 
-def load_neuron_basis(artifact: Artifact, layer: int) -> NeuronBasis:
-    """Layer `layer` of a verified artifact; the stored texts must match the manifest's text pool."""
+_NEURON_SHAPES = {"pcs": ("neuron", "d_out"), "thresholds": ("neuron",), "top_images": ("neuron", "k"),
+                  "top_norms": ("neuron", "k"), "pc_variance": ("neuron",)}
+_SPARSE_SHAPES = {"indices": ("neuron", "terms"), "coefficients": ("neuron", "terms"),
+                  "reconstruction_cosine": ("neuron",)}
+
+
+def load_neuron_basis(artifact: Artifact, layer: int, model_info=None) -> NeuronBasis:
+    """Layer `layer` of a verified artifact; the stored texts must match the manifest's text pool.
+
+    Every tensor's shape (against `model_info`'s d_mlp and d_out when given) and every stored index is
+    checked, so a tampered file whose hashes were recomputed fails here with a BasesError.
+    """
     layers = neuron_layers(artifact)
     if layer not in layers:
         raise ConfigError(f"the bases at {artifact.path} have neuron statistics for layer(s) "
                           f"{', '.join(map(str, layers))}, not layer {layer}")
     params = artifact.manifest["algorithms"][ALGORITHM]
     texts = artifact.json("texts")
+    if not isinstance(texts, list):
+        raise BasesError(f"extra/texts.json in {artifact.path} is not a list of texts: rebuild the bases")
     check_text_pool(artifact, texts)
+    missing = [key for key in ("mode", "coefficient", "dictionary", "terms", "k") if key not in params]
+    if missing:
+        raise BasesError(f"the bases at {artifact.path} lack neuron parameters {', '.join(missing)}: rebuild them")
     image_set = ImageSet.from_record(artifact.json("image_set"))
-    stats = _stats_from_store(layer, artifact.tensors(f"neurons_L{layer}"),
-                              artifact.tensors(f"neuron_means_L{layer}")["mean"], n_images=image_set.count,
+    sizes = {"neuron": model_info.d_mlp, "d_out": model_info.d_out} if model_info is not None else {}
+    stored = artifact.tensors(f"neurons_L{layer}", _NEURON_SHAPES, sizes, integer=("top_images",),
+                              below={"top_images": image_set.count})
+    sizes = {"neuron": stored["pcs"].shape[0], "d_out": stored["pcs"].shape[1]}
+    means = artifact.tensors(f"neuron_means_L{layer}", {"mean": ("neuron", "d_out")}, sizes)
+    stats = _stats_from_store(layer, stored, means["mean"], n_images=image_set.count,
                               mode=params["mode"], coefficient=params["coefficient"])
-    words = _words_from_store(artifact.tensors(f"sparse_L{layer}"), params["dictionary"])
+    sparse = artifact.tensors(f"sparse_L{layer}", _SPARSE_SHAPES, {"neuron": sizes["neuron"]}, integer=("indices",),
+                              below={"indices": len(texts)})
+    words = _words_from_store(sparse, params["dictionary"])
     provenance = {"model": artifact.manifest["model"]["spec"], "random_init": artifact.manifest["model"]["random_init"],
                   "layer": layer, "image_set": image_set.description,
                   "text_pool": artifact.manifest["text_pool"]["name"], "text_count": len(texts),
@@ -174,14 +200,14 @@ def load_neuron_basis(artifact: Artifact, layer: int) -> NeuronBasis:
 
 def find_neuron_bases(bundle: ClipBundle, source: str | None = None) -> Artifact:
     """The neuron bases for this model: `source`, else $CLIPSCOPE_BASES / the shipped default."""
-    from core.artifacts.hub import resolve_bases_source
+    from core.artifacts.hub import load_bases, resolve_bases_source
 
     spec = bundle.info.spec
     resolved = resolve_bases_source(spec, source)
     if resolved is None:
         raise BasesError(f"no neuron bases are configured for model {spec}: build them with "
                          + BUILD_COMMAND.format(spec=spec))
-    artifact = load_artifact(resolved, expect_model=bundle.info.identity())
+    artifact = load_bases(resolved, expect_model=bundle.info.identity())
     neuron_layers(artifact)
     return artifact
 
