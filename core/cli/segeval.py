@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from core.cli.common import add_model_argument, model_line, print_json
-from core.cli.segment import (METHOD_CHOICES, add_device_argument, add_method_options, add_yes_no, load_on_device,
-                              method_options, resolve_method, yes_no)
+from core.cli.segment import (METHOD_CHOICES, add_device_argument, add_method_options, add_yes_no,
+                              check_device, check_method_inputs, load_on_device, method_options, resolve_method,
+                              yes_no)
 
 EPILOG = """examples:
   python -m core segeval --dataset world:500:2718 --method heads --method raw-attention --method oracle
@@ -65,24 +66,33 @@ def _progress(iterable, desc: str, total: int | None = None):
 def run(args) -> int:
     import sys
 
+    from core import guards
+    from core.cli.common import count, existing_file, model_spec
     from core.errors import ConfigError
     from core.segmentation.datasets import first_images, open_dataset, read_classnames
     from core.segmentation.evaluate import ORACLE, evaluate
     from core.segmentation.protocols import PROTOCOLS, parse_threshold
 
     if args.protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {args.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {args.protocol[:40]!r}; choose one of {', '.join(PROTOCOLS)}")
     methods = [m if m == ORACLE else resolve_method(m, args.random) for m in args.method]
     threshold = parse_threshold(args.threshold)
-    classnames = read_classnames(args.classes) if args.classes else None
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.limit, "gallery", "--limit")
+    check_method_inputs(args)
+    classnames = read_classnames(existing_file(args.classes, "class names file")) if args.classes is not None else None
+    state_dir = guards.check_output_path(args.state_dir, "--state-dir folder") if args.state_dir is not None else None
+    maps_dir = guards.check_output_path(args.save_maps, "--save-maps folder") if args.save_maps is not None else None
+    check_device(args)
+    spec = model_spec(args)
     dataset = open_dataset(args.dataset, classnames)
     if args.limit is not None:
         dataset = first_images(dataset, args.limit)
-    bundle = load_on_device(args)
+    bundle = load_on_device(args, spec)
     report = evaluate(bundle, dataset, methods, protocol=args.protocol, options=method_options(args, bundle),
                       class_source=args.class_source, threshold=threshold, clamp=yes_no(args.clamp),
                       subtract_class_mean=yes_no(args.subtract_class_mean), batch_size=args.batch_size,
-                      state_dir=args.state_dir, save_maps=args.save_maps, progress=_progress,
+                      state_dir=state_dir, save_maps=maps_dir, progress=_progress,
                       log=lambda line: print(line, file=sys.stderr))
     if args.json:
         print_json(report.as_dict())

@@ -49,27 +49,41 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N, ... (default auto: cuda when available, else cpu)")
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda or cuda:N (default: $CLIPSCOPE_DEVICE or auto: cuda when available)")
 
 
-def load_on_device(args):
-    """The model on --device (load_model of core.cli.common loads on the CPU)."""
-    import torch
-
-    from core.engine.models import default_spec, load_clip
+def check_method_inputs(args) -> None:
+    """Everything about the method options that can be checked before the model loads."""
+    from core.artifacts.hub import check_user_source
+    from core.cli.common import count, positive
     from core.errors import ConfigError
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown device {args.device!r}: use cpu, cuda or cuda:N") from err
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA device is available on this machine")
-    return load_clip(args.model or default_spec(), device=device)
+    count(args.top_k, "top", "--top-k")
+    positive(args.seed, "--seed", minimum=0)
+    for layer in args.neuron_layers or ():
+        positive(layer, "--neuron-layers", minimum=0)
+    if args.heads is not None and not args.heads.strip():
+        raise ConfigError("--heads is empty; list heads as layer.head (e.g. 10.3,11.0) or give 'all'")
+    if args.bases is not None:
+        check_user_source(args.bases)
+
+
+def check_device(args) -> None:
+    from core import settings
+    from core.errors import ConfigError
+
+    if args.device is not None and not args.device.strip():
+        raise ConfigError("--device is empty: choose auto, cpu, cuda or cuda:N")
+    settings.resolve_device(args.device)
+
+
+def load_on_device(args, spec: str):
+    """The model `spec` (already allowed by core.guards) on --device."""
+    from core import settings
+    from core.engine.models import load_clip
+
+    return load_clip(spec, device=settings.resolve_device(args.device))
 
 
 def method_options(args, bundle):
@@ -124,27 +138,38 @@ def slug(text: str, limit: int = 40) -> str:
     return cleaned[:limit] or "text"
 
 
-def _prepare_out(out, log) -> None:
+def _check_out(out) -> list[str]:
+    """The files an earlier `segment` run wrote in `out` ([] for a new or empty folder); refuse anything else."""
     import json
 
-    from core.errors import ConfigError
+    from core.errors import OutputError
 
     record = out / "segment.json"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not record.is_file():
-            raise ConfigError(f"{out} is not empty and was not written by this command; choose a new or empty folder")
-        try:
-            earlier = json.loads(record.read_text(encoding="utf-8")).get("files", [])
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{record} is unreadable ({err}); choose a new folder") from err
-        for name in earlier:  # only what our earlier run wrote is replaced
-            path = out / name
-            if path.is_file() and path.parent == out:
-                path.unlink()
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    if not record.is_file():
+        raise OutputError(f"{out} is not empty and was not written by `python -m core segment`; choose a new or "
+                          "empty folder")
+    try:
+        files = json.loads(record.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError) as err:
+        raise OutputError(f"{record} is unreadable ({err}); choose a new folder") from None
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        raise OutputError(f"{record} is not a record of this command; choose a new folder")
+    return files
+
+
+def _prepare_out(out, log) -> None:
+    from core import guards
+
+    earlier = _check_out(out)
+    for name in earlier:  # only what our earlier run wrote is replaced
+        path = out / name
+        if path.parent == out and path.is_file():
+            path.unlink()
+    if earlier:
         log(f"replacing the results of an earlier `segment` run in {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    guards.output_folder(out, "--out folder")
 
 
 def run(args) -> int:
@@ -156,18 +181,29 @@ def run(args) -> int:
     import numpy as np
     from PIL import Image
 
+    from core import guards
+    from core.cli.common import existing_file, model_spec
     from core.engine.images import load_image
+    from core.engine.text import check_texts as check_text_values
     from core.segmentation.pictures import heat_picture, label_picture, mask_picture
     from core.segmentation.protocols import parse_threshold
     from core.segmentation.segment import check_texts, segment_image
 
+    check_text_values(args.text, what="--text")
+    if args.background is not None:
+        check_text_values([args.background], what="--background")
     texts = check_texts(args.text + ([args.background] if args.background else []))
     method = resolve_method(args.method, args.random)
     threshold = parse_threshold(args.threshold)
-    image = load_image(args.image)
-    bundle = load_on_device(args)
+    check_method_inputs(args)
+    check_device(args)
+    spec = model_spec(args)
+    image_path = existing_file(args.image, "image file", hint="upload an image")
+    out = Path(guards.check_output_path(args.out, "--out folder"))
+    _check_out(out)
+    image = load_image(image_path)
+    bundle = load_on_device(args, spec)
     options = method_options(args, bundle)
-    out = Path(args.out)
     _prepare_out(out, lambda line: print(line, file=sys.stderr))
     result = segment_image(bundle, image, texts, method=method, options=options, threshold=threshold,
                            clamp=yes_no(args.clamp), subtract_mean=yes_no(args.subtract_mean))
@@ -186,7 +222,7 @@ def run(args) -> int:
         np.save(out / "labels.npy", labels.astype(np.int16))
         label_picture(result.view, labels, result.texts, title=f"{method}: argmax").save(out / "labels.png")
         files += ["labels.npy", "labels.png"]
-    record = {**result.settings(), "image": str(args.image), "background_text": args.background,
+    record = {**result.settings(), "image": str(image_path), "background_text": args.background,
               "options": options.record(method), "files": files,
               "command": "python -m core segment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
               if len(sys.argv) > 2 and sys.argv[1] == "segment" else None}

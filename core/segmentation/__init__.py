@@ -16,5 +16,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
                  "FolderSegmentation", "open_dataset", "first_images", "write_imagenet_segmentation"],
     "evaluate": ["EvaluationReport", "MethodResult", "evaluate", "recompute_from_maps", "oracle_grids"],
     "segment": ["ImageSegmentation", "segment_image", "label_map", "world_truth", "iou"],
-    "reference": ["paper_eval_image", "paper_dataset_metrics", "literal_heads_map"],
+    "reference": ["paper_eval_image", "paper_dataset_metrics", "literal_heads_map", "original_spatial_path"],
 })

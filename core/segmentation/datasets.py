@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +33,6 @@ from core.errors import DatasetError
 from core.engine.images import IMAGE_SUFFIXES, load_image
 
 WORLD_IMAGE_SIZE = 64
-MAX_WORLD_SCENES = 100_000
 MAT_KEYS = ("value/img", "value/gt")
 
 
@@ -120,8 +120,9 @@ class WorldSegmentation(SegmentationDataset):
     def __init__(self, n: int, seed: int = 0):
         from core.world import scenes as world
 
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_WORLD_SCENES:
-            raise DatasetError(f"world:N needs 1 <= N <= {MAX_WORLD_SCENES}, got {n!r}")
+        from core import guards
+
+        n = guards.check_count(n, "scenes", "world:N (scenes)")
         self.scenes = world.sample_scenes(n, seed, split="heldout")
         self.seed = seed
         self.spec = f"world:{n}:{seed}"
@@ -356,26 +357,42 @@ def first_images(dataset: SegmentationDataset, n: int) -> SegmentationDataset:
 # ---------------------------------------------------------------- specs
 
 def open_dataset(spec: str, classnames: Sequence[str] | None = None) -> SegmentationDataset:
-    """The dataset named by `spec` (see the module docstring); `classnames` for unlabelled data's prediction."""
-    spec = (spec or "").strip()
+    """The dataset named by `spec` (see the module docstring); `classnames` for unlabelled data's prediction.
+
+    world:N is bounded by core.guards; a path must be one this server may read (public mode: none)."""
+    from core import guards
+
+    if not isinstance(spec, str):
+        raise DatasetError(f"a dataset spec must be a string, got {type(spec).__name__}")
+    spec = spec.strip()
     if spec.startswith("world:"):
-        parts = spec.split(":")[1:]
         try:
-            numbers = [int(part) for part in parts]
-        except ValueError as err:
-            raise DatasetError(f"world datasets are world:N or world:N:SEED with integers, got {spec!r}") from err
-        if not 1 <= len(numbers) <= 2 or any(n < 0 for n in numbers):
-            raise DatasetError(f"world datasets are world:N or world:N:SEED with integers >= 0, got {spec!r}")
-        return WorldSegmentation(numbers[0], numbers[1] if len(numbers) == 2 else 0)
-    path = Path(spec).expanduser()
+            numbers = [int(part) for part in spec.split(":")[1:]]
+        except ValueError:
+            raise DatasetError(f"a world dataset world:N[:SEED] needs integers, got {spec[:60]!r}") from None
+        if not 1 <= len(numbers) <= 2:
+            raise DatasetError(f"a world dataset is world:N[:SEED], got {spec[:60]!r}")
+        n = guards.check_count(numbers[0], "scenes", "world:N (scenes)")
+        seed = numbers[1] if len(numbers) == 2 else 0
+        if seed < 0:
+            raise DatasetError(f"world:N:SEED needs a seed >= 0, got {seed}")
+        return WorldSegmentation(n, seed)
     if not spec:
-        raise DatasetError("no dataset given: use world:N:SEED, a gtsegs_ijcv.mat file, or a folder with images/ and masks/")
-    if path.is_dir():
+        raise DatasetError("no dataset given (empty): use world:N:SEED, a gtsegs_ijcv.mat file, or a folder with "
+                           "images/ and masks/")
+    path = guards.check_user_path(spec, "dataset", hint="use world:N:SEED for generated scenes").expanduser()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"dataset not found: {spec[:200]}; use world:N:SEED, a gtsegs_ijcv.mat file, or a folder "
+                           "with images/ and masks/") from None
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"dataset {spec[:200]} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    if stat.S_ISDIR(mode):
         return FolderSegmentation(path, classnames)
-    if path.is_file():
-        return ImageNetSegmentation(path, classnames)
-    raise DatasetError(f"dataset not found: {spec}; use world:N:SEED, a gtsegs_ijcv.mat file, or a folder with "
-                       "images/ and masks/")
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"dataset {spec[:200]} is not a regular file or a folder (a pipe or a device?)")
+    return ImageNetSegmentation(path, classnames)
 
 
 def read_classnames(path: str | os.PathLike) -> list[str]:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core import guards
 from core.engine.models import ClipBundle
 from core.errors import ConfigError, DatasetError
 from core.segmentation.datasets import SegmentationDataset
@@ -154,7 +155,7 @@ def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_Method
             if run.method in earlier.get("methods", {}) and earlier["methods"][run.method] != run.settings:
                 raise ConfigError(f"{maps_dir} holds {run.method} maps made with other settings; choose a new folder")
         manifest["methods"] = earlier.get("methods", {})
-    maps_dir.mkdir(parents=True, exist_ok=True)
+    guards.output_folder(maps_dir, "--save-maps folder")
     for run in runs:
         manifest["methods"][run.method] = run.settings
         (maps_dir / run.method).mkdir(exist_ok=True)
@@ -191,8 +192,13 @@ def evaluate(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     info = bundle.info
-    state_root = Path(state_dir) if state_dir else default_state_dir()
-    state_root.mkdir(parents=True, exist_ok=True)
+    if state_dir:
+        state_root = guards.output_folder(state_dir, "state folder")  # a user-named folder: checked, clear errors
+    else:
+        state_root = default_state_dir()
+        state_root.mkdir(parents=True, exist_ok=True)
+    prompts = dataset.class_prompts()
+    classes_key = hashlib.sha256(json.dumps(prompts.prompts).encode("utf-8")).hexdigest()[:20]
     runs = []
     for method in methods:
         proto = method_protocol(protocol, method, has_labels=dataset.labelled, class_source=class_source,
@@ -201,7 +207,9 @@ def evaluate(
         segmenter = None if method == ORACLE else Segmenter(bundle, method, options)
         settings = {"version": STATE_VERSION, "model": info.identity(), "dataset": dataset.identity(),
                     "method": method, "options": {} if method == ORACLE else options.record(method),
-                    "protocol": proto.record()}
+                    "protocol": proto.record(), "classes": None if method == ORACLE else classes_key}
+        if segmenter is not None and segmenter.pool is not None:  # the bases and layers actually used
+            settings["neurons"] = {"source": segmenter.pool.source, "layers": list(segmenter.pool.layers)}
         path = state_root / f"{method}-{_key(settings)}.jsonl"
         run = _MethodRun(method, proto, segmenter, settings, path, _read_state(path, settings))
         run.resumed = len(run.records)
@@ -215,7 +223,6 @@ def evaluate(
     if maps_dir is not None:
         _prepare_maps_dir(maps_dir, {"tool": "python -m core segeval", "model": info.identity(),
                                      "dataset": dataset.identity(), "protocol": protocol, "geometry": geometry}, runs)
-    prompts = dataset.class_prompts()
     classifier = None
     if any(run.segmenter is not None for run in runs):
         from core.engine.text import prompt_classifier

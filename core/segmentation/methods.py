@@ -49,17 +49,18 @@ def check_method(method: str) -> str:
 
 
 def parse_heads(value: str | None, n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...] | None:
-    """'L.H,L.H,...' -> ((L, H), ...) sorted; None or '' or 'all' -> None (every head)."""
-    if value is None or value.strip() in ("", "all"):
+    """'L.H,L.H,...' -> ((L, H), ...) sorted, checked against the model; None or 'all' -> None (every head)."""
+    if value is None or value.strip() == "all":
         return None
-    pairs = set()
-    for part in value.split(","):
-        try:
-            layer, head = (int(x) for x in part.strip().split("."))
-        except ValueError as err:
-            raise ConfigError(f"heads must be LAYER.HEAD pairs separated by commas (e.g. 3.1,3.2), got {part!r}") from err
-        pairs.add((check_index("layer", layer, n_layers), check_index("head", head, n_heads)))
-    return tuple(sorted(pairs))
+    items = [item for item in value.replace(",", " ").split() if item]
+    try:
+        pairs = [(int(layer), int(head)) for layer, head in (item.split(".") for item in items)]
+    except ValueError:
+        raise ConfigError(f"heads must look like 10.3,11.0 (layer.head) or 'all', got {value[:60]!r}") from None
+    if not pairs:
+        raise ConfigError("no heads given; list them as layer.head, e.g. 10.3,11.0, or 'all'")
+    return tuple(sorted({(check_index("layer", layer, n_layers), check_index("head", head, n_heads))
+                         for layer, head in pairs}))
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def neuron_pool(bundle: ClipBundle, layers: Sequence[int] | None = None, bases: 
                           f"not {', '.join(map(str, missing))}")
     pcs, layer_of, neuron_of = [], [], []
     for layer in chosen:
-        basis_pcs = load_neuron_basis(artifact, layer).stats.pcs.double()
+        basis_pcs = load_neuron_basis(artifact, layer, bundle.info).stats.pcs.double()
         pcs.append(basis_pcs)
         layer_of.append(torch.full((len(basis_pcs),), layer, dtype=torch.long))
         neuron_of.append(torch.arange(len(basis_pcs)))

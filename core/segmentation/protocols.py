@@ -148,8 +148,8 @@ def _geometry_steps(preprocess: Callable) -> list[Callable[[Image.Image], Image.
         elif isinstance(step, transforms.CenterCrop):
             steps.append(transforms.CenterCrop(step.size))
         elif isinstance(step, (transforms.Normalize, transforms.ToTensor)) or type(step).__name__ in (
-                "MaybeConvertMode", "MaybeToTensor", "Lambda", "_convert_to_rgb"):
-            continue
+                "MaybeConvertMode", "MaybeToTensor") or getattr(step, "__name__", "") == "_convert_to_rgb":
+            continue  # colour and tensor steps: no geometry
         else:
             raise UnsupportedModelError(f"the model's preprocessing has a {type(step).__name__} step, which the "
                                         "aligned protocol cannot mirror on masks; use --protocol official")

@@ -65,7 +65,8 @@ def compute(spec: str, image_path: str | None, raw_texts: str, background: str, 
     methods = _methods(method, compare)
     spec = (spec or "").strip() or default_spec()
     key = [spec, image_path, texts]
-    session = session if session and session.get("key") == key else {"key": key, "results": {}}
+    same_image = bool(session) and session.get("key") == key
+    session = session if same_image else {"key": key, "results": {}}
     try:
         bundle = load_clip(spec)
         image = load_image(image_path, name="the uploaded image")
@@ -73,14 +74,25 @@ def compute(spec: str, image_path: str | None, raw_texts: str, background: str, 
             if name not in session["results"]:
                 segmenter = Segmenter(bundle, name, MethodOptions())
                 session["results"][name] = segment_image(bundle, image, texts, method=name, segmenter=segmenter)
-        truth = world_truth(image)
-        session["truth"] = None if truth is None else (
-            mask_view(truth[0], bundle.preprocess, bundle.info.image_size, "crop"), truth[1])
+        if not same_image:
+            truth = world_truth(image)
+            session["truth"] = None if truth is None else (
+                mask_view(truth[0], bundle.preprocess, bundle.info.image_size, "crop"), truth[1])
     except CoreError as err:
         raise gr.Error(str(err)) from err
     session.update(methods=methods, background=background_index, spec=spec, image=image_path)
     pick = gr.Dropdown(choices=texts, value=texts[0])
-    return (session, pick, heat_maps(session), *render(session, texts[0], rule, threshold))
+    # The true mask does not change with the method: re-sending the same picture would only race its download.
+    truth = gr.skip() if same_image else truth_picture(session)
+    return (session, pick, heat_maps(session), truth, *render(session, texts[0], rule, threshold))
+
+
+def truth_picture(session: dict):
+    if session.get("truth") is None:
+        return None
+    truth_mask, name = session["truth"]
+    view = session["results"][session["methods"][0]].view
+    return mask_picture(view, truth_mask, title=f"ground truth: {name}", colour=(40, 200, 40))
 
 
 def switch_method(spec, image_path, raw_texts, background, method, compare, rule, threshold, session):
@@ -102,9 +114,9 @@ def _threshold(rule: str, value: float):
 
 
 def render(session: dict | None, text: str | None, rule: str, threshold: float):
-    """Mask overlay, argmax view, ground truth and the provenance for one text and threshold (no recomputation)."""
+    """Mask overlay, argmax view and the provenance for one text and threshold (no recomputation)."""
     if not session or "methods" not in session:
-        return None, None, None, ""
+        return None, None, ""
     results = [session["results"][m] for m in session["methods"]]
     texts = results[0].texts
     index = texts.index(text) if text in texts else 0
@@ -116,12 +128,7 @@ def render(session: dict | None, text: str | None, rule: str, threshold: float):
         if len(texts) > 1:
             labels.append(label_picture(result.view, result.labels(chosen, session["background"]), texts,
                                         title=f"{result.method}: argmax"))
-    truth_picture = None
-    if session.get("truth") is not None:
-        truth_mask, name = session["truth"]
-        truth_picture = mask_picture(results[0].view, truth_mask, title=f"ground truth: {name}", colour=(40, 200, 40))
-    return (side_by_side(masks), side_by_side(labels) if labels else None, truth_picture,
-            provenance(session, results, chosen))
+    return side_by_side(masks), side_by_side(labels) if labels else None, provenance(session, results, chosen)
 
 
 def provenance(session: dict, results: list, threshold) -> str:
@@ -194,11 +201,11 @@ def build() -> gr.Blocks:
                     labels = gr.Image(label="Argmax over the texts", elem_id="segmentation-labels")
                 truth = gr.Image(label="Ground truth (generated-world examples)", elem_id="segmentation-truth")
                 info = gr.Markdown(elem_id="segmentation-info")
-        views = [mask, labels, truth, info]
+        views = [mask, labels, info]
         inputs = [model, image, texts, background, method, compare, rule, threshold, session]
-        button.click(compute, inputs, [session, text_pick, heat, *views], api_name="segment")
+        button.click(compute, inputs, [session, text_pick, heat, truth, *views], api_name="segment")
         for switch in (method, compare):
-            switch.input(switch_method, inputs, [session, text_pick, heat, *views], api_visibility="private")
+            switch.input(switch_method, inputs, [session, text_pick, heat, truth, *views], api_visibility="private")
         threshold.input(lambda s, t, v: render(s, t, SLIDER, v), [session, text_pick, threshold], views,
                         api_visibility="private").then(lambda: SLIDER, None, rule, api_visibility="private")
         for control in (rule, text_pick):
@@ -210,10 +217,13 @@ demo = build()
 
 if __name__ == "__main__":
     import argparse
-    import os
+
+    from core import settings
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args()
-    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, max_file_size="50mb")
+    host, port = args.host or settings.server_host(), args.port or settings.server_port()
+    settings.configure(public=True if not settings.is_loopback(host) else None)
+    demo.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port, max_file_size="50mb")

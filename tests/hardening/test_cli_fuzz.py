@@ -249,6 +249,30 @@ COMMANDS = {
         ("", BASES_FOLDER), ("--repo-id", [("bad id!", r"not a valid Hub repo id|HF_HUB_OFFLINE")]))),
 }
 
+# Zero-shot segmentation (issue 12): segment and segeval.
+THRESHOLD = [("high", r"threshold"), ("1.5", r"threshold"), ("nan", r"threshold"), ("-0.1", r"threshold"),
+             ("", r"threshold")]
+STARTS = [("99", r"out of range"), ("-99", r"out of range"), ("abc", r"invalid int value")]
+DATASET = [("{missing}", r"not found"), ("{pool}", r"not an HDF5"), ("{fifo}", r"regular file|pipe"),
+           ("{folder}", r"images/ and a masks/"), ("{png}\x00", r"NUL"), ("/tmp/" + "b" * 5000, r"not found|too long"),
+           ("{under_file}", r"not found|cannot be read|not a directory"), ("", r"empty")] + WORLD
+SEGMENT = ("segment", "--model", MODEL, "--image", "{png}", "--text", "a red circle", "--out", "{tmp}/seg")
+COMMANDS["segment"] = Command(_base(*SEGMENT), 1, (
+    ("--model", MODELS), ("--image", IMAGE), ("--text", TEXT), ("--background", TEXT), ("--method", CHOICE),
+    ("--threshold", THRESHOLD), ("--heads", HEADS), ("--top-k", POSITIVE), ("--seed", SEEDS), ("--device", CHOICE),
+    ("--rollout-start", STARTS), ("--chefer-start", STARTS), ("--clamp", CHOICE), ("--convention", CHOICE),
+    ("--neuron-layers", [("-1", r"at least 0"), ("abc", r"invalid int value")]),
+    ("--out", OUT_FOLDER + [("{scenes}", r"not empty")])))
+COMMANDS["segment neurons"] = Command(_base(*SEGMENT, "--method", "neurons", "--bases", "{bases}", "--top-k", "5"), 1, (
+    ("--bases", BASES_FOLDER), ("--neuron-layers", [("0", r"cover layer"), ("99", r"cover layer")]),
+    ("--top-k", [("100000", r"top-k must be|over the limit")])))
+COMMANDS["segeval"] = Command(_base("segeval", "--model", MODEL, "--dataset", "world:3:1", "--method", "heads",
+                                    "--state-dir", "{tmp}/state"), 1, (
+    ("--model", MODELS), ("--dataset", DATASET), ("--method", CHOICE), ("--protocol", CHOICE),
+    ("--class-source", CHOICE), ("--threshold", THRESHOLD), ("--clamp", CHOICE), ("--batch-size", POSITIVE),
+    ("--limit", POSITIVE), ("--classes", POOL), ("--device", CHOICE), ("--state-dir", OUT_FOLDER),
+    ("--save-maps", OUT_FOLDER + [("{scenes}", r"not empty")])))
+
 # Paths each command reads or writes, given a valid value: in public mode every one of them is refused.
 PUBLIC_PATHS = {
     "decompose": ["--image"], "ablate": ["--images", "--means-from", "--templates"],
@@ -261,6 +285,9 @@ PUBLIC_PATHS = {
 PUBLIC_VALUES = {"--images": "{images}", "--means-from": "{images}", "--templates": "{templates}", "--out": "{tmp}/o",
                  "--texts": "{pool}", "--evaluate": "{scenes}", "--image": "{png}", "--gallery": "{images}",
                  "--heads": "{heads_json}", "--bases": "{bases}", "": "{bases}"}
+PUBLIC_PATHS.update({"segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
+PUBLIC_VALUES.update({"--dataset": "{scenes}", "--state-dir": "{tmp}/state", "--save-maps": "{tmp}/maps",
+                      "--classes": "{pool}"})
 
 GLOBAL = [
     (("nonsense",), r"invalid choice"),

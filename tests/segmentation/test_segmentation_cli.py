@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +139,7 @@ def test_segeval_never_writes_maps_into_a_foreign_folder(tmp_path, capsys):
 
 
 def test_commands_are_listed():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "core", "--help"], capture_output=True, text=True, cwd=ROOT, env=env,
-                         timeout=120)
-    assert "segment" in out.stdout and "segeval" in out.stdout
+    from core.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "segment" in text and "segeval" in text

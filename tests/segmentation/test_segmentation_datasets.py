@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import DatasetError
+from core.errors import CoreError, DatasetError
 from core.segmentation.datasets import (FolderSegmentation, ImageNetSegmentation, WorldSegmentation, open_dataset,
                                         write_imagenet_segmentation)
 from core.world.scenes import render, sample_scenes, write_scenes
@@ -164,9 +164,19 @@ def test_world_dataset_and_world_folders(tmp_path):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("world:0", "1 <= N"), ("world:x:1", "integers"), ("world:5:1:2", "world:N"), ("", "no dataset"),
+    ("world:0", "at least 1"), ("world:x:1", "needs integers"), ("world:5:1:2", r"world:N\[:SEED\]"),
+    ("world:5:-1", "seed >= 0"), ("world:10000000000", "over the limit"), ("", "no dataset"),
     ("/nonexistent/gtsegs_ijcv.mat", "not found"),
 ])
 def test_bad_dataset_specs(spec, message):
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(CoreError, match=message):
         open_dataset(spec)
+
+
+def test_public_mode_reads_no_server_paths(tmp_path):
+    from core import settings
+
+    with settings.overridden(public=True):
+        with pytest.raises(CoreError, match="public server"):
+            open_dataset(str(tmp_path))
+        assert len(open_dataset("world:3:1")) == 3

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+from PIL import Image
+
 from core.engine.models import load_clip
 from core.segmentation.datasets import WorldSegmentation
 from core.segmentation.evaluate import evaluate
@@ -11,6 +15,7 @@ from core.world.scenes import Scene, render
 SEED = 31  # a held-out seed no other test uses
 
 
+@pytest.mark.slow
 def test_heads_beat_raw_attention_against_the_true_masks(tmp_path):
     toy = load_clip("toy")
     report = evaluate(toy, WorldSegmentation(150, seed=SEED), ["heads", "raw-attention", "oracle"],
@@ -28,9 +33,6 @@ def test_heads_beat_raw_attention_against_the_true_masks(tmp_path):
 def test_argmax_view_puts_each_object_under_its_own_text():
     """Two texts for two scenes' objects side by side: each object's pixels go to its own text."""
     toy = load_clip("toy")
-    import numpy as np
-    from PIL import Image
-
     left = Scene("circle", "red", "large", (3,), "gray")
     right = Scene("square", "blue", "large", (5,), "gray")
     image_left, mask_left = render(left)
