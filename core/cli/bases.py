@@ -181,7 +181,7 @@ def _build(args: argparse.Namespace) -> int:
     writer = ArtifactWriter(args.out, model=info.identity(), text_pool=text_pool_identity(texts, pool_name),
                             image_set=image_set.identity(), convention="paper", algorithms=algorithms,
                             overwrite=args.overwrite)
-    print(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
+    print(f"bases for {info.display_name} on {bundle.device}: heads {len(heads)}, neuron layers {neuron_layers}, "
           f"{image_set.description}, text pool {pool_name} ({len(texts)})", file=sys.stderr)
     build = build_textspan_bases(bundle, paths, texts, heads, args.out, pool_name=pool_name,
                                  image_description=image_set.description, per_head=args.per_head, rank=rank,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli.common import add_device_argument
+
 
 def _run_scenes(args: argparse.Namespace) -> int:
     from core.world.scenes import write_scenes
@@ -102,15 +104,16 @@ def _register_train(toy_subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from core.cli.common import device_of
     from core.engine.models import load_clip
     from core.world.toy import evaluate_toy
 
-    bundle = load_clip(args.model)
+    bundle = load_clip(args.model, device=device_of(args))
     accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
     if args.json:
-        print(json.dumps(accuracy))
+        print(json.dumps({**accuracy, "device": str(bundle.device)}))
     else:
-        print(f"model: {bundle.info.display_name}; {args.n} fresh held-out scenes (seed {args.seed})")
+        print(f"model: {bundle.info.display_name} on {bundle.device}; {args.n} fresh held-out scenes (seed {args.seed})")
         for name, value in accuracy.items():
             print(f"  {name:10s} {100 * value:5.1f}%")
     return 0
@@ -119,9 +122,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _register_evaluate(toy_subparsers) -> None:
     parser = toy_subparsers.add_parser("evaluate", help="zero-shot accuracy per attribute on fresh held-out scenes")
     parser.add_argument("--model", default="toy", help="model spec (default: toy)")
+    add_device_argument(parser)
     parser.add_argument("--n", type=int, default=1000, help="number of held-out scenes (default 1000)")
     parser.add_argument("--seed", type=int, default=31337, help="seed of the held-out scenes (default 31337)")
-    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": ..}')
+    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": .., "device": ..}')
     parser.set_defaults(func=_run_evaluate)
 
 

@@ -329,13 +329,17 @@ def _load_cached(spec: str, device: str) -> ClipBundle:
     return ClipBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, info=info, device=torch_device)
 
 
-def load_clip(spec: str = TOY_SPEC, device: str | torch.device = "cpu") -> ClipBundle:
-    """Load (once per process) the model named by `spec`; see the module docstring for spec forms.
+def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) -> ClipBundle:
+    """Load (once per process and device) the model named by `spec`; see the module docstring for spec forms.
 
+    device: a torch device or its name, or auto; default: the settings' (`$CLIPSCOPE_DEVICE`,
+    else auto: CUDA when available, else the CPU). `bundle.device` says where it lives.
     Raises UnknownModelError for names we do not know, WeightsError when weights cannot be
-    obtained or read, UnsupportedModelError for towers the decomposition cannot model.
+    obtained or read, UnsupportedModelError for towers the decomposition cannot model,
+    ConfigError for a device this machine does not have.
     """
-    return _load_cached(spec.strip() if isinstance(spec, str) else spec, str(torch.device(device)))
+    chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
+    return _load_cached(spec.strip() if isinstance(spec, str) else spec, str(chosen))
 
 
 def default_spec() -> str:
