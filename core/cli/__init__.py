@@ -56,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read and write only under DIR (repeat for several; default: anywhere)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"core.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"core.cli.{name}":
-                continue  # command not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"core.cli.{name}").register(subparsers)
     return parser
 
 

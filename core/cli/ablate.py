@@ -72,9 +72,9 @@ def run(args) -> int:
     if args.json:
         print_json({"model": report.model, "convention": report.convention, "means_from": report.means_from,
                     "evaluated_on": report.evaluated_on, "classifier": report.classifier,
-                    "accuracy": dict(report.rows), "skipped": report.skipped})
+                    "accuracy": dict(report.rows), "skipped": report.skipped}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"evaluated on: {report.evaluated_on}\nmeans from:   {report.means_from}\n"
           f"classifier:   {report.classifier}; convention: {report.convention} (direct-effect mean-ablation, "
           "final LayerNorm statistics frozen)")

@@ -65,7 +65,7 @@ def _add_build(subparsers) -> None:
         "precomputations on one image set and text pool, into one artifact. Resumable: run the same command "
         "again after an interruption. Scales out with torchrun: torchrun --nproc_per_node N -m core bases build ... "
         "gives the same artifact as one process.")
-    add_model_argument(parser)
+    add_model_argument(parser)  # with --device; under torchrun each process takes GPU LOCAL_RANK
     parser.add_argument("--images", required=True,
                         help="image folder, world:N[:SEED] for N held-out generated world scenes, or a Hugging Face "
                         "dataset hf:ORG/NAME@REVISION:SPLIT[:COLUMN] (hf:PATH:SPLIT for one saved locally)")
@@ -86,8 +86,6 @@ def _add_build(subparsers) -> None:
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where finished shards are kept until the artifact is written (default: the clipscope "
                         "cache; use a shared folder for multi-node runs that may restart on other nodes)")
-    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu or cuda (default: "
-                        "$CLIPSCOPE_DEVICE, else auto); under torchrun each process takes GPU LOCAL_RANK")
     parser.add_argument("--loader-threads", type=int, default=None, metavar="N",
                         help="threads decoding images per process (default 4 on a GPU, 0 on the CPU)")
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",

@@ -15,13 +15,22 @@ from typing import Any
 
 from core import guards
 
-
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model and --device: every command that loads a model takes both."""
     parser.add_argument(
         "--model",
         default=None,
         help="model spec: toy (default, offline), ARCH/TAG (e.g. ViT-B-32/openai), hf-hub:ORG/NAME, "
         "ARCH/path/to/weights.safetensors, or ARCH/none (random weights). Default: $CLIPSCOPE_MODEL or toy.",
+    )
+    add_device_argument(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where to compute: auto (CUDA when available), cpu, cuda or cuda:N. Default: $CLIPSCOPE_DEVICE or auto.",
     )
 
 
@@ -44,10 +53,17 @@ def model_spec(args: argparse.Namespace) -> str:
     return guards.check_model_allowed(args.model if args.model is not None else settings.default_model())
 
 
+def device_of(args: argparse.Namespace):
+    """The torch.device asked for by --device (default: the settings', i.e. $CLIPSCOPE_DEVICE or auto)."""
+    from core.settings import resolve_device
+
+    return resolve_device(getattr(args, "device", None))
+
+
 def load_model(args: argparse.Namespace):
     from core.engine.models import load_clip
 
-    return load_clip(model_spec(args))
+    return load_clip(model_spec(args), device=device_of(args))
 
 
 def check_convention(value: str) -> str:
@@ -182,13 +198,21 @@ def _template_lines(templates: str) -> list[str]:
     return lines
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: Any, device=None) -> None:
+    """Print obj as JSON; with `device`, every top-level object also says which device produced it."""
+    if device is not None:
+        stamp = {"device": str(device)}
+        obj = [{**item, **stamp} if isinstance(item, dict) else item for item in obj] if isinstance(obj, list) \
+            else {**obj, **stamp} if isinstance(obj, dict) else obj
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
-def model_line(info) -> str:
-    return f"model: {info.display_name}" + ("" if info.display_name == info.spec else f" [{info.spec}]")
+def model_line(model) -> str:
+    """'model: NAME [SPEC] on DEVICE' for a ClipBundle (or 'model: NAME [SPEC]' for its ModelInfo)."""
+    info = getattr(model, "info", model)
+    line = f"model: {info.display_name}" + ("" if info.display_name == info.spec else f" [{info.spec}]")
+    return line + (f" on {model.device}" if hasattr(model, "device") else "")
 
 
 def classifier_for(bundle, classnames, templates: str, column: str | None):

@@ -36,9 +36,9 @@ def run(args) -> int:
     result = decompose_image(bundle, image, args.text, convention=args.convention)
     if args.json:
         objects = result.to_json()
-        print_json(objects[0] if len(objects) == 1 else objects)
+        print_json(objects[0] if len(objects) == 1 else objects, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"image: {args.image}   convention: {result.convention}   "
           f"reconstruction error: {result.reconstruction_error:.2e} (relative, vs encode_image)")
     for index, text in enumerate(result.texts):

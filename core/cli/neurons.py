@@ -128,9 +128,9 @@ def run(args) -> int:
         print_json({"out": str(path), "model": bundle.info.spec, "image_set": image_set.description,
                     "text_pool": {"name": pool_name, "count": len(texts)}, "dictionary": args.dictionary,
                     "layers": {str(b.stats.layer): b.provenance for b in bases}, "ablations": ablations,
-                    "evaluated_on": evaluation.description if evaluation else None})
+                    "evaluated_on": evaluation.description if evaluation else None}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"wrote {path}\nimage set: {image_set.description}\ntext pool: {pool_name} ({len(texts)} texts); "
           f"dictionary: {args.dictionary}; convention: {args.mode}")
     for basis in bases:

@@ -45,6 +45,7 @@ def run(args) -> int:
     from core.errors import ConfigError
     from core.heads.outputs import check_heads, heads_of_layers
     from core.engine.images import image_files, load_image
+    from core.engine.labels import head_label
     from core.heads.retrieval import METRICS, nearest, query_contributions
 
     check_convention(args.convention)
@@ -64,12 +65,13 @@ def run(args) -> int:
     results = [{"rank": rank, "path": index.paths[i], "score": score} for rank, (i, score) in enumerate(found, 1)]
     if args.json:
         print_json({"model": bundle.info.spec, "query": args.image, "layer": args.layer, "head": args.head,
+                    "label": head_label(args.layer, args.head),
                     "metric": args.metric, "convention": args.convention, "gallery": index.description,
-                    "results": results})
+                    "results": results}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
-    print(f"query: {args.image}; head L{args.layer}H{args.head}; gallery: {index.description}; metric: {args.metric}; "
-          f"convention: {args.convention}")
+    print(model_line(bundle))
+    print(f"query: {args.image}; head {head_label(args.layer, args.head)}; gallery: {index.description}; "
+          f"metric: {args.metric}; convention: {args.convention}")
     for row in results:
         print(f"  {row['rank']:3d}. {row['score']:+.4f}  {row['path']}")
     return 0

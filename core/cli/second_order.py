@@ -81,7 +81,7 @@ def run(args) -> int:
                 "layer": str(args.layer), "mode": args.mode, "coefficient": str(COEFFICIENT),
                 "convention": f"{args.mode}: phi_n = {COEFFICIENT:g} / |y| x (path of neuron n through every later "
                 "head, frozen ln_1 stats and attention)" + (", with bias and LayerNorm-mean shares" if args.mode == "paper" else ""),
-                "shape": "[neuron, d_out]",
+                "shape": "[neuron, d_out]", "device": str(bundle.device),
                 "image": str(args.image).encode("utf-8", "backslashreplace").decode("utf-8")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -96,5 +96,5 @@ def run(args) -> int:
             raise OutputError(f"cannot write {out}: {str(err).splitlines()[0] if str(err) else err}") from None
         raise
     print(f"wrote {out}: phi [{phi.shape[1]} neurons, {phi.shape[2]} d_out] of layer {args.layer}, model "
-          f"{info.spec}, convention {args.mode} (x{COEFFICIENT:g}, divided by |y|)")
+          f"{info.spec} on {bundle.device}, convention {args.mode} (x{COEFFICIENT:g}, divided by |y|)")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core.cli.common import add_model_argument, model_line, print_json
-from core.cli.segment import (METHOD_CHOICES, add_device_argument, add_method_options, add_yes_no,
+from core.cli.segment import (METHOD_CHOICES, add_method_options, add_yes_no,
                               check_device, check_method_inputs, load_on_device, method_options, resolve_method,
                               yes_no)
 
@@ -50,7 +50,6 @@ def register(subparsers) -> None:
     parser.add_argument("--save-maps", metavar="DIR", default=None,
                         help="write DIR/METHOD/{i:05d}_map.npy (the scores the metrics used) and DIR/{i:05d}_mask.png")
     add_method_options(parser)
-    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=run)
 
@@ -97,7 +96,7 @@ def run(args) -> int:
     if args.json:
         print_json(report.as_dict())
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"dataset: {report.dataset}\nclasses: {report.classes}\nprotocol: {report.protocol}")
     if report.class_accuracy is not None:
         print(f"zero-shot accuracy of the predicted class: {100 * report.class_accuracy:.1f}%")

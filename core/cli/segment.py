@@ -48,11 +48,6 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
                        help="chefer: first block (default -1 = the last block only, their CLIP notebook)")
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None,
-                        help="auto, cpu, cuda or cuda:N (default: $CLIPSCOPE_DEVICE or auto: cuda when available)")
-
-
 def check_method_inputs(args) -> None:
     """Everything about the method options that can be checked before the model loads."""
     from core.artifacts.hub import check_user_source
@@ -126,7 +121,6 @@ def register(subparsers) -> None:
     add_yes_no(parser, "--clamp", "clamp scores at 0 before min-max (default: the method's rule; heads: yes)")
     add_yes_no(parser, "--subtract-mean", "heads: subtract the mean over the texts (default: yes with several texts)")
     add_method_options(parser)
-    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print segment.json's content")
     parser.set_defaults(func=run)
 
@@ -230,7 +224,7 @@ def run(args) -> int:
     if args.json:
         print_json(record)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"method: {result.description}\nthreshold: {result.threshold}; clamp: {'yes' if result.clamp else 'no'}; "
           f"heads minus mean over texts: {'yes' if result.subtract_mean else 'no'}")
     if result.text_free:

@@ -90,9 +90,9 @@ def run(args) -> int:
                              random_layers=args.random_layers, paper_extras=args.paper_extras,
                              batch_size=args.batch_size)
     if args.json:
-        print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()})
+        print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"evaluated on: {report.evaluated_on}; classes: {', '.join(report.classnames)}; classifier: {described}")
     flag = "  (WARNING: the evaluated set itself; pass --means-from for a held-out reference)" \
         if report.means_from_evaluated_set else ""

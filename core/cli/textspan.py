@@ -107,6 +107,7 @@ def _check_inputs(args):
 def run(args) -> int:
     import sys
 
+    from core.engine.labels import head_label
     from core.heads.bases import build_textspan_bases, finish_textspan_bases, head_text_rows
 
     pool, paths, labelled = _check_inputs(args)
@@ -129,9 +130,9 @@ def run(args) -> int:
     if args.json:
         print_json({"model": bundle.info.spec, "out": str(path), "heads": [list(h) for h in build.heads],
                     "computed": [list(h) for h in build.computed], "skipped_images": build.skipped,
-                    "text_pool_problems": problems, "completeness": completeness})
+                    "text_pool_problems": problems, "completeness": completeness}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"image set: {args.images} ({build.image_count} images); text pool: {pool.name} ({len(texts)} texts, "
           f"{len(problems)} lines skipped); convention: {args.convention}")
     print(f"fitted {len(build.computed)} heads, {len(build.heads) - len(build.computed)} already written")
@@ -140,7 +141,7 @@ def run(args) -> int:
     artifact = load_artifact(path)
     for head in build.heads:
         rows = head_text_rows(artifact, head)
-        print(f"\nL{head[0]}H{head[1]}  (rank {rows[0]['rank']}; {args.per_head} texts explain "
+        print(f"\n{head_label(*head)}  (rank {rows[0]['rank']}; {args.per_head} texts explain "
               f"{100 * rows[-1]['cumulative_variance']:.1f}% of the variance)")
         for row in rows[: args.show]:
             print(f"  {100 * row['variance_explained']:5.1f}%  {row['text']}")

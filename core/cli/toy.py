@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli.common import add_device_argument
+
 
 def _run_scenes(args: argparse.Namespace) -> int:
     from core import guards
@@ -123,18 +125,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from core import guards
-    from core.cli.common import positive
+    from core.cli.common import device_of, positive
     from core.engine.models import load_clip
     from core.world.toy import evaluate_toy
 
     guards.check_count(args.n, "scenes", "--n (scenes)")
     positive(args.seed, "--seed", minimum=0)
-    bundle = load_clip(guards.check_model_allowed(args.model))
+    bundle = load_clip(guards.check_model_allowed(args.model), device=device_of(args))
     accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
     if args.json:
-        print(json.dumps(accuracy))
+        print(json.dumps({**accuracy, "device": str(bundle.device)}))
     else:
-        print(f"model: {bundle.info.display_name}; {args.n} fresh held-out scenes (seed {args.seed})")
+        print(f"model: {bundle.info.display_name} on {bundle.device}; {args.n} fresh held-out scenes (seed {args.seed})")
         for name, value in accuracy.items():
             print(f"  {name:10s} {100 * value:5.1f}%")
     return 0
@@ -143,9 +145,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _register_evaluate(toy_subparsers) -> None:
     parser = toy_subparsers.add_parser("evaluate", help="zero-shot accuracy per attribute on fresh held-out scenes")
     parser.add_argument("--model", default="toy", help="model spec (default: toy)")
+    add_device_argument(parser)
     parser.add_argument("--n", type=int, default=1000, help="number of held-out scenes (default 1000)")
     parser.add_argument("--seed", type=int, default=31337, help="seed of the held-out scenes (default 31337)")
-    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": ..}')
+    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": .., "device": ..}')
     parser.set_defaults(func=_run_evaluate)
 
 

@@ -19,4 +19,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
                "iter_image_batches"],
     "reference": ["literal_direct_effects", "literal_components", "literal_second_order"],
     "viz": ["heat_grid", "overlay", "model_view", "diverging_colours"],
+    "labels": ["Component", "component_label", "head_label", "mlp_label", "neuron_label", "parse_label"],
 })

@@ -343,15 +343,19 @@ def check_finite_weights(model: nn.Module, spec: str) -> None:
                                "the checkpoint is corrupt or diverged in training; use another checkpoint")
 
 
-def load_clip(spec: str = TOY_SPEC, device: str | torch.device = "cpu") -> ClipBundle:
-    """Load (once per process) the model named by `spec`; see the module docstring for spec forms.
+def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) -> ClipBundle:
+    """Load (once per process and device) the model named by `spec`; see the module docstring for spec forms.
 
+    device: a torch device or its name, or auto; default: the settings' (`$CLIPSCOPE_DEVICE`,
+    else auto: CUDA when available, else the CPU). `bundle.device` says where it lives.
     Raises UnknownModelError for names we do not know, WeightsError when weights cannot be
     obtained or read (or hold NaN/Inf), UnsupportedModelError for towers the decomposition cannot
-    model, and ModelNotAllowedError for what this server does not load (core.guards: public mode).
+    model, ModelNotAllowedError for what this server does not load (core.guards: public mode), and
+    ConfigError for a device this machine does not have.
     """
     spec = check_model_allowed(spec)
-    return _load_cached(spec, str(torch.device(device)))
+    chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
+    return _load_cached(spec, str(chosen))
 
 
 def default_spec() -> str:

@@ -123,6 +123,15 @@ def _check_images(visual: nn.Module, images: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
+def _check_trace_arguments(visual: nn.Module, images: torch.Tensor, mlp_layers) -> None:
+    check_supported(visual)
+    _check_images(visual, images)
+    for layer in mlp_layers:
+        check_index("layer", layer, len(visual.transformer.resblocks))
+    if visual.training:
+        raise ConfigError("the vision tower is in training mode; call model.eval() first.")
+
+
 def trace_vit(
     visual: nn.Module,
     images: torch.Tensor,
@@ -135,13 +144,8 @@ def trace_vit(
     mlp_layers: layers whose MLP post-activations [batch, token, d_mlp] to keep.
     keep_values: keep all value vectors [batch, layer, token, head, d_head] (spatial maps).
     """
-    check_supported(visual)
-    _check_images(visual, images)
+    _check_trace_arguments(visual, images, mlp_layers)
     blocks = visual.transformer.resblocks
-    for layer in mlp_layers:
-        check_index("layer", layer, len(blocks))
-    if visual.training:
-        raise ConfigError("the vision tower is in training mode; call model.eval() first.")
     dtype = next(visual.parameters()).dtype
     x = visual._embeds(images.to(dtype))
     cls_embed = x[:, 0].clone()

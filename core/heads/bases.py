@@ -165,13 +165,7 @@ def build_textspan_bases(
     Heads already written by an earlier run of the same build are skipped. Returns the build,
     not yet finalised: call finish_textspan_bases (after an optional completeness check).
     """
-    heads = check_heads(heads, bundle.info)
-    if span not in SPANS:
-        raise ConfigError(f"unknown span {span!r}; choose one of {', '.join(SPANS)}")
-    bases = weight_span_bases(bundle.model.visual, heads) if span == "weights" else None
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    _check_sizes(bundle, len(paths), len(texts), per_head, rank, span, bases)
+    heads, bases = _checked(bundle, heads, len(paths), len(texts), per_head, rank, criterion, span)
     params = textspan_build_params(per_head, rank, criterion, span)
     if writer is None:  # else: an open writer shared with other builds (python -m core bases build)
         writer = ArtifactWriter(out, model=bundle.info.identity(), text_pool=text_pool_identity(texts, pool_name),
@@ -184,14 +178,26 @@ def build_textspan_bases(
         fitted, skipped = _head_statistics_cached(bundle, paths, heads, convention, batch_size, work_file, progress)
         if not writer.has(MEANS_GROUP):
             writer.add_tensors(MEANS_GROUP, {"mean": fitted.head_means, "count": torch.tensor([fitted.count])})
-    stored = writer.path / "tensors"
-    means = load_file(stored / f"{MEANS_GROUP}.safetensors")
     embeddings = encode_texts(bundle, texts).cpu() if pending else None
     new = _fit_pending(fitted, embeddings, pending, bases, heads, writer, per_head, rank, criterion, span, progress)
+    stored = writer.path / "tensors"
     groups = [new[h] if h in new else load_file(stored / f"{group_name(h)}.safetensors") for h in heads]
     result = result_from_tensors(groups, params)
     writer.add_table(TABLE, table_rows(heads, result, texts))
+    means = load_file(stored / f"{MEANS_GROUP}.safetensors")
     return TextSpanBuild(writer, heads, result, means["mean"], texts, pending, int(means["count"][0]), work_file, skipped)
+
+
+def _checked(bundle, heads, n_images, n_texts, per_head, rank, criterion, span):
+    """(heads checked against the model, weight span bases or None); fails before any expensive pass."""
+    heads = check_heads(heads, bundle.info)
+    if span not in SPANS:
+        raise ConfigError(f"unknown span {span!r}; choose one of {', '.join(SPANS)}")
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    bases = weight_span_bases(bundle.model.visual, heads) if span == "weights" else None
+    _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases)
+    return heads, bases
 
 
 def textspan_build_params(per_head: int, rank: int | None, criterion: str, span: str) -> dict:

@@ -22,6 +22,7 @@ from PIL import Image
 from core.engine.contributions import direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError, TextError, check_index
 from core.engine.images import iter_image_batches, load_image
+from core.engine.labels import head_label
 from core.engine.models import ClipBundle, ModelInfo
 from core.heads.textspan import HeadStatistics, TextSpanResult, text_span, text_span_from_stats
 from core.engine.trace import trace_vit
@@ -74,8 +75,8 @@ def check_heads(heads: Iterable[Sequence[int]], info: ModelInfo) -> list[Head]:
 
 
 def head_name(head: Head) -> str:
-    """'L10H3' for (10, 3)."""
-    return f"L{head[0]}H{head[1]}"
+    """'L10H3' for (10, 3) (core.engine.labels names every component)."""
+    return head_label(*head)
 
 
 # ---------------------------------------------------------------- head outputs over an image set

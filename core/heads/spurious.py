@@ -250,6 +250,16 @@ def spurious_report(
     early = tuple(range(max(0, bundle.info.n_layers - 4))) if paper_extras else ()
     ablations = [Ablation(name, mlps=paper_extras, attention_layers=early, heads=tuple(chosen)) for name, chosen in
                  [("chosen", heads)] + [(f"random {i}", s) for i, s in enumerate(random_sets)]]
+    correct, seen, skipped = _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_size, progress)
+    groups = torch.tensor(grouped.groups)[seen]
+    results = [group_accuracy(torch.cat(c), groups, len(grouped.group_names)) for c in correct]
+    return SpuriousReport(heads, provenance, results[0], results[1], random_sets, results[2:], list(grouped.classnames),
+                          list(grouped.group_names), len(seen), grouped.description, means.description,
+                          means_from_evaluated_set, means.convention, seed, list(random_layers), paper_extras, skipped)
+
+
+def _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_size, progress):
+    """(per condition, base first: bool tensors per batch; image indices seen; skipped files)."""
     labels = torch.tensor(grouped.labels)
     classifier = classifier.to(bundle.device)
     correct: list[list[torch.Tensor]] = [[] for _ in range(len(ablations) + 1)]
@@ -265,11 +275,7 @@ def spurious_report(
         seen += indices
     if not seen:
         raise DatasetError(f"no readable images in {grouped.description}")
-    groups = torch.tensor(grouped.groups)[seen]
-    results = [group_accuracy(torch.cat(c), groups, len(grouped.group_names)) for c in correct]
-    return SpuriousReport(heads, provenance, results[0], results[1], random_sets, results[2:], list(grouped.classnames),
-                          list(grouped.group_names), len(seen), grouped.description, means.description,
-                          means_from_evaluated_set, means.convention, seed, list(random_layers), paper_extras, skipped)
+    return correct, seen, skipped
 
 
 def describe_heads(heads: Sequence[Head]) -> str:

@@ -62,8 +62,10 @@ bytes per head (0.4 MB at that size).
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +82,7 @@ RANK_RTOL = 1e-6
 # Scores within this fraction of the best one tie (the lowest pool index wins).
 TIE_RTOL = 1e-6
 WORKSPACE_BYTES = 128 * 2**20
+_THREADS = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,9 @@ def text_span(
     states = []
     for start in range(0, n_head, chunk):
         heads = slice(start, start + chunk)
-        stats = HeadStatistics.from_outputs(head_outputs[heads])
-        states.append(_span_state(stats, texts, None if span_bases is None else span_bases[heads], rank))
+        stats = HeadStatistics.from_outputs(head_outputs[heads])  # one large matmul: all threads
+        with _one_thread():
+            states.append(_span_state(stats, texts, None if span_bases is None else span_bases[heads], rank))
     return _fit(states, texts, n_texts, rank, criterion, span, head_outputs.dtype)
 
 
@@ -237,10 +241,36 @@ def text_span_from_stats(
     chunk = chunk_heads or _default_chunk_heads(0, len(text_embeddings), d_out, rank)
     texts = text_embeddings.to(stats.gram.device, torch.float64)
     states = []
-    for start in range(0, n_head, chunk):
-        heads = slice(start, start + chunk)
-        states.append(_span_state(stats.select(heads), texts, None if span_bases is None else span_bases[heads], rank))
+    with _one_thread():
+        for start in range(0, n_head, chunk):
+            heads = slice(start, start + chunk)
+            bases = None if span_bases is None else span_bases[heads]
+            states.append(_span_state(stats.select(heads), texts, bases, rank))
     return _fit(states, texts, n_texts, rank, criterion, span, dtype)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the eigendecompositions and the greedy loop's many small operations on one thread.
+
+    With several OpenMP threads each small operation ends in a barrier where the threads spin-wait
+    (libgomp's default wait policy); when another process holds a core, a thread is descheduled
+    inside that barrier and its partner spins through whole time slices. Measured (bench.textspan
+    --contention): the 48-head call took 8x its quiet CPU time; the batched 512 x 512 eigh
+    (LAPACK syevd) alone took 7x. On one thread these steps cost about what they cost on two
+    (they are latency-bound), so only the Gram matrices (one large matmul per chunk) use all threads.
+    torch.set_num_threads is per thread (OpenMP/MKL) but also updates a process default, hence the lock.
+    """
+    with _THREADS:
+        before = torch.get_num_threads()
+        if before == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def _fit(states, texts, n_texts, rank, criterion, span, dtype) -> TextSpanResult:
@@ -248,7 +278,8 @@ def _fit(states, texts, n_texts, rank, criterion, span, dtype) -> TextSpanResult
     state = _SpanState(*(torch.cat(field) for field in zip(*states)))
     _check_ranks(state.ranks, n_texts, span)
     min_norm = MIN_TEXT_NORM * float(texts.norm(dim=1).max())
-    indices, captured_by_pick, picked = _greedy_select(texts, state, n_texts, criterion, min_norm)
+    with _one_thread():
+        indices, captured_by_pick, picked = _greedy_select(texts, state, n_texts, criterion, min_norm)
     _check_no_degenerate_pick(picked, min_norm)
     explained = captured_by_pick / state.total.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
     return TextSpanResult(

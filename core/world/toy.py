@@ -316,7 +316,10 @@ def _grouping_sentence(card: dict) -> str:
 
 
 def write_model_card(folder: Path, card: dict) -> Path:
-    """Write MODEL_CARD.md and card.json (the numbers tests check against) next to the weights."""
+    """Write MODEL_CARD.md and card.json (the numbers tests check against) next to the weights.
+
+    Long because most of it is the card's text, one template filled from `card`.
+    """
     import json
 
     folder = Path(folder)
