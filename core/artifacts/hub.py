@@ -24,7 +24,7 @@ from core.errors import BasesError, ConfigError
 ENV_VAR = "CLIPSCOPE_BASES"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # model spec -> folder relative to PROJECT_ROOT, or "org/name@<sha>". The toy model's bases ship in the repo.
-DEFAULT_BASES: dict[str, str] = {"toy": "core/data/toy/bases"}
+DEFAULT_BASES: dict[str, str] = {"toy": "core/data/toy/bases", "toy-biased": "core/data/toy_biased/bases"}
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 BUILD_HINT = (
     "build them locally with `python -m core bases build --model SPEC --images DIR --texts FILE --out DIR` "

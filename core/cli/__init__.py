@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "concepts",
     "second_order",
     "bases",
+    "adversarial",
 )
 
 

@@ -52,7 +52,8 @@ def _run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup=min(args.warmup, args.steps), threads=args.threads,
                          shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
-                         shape_only_group=args.shape_only_group)
+                         shape_only_group=args.shape_only_group, bias=args.bias or "", bias_p=args.bias_p,
+                         bias_others=args.bias_others)
     summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
                         save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
@@ -92,6 +93,14 @@ def _register_train(toy_subparsers) -> None:
                         help=f"scenes per group, 2..5 (default {recipe.group_size})")
     parser.add_argument("--no-shape-only-group", dest="shape_only_group", action="store_false",
                         help="leave out the group of five scenes captioned by their shape alone")
+    parser.add_argument("--bias", default=recipe.bias or None, metavar="SHAPE:BACKGROUND,...",
+                        help="plant a shape-background bias in the training scenes only, e.g. "
+                        "triangle:dotted,square:striped (the toy-biased model); held-out scenes stay uniform")
+    parser.add_argument("--bias-p", type=float, default=recipe.bias_p,
+                        help=f"probability that a paired shape is drawn on its background (default {recipe.bias_p})")
+    parser.add_argument("--bias-others", default=recipe.bias_others,
+                        help="other shapes: uniform (default: keep uniform backgrounds) or avoid (move off the "
+                        "paired backgrounds with the same probability)")
     parser.add_argument("--threads", type=int, default=recipe.threads, help=f"torch CPU threads (default {recipe.threads})")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")

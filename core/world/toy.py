@@ -52,10 +52,18 @@ class TrainConfig:
     # Plus one group of independent scenes of distinct shapes captioned by shape alone ("a circle"):
     # matching them needs shape features that ignore colour, background and position.
     shape_only_group: bool = True
+    # A planted shape-background bias in the training scenes (`core.world.bias`), e.g.
+    # "triangle:dotted,square:striped"; "" for none. Shape groups then use only the unpaired shapes
+    # (groups mixing paired shapes on one background would teach exactly the contrast the bias hides).
+    bias: str = ""
+    bias_p: float = 0.9
+    bias_others: str = "uniform"
 
     def __post_init__(self):
-        if not 2 <= self.group_size <= len(world.SHAPES):
-            raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)}, got {self.group_size}")
+        group_shapes = len(self.group_shape_pool)
+        if not 2 <= self.group_size <= len(world.SHAPES) or (self.shape_groups and self.group_size > group_shapes):
+            raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)} (at most {group_shapes}, the shapes "
+                              f"shape groups may use), got {self.group_size}")
         grouped = (self.shape_groups + self.position_groups) * self.group_size + self.n_shape_only
         if min(self.shape_groups, self.position_groups) < 0 or grouped > self.batch_size:
             raise ConfigError(f"{self.shape_groups} + {self.position_groups} groups of {self.group_size} and "
@@ -64,6 +72,21 @@ class TrainConfig:
     @property
     def n_shape_only(self) -> int:
         return len(world.SHAPES) if self.shape_only_group else 0
+
+    @property
+    def planted_bias(self):
+        """The `core.world.bias.PlantedBias` of the training scenes, or None."""
+        if not self.bias:
+            return None
+        from core.world.bias import PlantedBias
+
+        return PlantedBias.parse(self.bias, self.bias_p, self.bias_others)
+
+    @property
+    def group_shape_pool(self) -> tuple[str, ...]:
+        """Shapes that shape groups draw from: all, or the ones a planted bias leaves unpaired."""
+        bias = self.planted_bias
+        return tuple(s for s in world.SHAPES if bias is None or s not in bias.shapes)
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -90,13 +113,23 @@ def training_scenes(config: TrainConfig, step: int) -> tuple[list[world.Scene], 
     """
     size, n_groups = config.group_size, config.shape_groups + config.position_groups
     n_only = config.n_shape_only
-    drawn = world.sample_scenes(config.batch_size - n_groups * (size - 1), seed=config.seed * 1_000_003 + step, split="train")
+    bias = config.planted_bias
+    drawn = world.sample_scenes(config.batch_size - n_groups * (size - 1), seed=config.seed * 1_000_003 + step,
+                                split="train", bias=bias)
     bases, only, scenes = drawn[:n_groups], drawn[n_groups : n_groups + n_only], drawn[n_groups + n_only :]
     rng = np.random.default_rng([config.seed, step, 7])
+    pool = config.group_shape_pool
+    if bias is not None:
+        # Shape groups are built of unpaired shapes, and the shape-only group's shapes are fixed below:
+        # redraw their backgrounds by the bias for the shapes they end up with (planted by their own stream).
+        bases = [replace(b, shape=pool[0]) if i < config.shape_groups else b for i, b in enumerate(bases)]
+        only = [replace(scene, shape=shape) for scene, shape in zip(only, world.SHAPES)]
+        planted = bias.plant(bases + only, np.random.default_rng([config.seed, step, 11]))
+        bases, only = planted[:len(bases)], planted[len(bases):]
     grouped, varied = [], []
     for i, base in enumerate(bases):
         if i < config.shape_groups:
-            grouped += [replace(base, shape=str(shape)) for shape in rng.permutation(world.SHAPES)[:size]]
+            grouped += [replace(base, shape=str(shape)) for shape in rng.permutation(pool)[:size]]
             varied += ["shape"] * size
         else:
             grouped += [replace(base, cells=(int(cell),), jitter=base.jitter[:1]) for cell in rng.permutation(9)[:size]]
