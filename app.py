@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 from pathlib import Path
+
+from core import settings
 
 ROOT = Path(__file__).resolve().parent
 TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"))
@@ -61,13 +62,17 @@ def build_app():
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default model spec for every tab (default: $CLIPSCOPE_MODEL or toy)")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--public", action="store_true",
+                        help="public mode even on 127.0.0.1 (always on for a Space or a non-loopback --host)")
     args = parser.parse_args(argv)
     if args.model:
-        os.environ["CLIPSCOPE_MODEL"] = args.model
+        settings.configure(default_model=args.model)
+    host, port = args.host or settings.server_host(), args.port or settings.server_port()
+    settings.configure(public=True if args.public or not settings.is_loopback(host) else None)
     demo = build_app()
-    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, max_file_size="50mb")
+    demo.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port, max_file_size="50mb")
 
 
 if __name__ == "__main__":

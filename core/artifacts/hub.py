@@ -13,12 +13,12 @@ must not freeze them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
 
 from core.artifacts.store import CARD, MANIFEST, SECTIONS, read_manifest, verify_artifact
+from core import settings
 from core.errors import BasesError, ConfigError
 
 ENV_VAR = "CLIPSCOPE_BASES"
@@ -44,7 +44,7 @@ def resolve_bases_source(model_spec: str, cli_value: str | None = None) -> str |
     """
     if cli_value:
         return cli_value
-    from_env = _source_from_env(os.environ.get(ENV_VAR, ""), model_spec)
+    from_env = _source_from_env(settings.bases_sources(), model_spec)
     if from_env:
         return from_env
     default = DEFAULT_BASES.get(model_spec)

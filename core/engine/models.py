@@ -31,6 +31,7 @@ import open_clip
 import torch
 from torch import nn
 
+from core import settings
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
 
 from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
@@ -48,10 +49,13 @@ def register_model_configs(path: str | os.PathLike = CONFIG_DIR) -> None:
         open_clip.add_model_config(path)
 
 
-register_model_configs()
-# Extra architecture configs (JSON files or folders), e.g. the test suite's tiny models.
-for _extra in filter(None, os.environ.get("CLIPSCOPE_MODEL_CONFIGS", "").split(os.pathsep)):
-    register_model_configs(_extra)
+@functools.lru_cache(maxsize=1)
+def _register_configs_once() -> None:
+    """The project's own configs and $CLIPSCOPE_MODEL_CONFIGS (e.g. the test suite's tiny models), on first use
+    rather than at import, so importing the engine changes nothing in open_clip."""
+    register_model_configs()
+    for extra in settings.model_config_paths():
+        register_model_configs(extra)
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ def _known_specs_hint() -> str:
 def parse_spec(spec: str) -> tuple[str, str, str]:
     """Split a spec into (arch, pretrained, source); raise UnknownModelError if malformed or unknown."""
     spec = (spec or "").strip()
+    _register_configs_once()
     if not spec:
         raise UnknownModelError("empty model spec. " + _known_specs_hint())
     if spec in TOY_MODELS:
@@ -213,7 +218,7 @@ def _factory(arch: str, pretrained: str, source: str, kwargs: dict[str, Any]):
 
 
 def _hub_host() -> str:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = settings.hub_endpoint()
     return endpoint.split("://", 1)[-1].split("/", 1)[0].split(":")[0]
 
 
@@ -261,7 +266,7 @@ def _weights_error(arch: str, pretrained: str, source: str, err: Exception) -> W
             f"could not load weights from {pretrained} into {arch}: {reason}. "
             "The file may be truncated or corrupted, or be a checkpoint of another architecture."
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = settings.hub_offline()
     return WeightsError(
         f"could not obtain weights for {arch if source == 'hf-hub' else arch + '/' + pretrained}"
         f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network on this machine?)'}: {reason}. "
@@ -340,4 +345,4 @@ def load_clip(spec: str = TOY_SPEC, device: str | torch.device = "cpu") -> ClipB
 
 def default_spec() -> str:
     """The model the app starts on: $CLIPSCOPE_MODEL, else the offline toy model."""
-    return os.environ.get("CLIPSCOPE_MODEL", "").strip() or TOY_SPEC
+    return settings.default_model()

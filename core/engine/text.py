@@ -19,12 +19,13 @@ from typing import Callable, Iterable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from core import settings
 from core.errors import TextError
 from core.engine.models import ClipBundle
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CLIPSCOPE_CACHE", "~/.cache/clipscope")).expanduser()
+    return settings.cache_dir()
 
 
 def texts_sha256(texts: Sequence[str]) -> str:

@@ -6,7 +6,6 @@ Runs alone (`python spaces/heads/app.py [--port 7861]`) or as a tab of the root 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -19,6 +18,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from core.engine.contributions import CONVENTIONS  # noqa: E402
+from core import settings  # noqa: E402
 from core.errors import CoreError  # noqa: E402
 from core.world.examples import example_images  # noqa: E402
 from core.gpu import gpu  # noqa: E402
@@ -401,7 +401,9 @@ demo = build()
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="The Heads tab on its own.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args()
-    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, max_file_size="50mb")
+    host, port = args.host or settings.server_host(), args.port or settings.server_port()
+    settings.configure(public=True if not settings.is_loopback(host) else None)
+    demo.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port, max_file_size="50mb")
