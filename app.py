@@ -16,7 +16,7 @@ from pathlib import Path
 from core import settings
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"))
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"), ("Adversarial", "adversarial"))
 
 
 def load_tab(folder: str):
