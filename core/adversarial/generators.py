@@ -54,7 +54,7 @@ class GeneratedImages:
 def _vocabulary() -> list[tuple[str, str, Any]]:
     """(attribute, phrase, value): every phrase the world renderer understands."""
     entries = [("shape", s, s) for s in world.SHAPES] + [("shape", p, s) for s, p in world.SHAPE_PLURALS.items()]
-    entries += [("count", p, 2) for p in world.SHAPE_PLURALS.values()]
+    entries += [("count", s, 1) for s in world.SHAPES] + [("count", p, 2) for p in world.SHAPE_PLURALS.values()]
     entries += [("colour", c, c) for c in world.COLOURS] + [("size", s, s) for s in world.SIZES]
     entries += [("position", p, p) for p in world.POSITIONS]
     entries += [("background", b, b) for b in world.BACKGROUNDS]
@@ -70,8 +70,8 @@ _PATTERN = re.compile(r"(?<![\w-])(" + "|".join(sorted({re.escape(p) for _, p, _
 def parse_world_words(description: str) -> dict[str, Any]:
     """{attribute: value} the description names; the first mention of each attribute wins.
 
-    Longer phrases win at the same place ("top left" over "top"); a plural shape word ("circles") or
-    "two" names a pair. The world's object colours and background names never overlap.
+    Longer phrases win at the same place ("top left" over "top"); a singular shape word names one
+    object, a plural one ("circles") or "two" a pair. The world's object colours and background names never overlap.
     """
     named: dict[str, Any] = {}
     lookup: dict[str, list[tuple[str, Any]]] = {}

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from core.world import scenes as world
 from core.errors import ConfigError
-from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle
+from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle, register_model_configs
 from core.engine.text import prompt_classifier
 
 # The toy model uses open_clip's default (OpenAI) normalisation; training feeds tensors directly.
@@ -159,6 +159,7 @@ def train_toy(
     """Train the toy CLIP from scratch and save it as float16 safetensors. Returns a summary."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    register_model_configs()  # the toy architecture's config, which open_clip does not ship
     model = open_clip.create_model(TOY_ARCH, pretrained=None)
     model.output_dict = False
     model.train()
@@ -418,6 +419,7 @@ def build_card(bundle: ClipBundle, summary: dict, config: TrainConfig, command: 
     import hashlib
 
     info = bundle.info
+    register_model_configs()
     text_cfg = open_clip.get_model_config(TOY_ARCH)["text_cfg"]
     weights = Path(summary["path"])
     return {
