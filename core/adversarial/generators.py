@@ -92,6 +92,12 @@ class WorldGenerator:
     def __init__(self, image_size: int = 64):
         self.image_size = world._check_image_size(image_size)
 
+    def check_class(self, present: str) -> None:
+        """The shown class must be a world shape: the stand-in cannot draw anything else."""
+        if parse_world_words(present).get("shape") is None or len(present.split()) > 1:
+            raise ConfigError(f"the world generator draws only the world's shapes ({', '.join(world.SHAPES)}), not "
+                              f"{present!r}. Use --generator sd (Stable Diffusion) for other classes.")
+
     def scene(self, description: str, seed: int) -> tuple[world.Scene, dict]:
         """The scene a description asks for, unnamed attributes drawn from `seed`; and what was named."""
         named = parse_world_words(description)

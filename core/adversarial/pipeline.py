@@ -230,6 +230,10 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
 
     direction = timed("direction", class_direction, bundle, config.present, config.target)
     say(f"direction: {direction.describe()}")
+    if generator is None:  # before the neurons: a generator that cannot load or draw c1 fails fast
+        generator = timed("load generator", make_generator, config)
+    if hasattr(generator, "check_class"):
+        generator.check_class(direction.present)
     bases = timed("bases", layer_bases, bundle, config.bases, config.layers)
     texts = next(iter(bases.values())).texts
     selection = timed("neurons", top_neurons, direction.v, bases, config.neurons)
@@ -240,8 +244,6 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
     words = timed("top words", top_words, filtered, config.words)
     say(f"words: {len(filtered.kept) + len(filtered.removed)} scored, {len(filtered.kept)} after the filter; top "
         f"{len(words.words)}: {', '.join(words.words[:8])}{', ...' if len(words.words) > 8 else ''}")
-    if generator is None:
-        generator = timed("load generator", make_generator, config)
     classifier = timed("classifier", binary_classifier, bundle, direction.present, direction.target, config.templates)
     similar = None
     if config.baselines:
