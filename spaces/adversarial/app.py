@@ -174,12 +174,20 @@ def _info(report) -> str:
     return (f"**Model:** {model['display_name']} (`{model['spec']}`)  \n"
             f"**Direction:** {report.direction.describe()}  \n"
             f"**Neurons:** top {len(report.selection)} by |<v, r_n>| from layers {list(report.selection.pool_layers)}, "
-            f"bases `{Path(report.bases).name}`  \n"
+            f"bases `{_short(report.bases)}`  \n"
             f"**Words:** {report.words.how}; {report.filtered.describe()}  \n"
             f"**Generator:** {report.generator}  \n"
             f"**Success:** the binary classifier ({report.classifier.how}) picks {report.config.target!r} over "
             f"{report.config.present!r}  \n**Counts (second-order, all repeats):** {counts}{stand_in}  \n"
             f"Same run from the command line: `{command(report)}`")
+
+
+def _short(path: str) -> str:
+    """A shipped bases folder relative to the project; others by their last two parts (no server paths)."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return "/".join(Path(path).parts[-2:])
 
 
 def command(report) -> str:
@@ -251,7 +259,7 @@ def build() -> gr.Blocks:
                 info = gr.Markdown(elem_id="adversarial-info")
                 success = gr.Dataframe(label="Success rate against the baselines", elem_id="adversarial-success")
                 word_plot = gr.BarPlot(x="word", y="score", label="Top words (score towards c2)", sort="-y",
-                                       elem_id="adversarial-words")
+                                       x_label_angle=-40, height=380, elem_id="adversarial-words")
                 gallery = gr.Gallery(label="Generated images (second-order words) with CLIP's verdict and margin",
                                      columns=8, height=420, elem_id="adversarial-gallery")
                 with gr.Row():
