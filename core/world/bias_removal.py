@@ -61,8 +61,8 @@ def background_heads(artifact, *, top: int = DEFAULT_TOP, share: float = DEFAULT
     heads = [(r["layer"], r["head"]) for r in rows if r["chosen"]]
     if not heads:
         raise ConfigError(f"no head has {share:.0%} of its top {top} TextSpan texts naming a background; lower the share")
-    provenance = (f"chosen from TextSpan labels ({artifact.path.name if hasattr(artifact.path, 'name') else artifact.path}"
-                  f"): heads at least {share:.0%} of whose top {top} texts name a background")
+    where = "/".join(Path(artifact.path).parts[-3:])
+    provenance = f"chosen from TextSpan labels ({where}): heads at least {share:.0%} of whose top {top} texts name a background"
     return heads, provenance, rows
 
 
