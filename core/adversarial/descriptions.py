@@ -84,26 +84,37 @@ def parse_numbered(text: str) -> list[str]:
     return lines
 
 
-def llm_descriptions(generator, present: str, target: str, words: Sequence[str], *, n: int = 10, seed: int = 0,
-                     max_new_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.9) -> Descriptions:
-    """Descriptions written by a transformers text-generation pipeline `generator` from the paper's prompt.
+def llm_messages(present: str, target: str, words: Sequence[str], n: int) -> list[dict]:
+    """The chat the language model is given: the paper's instructions with the classes and the words."""
+    return [{"role": "system", "content": LLM_SYSTEM},
+            {"role": "user", "content": LLM_PROMPT.format(n=max(n, 1), c1=present, c2=target, words=", ".join(words))}]
 
-    Sampling as the paper code: temperature 0.6, top-p 0.9, seeded. The first n parsed lines are kept.
-    """
+
+def llm_answer(generator, present: str, target: str, words: Sequence[str], *, n: int = 10, seed: int = 0,
+               max_new_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.9) -> str:
+    """The raw answer of a transformers text-generation pipeline to `llm_messages` (sampling seeded)."""
     from transformers import set_seed
 
     set_seed(int(seed))
-    messages = [{"role": "system", "content": LLM_SYSTEM},
-                {"role": "user", "content": LLM_PROMPT.format(n=max(n, 1), c1=present, c2=target, words=", ".join(words))}]
-    out = generator(messages, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p)
+    out = generator(llm_messages(present, target, words, n), max_new_tokens=max_new_tokens, do_sample=True,
+                    temperature=temperature, top_p=top_p)
     answer = out[0]["generated_text"]
     if isinstance(answer, list):  # chat pipelines return the conversation; the last turn is the answer
         answer = answer[-1]["content"]
-    texts = parse_numbered(str(answer))[:n]
+    return str(answer)
+
+
+def llm_descriptions(generator, present: str, target: str, words: Sequence[str], *, n: int = 10, seed: int = 0,
+                     **sampling) -> Descriptions:
+    """Descriptions written by a transformers text-generation pipeline `generator` from the paper's prompt.
+
+    Sampling as the paper code: temperature 0.6, top-p 0.9, seeded. The first n numbered lines are kept.
+    """
+    texts = parse_numbered(llm_answer(generator, present, target, words, n=n, seed=seed, **sampling))[:n]
     if not texts:
         raise ConfigError("the language model wrote no numbered descriptions; try another seed or model")
     model = getattr(getattr(generator, "model", None), "name_or_path", "a text-generation model")
-    return Descriptions(texts, f"written by {model} from the paper's prompt (seed {seed})")
+    return Descriptions(texts, f"written by {model or 'a text-generation model'} from the paper's prompt (seed {seed})")
 
 
 def load_text_generator(repo: str, revision: str | None = None, *, device: str = "cpu"):
