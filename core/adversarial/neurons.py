@@ -66,6 +66,13 @@ def layer_bases(bundle: ClipBundle, source: str | None = None,
     return bases
 
 
+def quantise(values: torch.Tensor, resolution: float = 1e-6) -> torch.Tensor:
+    """values rounded to `resolution` times their largest magnitude (float64), for noise-free ranking."""
+    values = values.double()
+    scale = float(values.abs().max()) if values.numel() else 0.0
+    return torch.round(values / (scale * resolution)) if scale > 0 else values
+
+
 def _pool(bases: dict[int, NeuronBasis]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(layers [N], neurons [N], pcs [N, d_out]) of every neuron of the given layers, layers ascending."""
     if not bases:
@@ -93,9 +100,9 @@ def top_neurons(v: torch.Tensor, bases: dict[int, NeuronBasis], n: int = DEFAULT
                           "with the model the bases belong to")
     projections = pcs @ v.float().cpu()
     n = _check_count(n, len(pcs))
-    # Stable sort on |p| rounded to float32 resolution: equal magnitudes keep (layer, neuron) order.
-    magnitude = projections.abs().to(torch.float32)
-    order = torch.sort(-magnitude, stable=True).indices[:n]
+    # Magnitudes rounded to 1e-6 of the largest, then a stable sort: values that differ only by float noise
+    # (thread count, machine) tie, and ties keep (layer, neuron) order.
+    order = torch.sort(-quantise(projections.abs()), stable=True).indices[:n]
     return NeuronSelection(layers[order], neurons[order], projections[order], "top |<v, r_n>|",
                            tuple(sorted(bases)))
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from core.adversarial.defaults import DEFAULT_SIMILARITY, DEFAULT_WORDS
-from core.adversarial.neurons import NeuronSelection
+from core.adversarial.neurons import NeuronSelection, quantise
 from core.engine.models import ClipBundle
 from core.engine.text import encode_texts
 from core.errors import ConfigError
@@ -39,10 +39,15 @@ class WordScores:
     scores: torch.Tensor  # [text] float64
     how: str  # "sum over neurons (paper eq. 6)" | "best (neuron, word) pair (official code)" | ...
 
+    def order_key(self):
+        """Sort key for pool indices: score descending (to 1e-6 of the largest, so float noise ties), then index."""
+        rounded = quantise(self.scores)
+        return lambda j: (-float(rounded[j]), j)
+
     def ranked(self, indices: Sequence[int] | None = None) -> list[tuple[str, float]]:
         """(text, score) by score descending, ties by pool order; only `indices` if given."""
         pool = range(len(self.texts)) if indices is None else indices
-        return [(self.texts[j], float(self.scores[j])) for j in sorted(pool, key=lambda j: (-float(self.scores[j]), j))]
+        return [(self.texts[j], float(self.scores[j])) for j in sorted(pool, key=self.order_key())]
 
 
 def score_words(selection: NeuronSelection, bases: dict[int, NeuronBasis], *, per_pair: bool = False) -> WordScores:
@@ -158,7 +163,7 @@ def filter_words(bundle: ClipBundle, scores: WordScores, target: str, *, thresho
             removed.append({"text": text, "score": float(scores.scores[j]), "reason": reason})
         else:
             kept.append(j)
-    kept.sort(key=lambda j: (-float(scores.scores[j]), j))
+    kept.sort(key=scores.order_key())
     return FilteredWords(scores, kept, removed, target, float(threshold), block)
 
 
