@@ -3,7 +3,7 @@
 An image succeeds when the classifier picks the target c2 over the present class c1, as in the paper.
 The margin is cos(image, c2) - cos(image, c1) with the classifier's unit-norm class embeddings.
 
-Templates: "auto" (the world's shape templates for the toy models when both classes are world shapes,
+Templates: "auto" (the world's shape templates for toy-architecture models when both classes are world shapes,
 else the 80 OpenAI ImageNet templates), "openai", "simple" ("a photo of a {}."), or "bare" (the bare
 class names, as the paper code's sign test <image, v> > 0).
 """
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from core.engine.models import ClipBundle
+from core.paths import TOY_ARCH
 from core.engine.text import imagenet_classifier_texts, prompt_classifier, zero_shot_classifier
 from core.errors import ConfigError
 from core.world import scenes as world
@@ -37,7 +38,8 @@ def binary_classifier(bundle: ClipBundle, present: str, target: str, templates: 
         raise ConfigError(f"unknown classifier templates {templates!r}; choose one of {', '.join(TEMPLATE_CHOICES)}")
     shapes = world.ZERO_SHOT["shape"]
     if templates == "auto":
-        toy_shapes = bundle.info.source == "toy" and present in shapes.classnames and target in shapes.classnames
+        # Models of the toy architecture (shipped or retrained) know the world's vocabulary.
+        toy_shapes = bundle.info.arch == TOY_ARCH and present in shapes.classnames and target in shapes.classnames
         templates = "world" if toy_shapes else "openai"
     if templates == "world":
         prompts = shapes.prompts()
