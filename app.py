@@ -21,7 +21,7 @@ from core import settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
-        ("Segmentation", "segmentation"))
+        ("Segmentation", "segmentation"), ("Adversarial", "adversarial"))
 
 
 def load_ui():

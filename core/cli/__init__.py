@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "bases",
     "segment",
     "segeval",
+    "adversarial",
 )
 
 

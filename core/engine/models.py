@@ -8,6 +8,7 @@ A spec names an open_clip architecture and where its weights come from:
     ViT-B-16/path/to/weights.pt     a local open_clip state dict (.pt/.pth/.bin/.safetensors)
     ViT-B-16/none                   random initialisation (seeded; flagged as random everywhere)
     toy                             the project's own small CLIP (offline default)
+    toy-biased                      the same architecture trained with a planted shape-background bias
 
 >>> bundle = load_clip("toy")
 >>> bundle.info.display_name
@@ -34,7 +35,7 @@ from core import settings
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
 from core.guards import check_model_allowed
 
-from core.paths import CONFIG_DIR, TOY_ARCH, TOY_WEIGHTS  # noqa: E402  (re-exported)
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
 TOY_SPEC = "toy"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -86,6 +87,9 @@ class ModelInfo:
 
     @property
     def display_name(self) -> str:
+        if self.source == "toy" and self.spec == TOY_BIASED_SPEC:
+            return ("toy-biased: clipscope's small CLIP trained on a world with a planted bias "
+                    "(triangles on dotted, squares on striped backgrounds)")
         if self.source == "toy":
             return "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)"
         if self.random_init:
@@ -130,7 +134,7 @@ def _file_sha256(path: Path) -> str:
 def _known_specs_hint() -> str:
     return (
         "Give a spec as ARCH/TAG (e.g. ViT-B-32/openai, ViT-B-16/laion2b_s34b_b88k), hf-hub:ORG/NAME, "
-        "ARCH/path/to/weights.safetensors, ARCH/none (random weights) or 'toy' (offline default)."
+        "ARCH/path/to/weights.safetensors, ARCH/none (random weights), 'toy' (offline default) or 'toy-biased'."
     )
 
 
@@ -140,8 +144,8 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
     _register_configs_once()
     if not spec:
         raise UnknownModelError("empty model spec. " + _known_specs_hint())
-    if spec == TOY_SPEC:
-        return TOY_ARCH, str(TOY_WEIGHTS), "toy"
+    if spec in TOY_MODELS:
+        return TOY_ARCH, str(TOY_MODELS[spec]), "toy"
     if spec.startswith("hf-hub:"):
         if len(spec) <= len("hf-hub:") or "/" not in spec:
             raise UnknownModelError(f"malformed hub spec {spec!r}: use hf-hub:ORG/NAME.")
@@ -188,7 +192,8 @@ def _create(arch: str, pretrained: str, source: str, device: torch.device):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             if source == "toy":
-                raise WeightsError(f"the toy model's weights are missing at {path}; retrain with `python -m core toy train`.")
+                raise WeightsError(f"the toy model's weights are missing at {path}; retrain with `python -m core toy "
+                                   f"train` (see the model card next to it for the exact command).")
             raise WeightsError(f"checkpoint file not found: {path}")
         pretrained = str(path)
     try:
@@ -315,7 +320,7 @@ def describe(model: nn.Module, arch: str, pretrained: str, source: str) -> Model
 
 def canonical_spec(arch: str, pretrained: str, source: str) -> str:
     if source == "toy":
-        return TOY_SPEC
+        return next((spec for spec, path in TOY_MODELS.items() if str(path) == str(pretrained)), TOY_SPEC)
     if source == "hf-hub":
         return arch
     return f"{arch}/{pretrained}"

@@ -2,8 +2,9 @@
 
 Text embeddings are L2-normalised float32 [text, d_out]. The cache lives under
 $CLIPSCOPE_CACHE (default ~/.cache/clipscope)/text/<model key>/<sha256 of the texts>.safetensors,
-keyed by the model's identity (spec and weights hash) and the exact texts, so a changed pool or
-model never reuses stale embeddings.
+keyed by the model's identity (spec and weights file hash), a fingerprint of the text-side weights
+in use (a model trained or edited in memory never gets the file's embeddings) and the exact texts,
+so a changed pool or model never reuses stale embeddings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -35,8 +37,48 @@ def texts_sha256(texts: Sequence[str]) -> str:
 
 
 def model_key(bundle: ClipBundle) -> str:
+    """Cache key: the model's identity and a fingerprint of the text-side weights actually in use.
+
+    The identity alone (spec, weights file hash) describes the file a model was loaded from, not
+    a model trained or edited in memory under that identity, which must never be served the
+    file's cached embeddings.
+    """
     identity = json.dumps(bundle.info.identity(), sort_keys=True)
-    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
+    key = f"{identity}\n{weights_fingerprint(bundle.model)}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+
+
+# model -> (every text-side tensor's name, storage, version counter, shape, dtype; fingerprint). In-place
+# updates (optimiser steps, load_state_dict, copy_) bump a tensor's version counter, and entries die
+# with their model, so a fingerprint never outlives the weights it describes.
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _text_side_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers outside the image tower (text embeddings depend on nothing else)."""
+    return [(name, tensor) for name, tensor in model.state_dict(keep_vars=True).items()
+            if not name.startswith("visual.")]
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's text-side parameters and buffers (names, shapes, dtypes, values)."""
+    tensors = _text_side_tensors(model)
+    try:
+        state = tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for name, t in tensors)
+    except RuntimeError:  # inference tensors have no version counter: hash every time
+        state = None
+    known = _FINGERPRINTS.get(model)
+    if state is not None and known is not None and known[0] == state:
+        return known[1]
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        data = tensor.detach()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+        digest.update(data.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()
+    if state is not None:
+        _FINGERPRINTS[model] = (state, value)
+    return value
 
 
 def clean_texts(texts: Iterable[str]) -> tuple[list[str], list[str]]:

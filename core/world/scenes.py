@@ -63,6 +63,7 @@ _SPLIT_IDS = {"train": 0, "heldout": 1}
 # Scenes are drawn in fixed blocks so the first n scenes do not depend on n.
 _BLOCK = 1024
 _CAPTION_STREAM = 2**16
+_BIAS_STREAM = 2**17
 TEXT_POOL_PATH = DATA_DIR / "toy_texts.txt"
 
 
@@ -144,16 +145,21 @@ def _check_split(split: str) -> int:
 
 
 def sample_scenes(n: int, seed: int, *, split: str = "train", count: int | None = None, shapes=None,
-                  colours=None, sizes=None, backgrounds=None, positions=None) -> list[Scene]:
+                  colours=None, sizes=None, backgrounds=None, positions=None, bias=None) -> list[Scene]:
     """Draw `n` scenes, deterministic per (seed, split, filters); attribute values uniform.
 
     Filters restrict an attribute to the given names (positions: cell names such as
     "top left"); `count` fixes the number of objects (None: 1 or 2 at random).
+    bias: a `core.world.bias.PlantedBias` that redraws backgrounds by shape (training split only,
+    from its own random stream, so the other attributes equal the unbiased draw's).
     Scene i does not depend on n. Raises ConfigError on unknown names or bad numbers.
     """
     n, seed = _check_int("n", n, 0), _check_int("seed", seed, 0)
     guards.check_count(n, "scenes", "the number of scenes", minimum=0)
     split_id = _check_split(split)
+    if bias is not None and (split != "train" or backgrounds is not None):
+        raise ConfigError("a planted bias applies to the training split only (held-out scenes stay uniform), "
+                          "and chooses backgrounds itself (no background filter)")
     pools = (_allowed("shape", shapes, SHAPES), _allowed("colour", colours, tuple(COLOURS)),
              _allowed("size", sizes, SIZES), _allowed("background", backgrounds, BACKGROUNDS))
     cells = tuple(POSITIONS.index(p) for p in _allowed("position", positions, POSITIONS))
@@ -161,7 +167,11 @@ def sample_scenes(n: int, seed: int, *, split: str = "train", count: int | None 
     scenes: list[Scene] = []
     for block in range(-(-n // _BLOCK)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, block]))
-        scenes.extend(_sample_block(rng, min(_BLOCK, n - len(scenes)), pools, cells, counts))
+        drawn = _sample_block(rng, min(_BLOCK, n - len(scenes)), pools, cells, counts)
+        if bias is not None:
+            bias_rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, block, _BIAS_STREAM]))
+            drawn = bias.plant(drawn, bias_rng)
+        scenes.extend(drawn)
     return scenes
 
 
