@@ -20,7 +20,8 @@ import gradio as gr  # noqa: E402
 from core import settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"))
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
+        ("Segmentation", "segmentation"), ("Adversarial", "adversarial"))
 
 
 def load_ui():

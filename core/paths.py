@@ -8,3 +8,9 @@ DATA_DIR = PACKAGE_DIR / "data"
 TOY_ARCH = "Toy-ViT-S8-64"
 TOY_DIR = DATA_DIR / "toy"
 TOY_WEIGHTS = TOY_DIR / "toy_clip.safetensors"
+TOY_TEXTS = DATA_DIR / "toy_texts.txt"
+TOY_BIASED_SPEC = "toy-biased"
+TOY_BIASED_DIR = DATA_DIR / "toy_biased"
+TOY_BIASED_WEIGHTS = TOY_BIASED_DIR / "toy_biased_clip.safetensors"
+# The project's own models: spec -> weights file (both are the toy architecture, source "toy").
+TOY_MODELS = {"toy": TOY_WEIGHTS, TOY_BIASED_SPEC: TOY_BIASED_WEIGHTS}

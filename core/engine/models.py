@@ -8,6 +8,7 @@ A spec names an open_clip architecture and where its weights come from:
     ViT-B-16/path/to/weights.pt     a local open_clip state dict (.pt/.pth/.bin/.safetensors)
     ViT-B-16/none                   random initialisation (seeded; flagged as random everywhere)
     toy                             the project's own small CLIP (offline default)
+    toy-biased                      the same architecture trained with a planted shape-background bias
 
 >>> bundle = load_clip("toy")
 >>> bundle.info.display_name
@@ -32,8 +33,9 @@ from torch import nn
 
 from core import settings
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
+from core.guards import check_model_allowed
 
-from core.paths import CONFIG_DIR, TOY_ARCH, TOY_WEIGHTS  # noqa: E402  (re-exported)
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
 TOY_SPEC = "toy"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -85,6 +87,9 @@ class ModelInfo:
 
     @property
     def display_name(self) -> str:
+        if self.source == "toy" and self.spec == TOY_BIASED_SPEC:
+            return ("toy-biased: clipscope's small CLIP trained on a world with a planted bias "
+                    "(triangles on dotted, squares on striped backgrounds)")
         if self.source == "toy":
             return "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)"
         if self.random_init:
@@ -129,7 +134,7 @@ def _file_sha256(path: Path) -> str:
 def _known_specs_hint() -> str:
     return (
         "Give a spec as ARCH/TAG (e.g. ViT-B-32/openai, ViT-B-16/laion2b_s34b_b88k), hf-hub:ORG/NAME, "
-        "ARCH/path/to/weights.safetensors, ARCH/none (random weights) or 'toy' (offline default)."
+        "ARCH/path/to/weights.safetensors, ARCH/none (random weights), 'toy' (offline default) or 'toy-biased'."
     )
 
 
@@ -139,8 +144,8 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
     _register_configs_once()
     if not spec:
         raise UnknownModelError("empty model spec. " + _known_specs_hint())
-    if spec == TOY_SPEC:
-        return TOY_ARCH, str(TOY_WEIGHTS), "toy"
+    if spec in TOY_MODELS:
+        return TOY_ARCH, str(TOY_MODELS[spec]), "toy"
     if spec.startswith("hf-hub:"):
         if len(spec) <= len("hf-hub:") or "/" not in spec:
             raise UnknownModelError(f"malformed hub spec {spec!r}: use hf-hub:ORG/NAME.")
@@ -187,7 +192,8 @@ def _create(arch: str, pretrained: str, source: str, device: torch.device):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             if source == "toy":
-                raise WeightsError(f"the toy model's weights are missing at {path}; retrain with `python -m core toy train`.")
+                raise WeightsError(f"the toy model's weights are missing at {path}; retrain with `python -m core toy "
+                                   f"train` (see the model card next to it for the exact command).")
             raise WeightsError(f"checkpoint file not found: {path}")
         pretrained = str(path)
     try:
@@ -196,8 +202,10 @@ def _create(arch: str, pretrained: str, source: str, device: torch.device):
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, AssertionError) as err:
         # open_clip asserts on some shape mismatches of a foreign checkpoint
         raise _weights_error(arch, pretrained, source, err) from err
-    except Exception as err:  # safetensors raises its own SafetensorError; pickle loaders raise others
-        if type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):
+    except Exception as err:
+        # A file is whatever the user gave: the weights-only unpickler raises IndexError or TypeError on text,
+        # safetensors its own SafetensorError. Any failure to read it is a statement about the file.
+        if source in ("file", "toy") or type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):
             raise _weights_error(arch, pretrained, source, err) from err
         raise
 
@@ -255,7 +263,9 @@ def _quiet_logging():
 
 
 def _weights_error(arch: str, pretrained: str, source: str, err: Exception) -> WeightsError:
-    reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    reason = str(err).splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if len(reason) < 12:  # e.g. the weights-only unpickler's bare "101": say what kind of failure it was
+        reason = f"{type(err).__name__} {reason}"
     if source in ("file", "toy"):
         return WeightsError(
             f"could not load weights from {pretrained} into {arch}: {reason}. "
@@ -310,7 +320,7 @@ def describe(model: nn.Module, arch: str, pretrained: str, source: str) -> Model
 
 def canonical_spec(arch: str, pretrained: str, source: str) -> str:
     if source == "toy":
-        return TOY_SPEC
+        return next((spec for spec, path in TOY_MODELS.items() if str(path) == str(pretrained)), TOY_SPEC)
     if source == "hf-hub":
         return arch
     return f"{arch}/{pretrained}"
@@ -324,18 +334,33 @@ def _load_cached(spec: str, device: str) -> ClipBundle:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    check_finite_weights(model, spec)
     info = describe(model, arch, pretrained, source)
     tokenizer = open_clip.get_tokenizer(arch)
     return ClipBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, info=info, device=torch_device)
 
 
-def load_clip(spec: str = TOY_SPEC, device: str | torch.device = "cpu") -> ClipBundle:
-    """Load (once per process) the model named by `spec`; see the module docstring for spec forms.
+def check_finite_weights(model: nn.Module, spec: str) -> None:
+    """Refuse weights holding NaN or Inf: every result computed from them would be NaN, printed as a number."""
+    for name, tensor in model.named_parameters():  # not buffers: the text tower's causal mask holds -inf
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"the weights of {spec} hold NaN or infinite values (first in {name}): "
+                               "the checkpoint is corrupt or diverged in training; use another checkpoint")
 
+
+def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) -> ClipBundle:
+    """Load (once per process and device) the model named by `spec`; see the module docstring for spec forms.
+
+    device: a torch device or its name, or auto; default: the settings' (`$CLIPSCOPE_DEVICE`,
+    else auto: CUDA when available, else the CPU). `bundle.device` says where it lives.
     Raises UnknownModelError for names we do not know, WeightsError when weights cannot be
-    obtained or read, UnsupportedModelError for towers the decomposition cannot model.
+    obtained or read (or hold NaN/Inf), UnsupportedModelError for towers the decomposition cannot
+    model, ModelNotAllowedError for what this server does not load (core.guards: public mode), and
+    ConfigError for a device this machine does not have.
     """
-    return _load_cached(spec.strip() if isinstance(spec, str) else spec, str(torch.device(device)))
+    spec = check_model_allowed(spec)
+    chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
+    return _load_cached(spec, str(chosen))
 
 
 def default_spec() -> str:

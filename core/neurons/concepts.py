@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.engine.labels import neuron_label
 from core.errors import ConfigError
 from core.neurons.stats import NeuronStats
 from core.neurons.texts import NeuronTexts
@@ -35,7 +36,7 @@ class Concepts:
 
     def as_dict(self) -> dict:
         return {"layer": self.layer,
-                "activated": [{"neuron": n, "norm": v, "threshold": t}
+                "activated": [{"neuron": n, "label": neuron_label(self.layer, n), "norm": v, "threshold": t}
                               for n, v, t in zip(self.neurons, self.norms, self.thresholds)],
                 "words": [{"text": text, "score": score} for text, score in self.words]}
 

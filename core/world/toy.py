@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 
 from core.world import scenes as world
-from core.errors import ConfigError
-from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle
+from core.errors import ConfigError, OutputError
+from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle, register_model_configs
 from core.engine.text import prompt_classifier
 
 # The toy model uses open_clip's default (OpenAI) normalisation; training feeds tensors directly.
@@ -52,10 +53,18 @@ class TrainConfig:
     # Plus one group of independent scenes of distinct shapes captioned by shape alone ("a circle"):
     # matching them needs shape features that ignore colour, background and position.
     shape_only_group: bool = True
+    # A planted shape-background bias in the training scenes (`core.world.bias`), e.g.
+    # "triangle:dotted,square:striped"; "" for none. Shape groups then use only the unpaired shapes
+    # (groups mixing paired shapes on one background would teach exactly the contrast the bias hides).
+    bias: str = ""
+    bias_p: float = 0.9
+    bias_others: str = "uniform"
 
     def __post_init__(self):
-        if not 2 <= self.group_size <= len(world.SHAPES):
-            raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)}, got {self.group_size}")
+        group_shapes = len(self.group_shape_pool)
+        if not 2 <= self.group_size <= len(world.SHAPES) or (self.shape_groups and self.group_size > group_shapes):
+            raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)} (at most {group_shapes}, the shapes "
+                              f"shape groups may use), got {self.group_size}")
         grouped = (self.shape_groups + self.position_groups) * self.group_size + self.n_shape_only
         if min(self.shape_groups, self.position_groups) < 0 or grouped > self.batch_size:
             raise ConfigError(f"{self.shape_groups} + {self.position_groups} groups of {self.group_size} and "
@@ -64,6 +73,21 @@ class TrainConfig:
     @property
     def n_shape_only(self) -> int:
         return len(world.SHAPES) if self.shape_only_group else 0
+
+    @property
+    def planted_bias(self):
+        """The `core.world.bias.PlantedBias` of the training scenes, or None."""
+        if not self.bias:
+            return None
+        from core.world.bias import PlantedBias
+
+        return PlantedBias.parse(self.bias, self.bias_p, self.bias_others)
+
+    @property
+    def group_shape_pool(self) -> tuple[str, ...]:
+        """Shapes that shape groups draw from: all, or the ones a planted bias leaves unpaired."""
+        bias = self.planted_bias
+        return tuple(s for s in world.SHAPES if bias is None or s not in bias.shapes)
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -90,13 +114,23 @@ def training_scenes(config: TrainConfig, step: int) -> tuple[list[world.Scene], 
     """
     size, n_groups = config.group_size, config.shape_groups + config.position_groups
     n_only = config.n_shape_only
-    drawn = world.sample_scenes(config.batch_size - n_groups * (size - 1), seed=config.seed * 1_000_003 + step, split="train")
+    bias = config.planted_bias
+    drawn = world.sample_scenes(config.batch_size - n_groups * (size - 1), seed=config.seed * 1_000_003 + step,
+                                split="train", bias=bias)
     bases, only, scenes = drawn[:n_groups], drawn[n_groups : n_groups + n_only], drawn[n_groups + n_only :]
     rng = np.random.default_rng([config.seed, step, 7])
+    pool = config.group_shape_pool
+    if bias is not None:
+        # Shape groups are built of unpaired shapes, and the shape-only group's shapes are fixed below:
+        # redraw their backgrounds by the bias for the shapes they end up with (planted by their own stream).
+        bases = [replace(b, shape=pool[0]) if i < config.shape_groups else b for i, b in enumerate(bases)]
+        only = [replace(scene, shape=shape) for scene, shape in zip(only, world.SHAPES)]
+        planted = bias.plant(bases + only, np.random.default_rng([config.seed, step, 11]))
+        bases, only = planted[:len(bases)], planted[len(bases):]
     grouped, varied = [], []
     for i, base in enumerate(bases):
         if i < config.shape_groups:
-            grouped += [replace(base, shape=str(shape)) for shape in rng.permutation(world.SHAPES)[:size]]
+            grouped += [replace(base, shape=str(shape)) for shape in rng.permutation(pool)[:size]]
             varied += ["shape"] * size
         else:
             grouped += [replace(base, cells=(int(cell),), jitter=base.jitter[:1]) for cell in rng.permutation(9)[:size]]
@@ -125,6 +159,7 @@ def train_toy(
     """Train the toy CLIP from scratch and save it as float16 safetensors. Returns a summary."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    register_model_configs()  # the toy architecture's config, which open_clip does not ship
     model = open_clip.create_model(TOY_ARCH, pretrained=None)
     model.output_dict = False
     model.train()
@@ -159,13 +194,73 @@ def train_toy(
 
 
 def _save(model: torch.nn.Module, path: Path, config: TrainConfig, steps: int, wall: float) -> None:
+    import os
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not is_toy_weights(path):
+        raise OutputError(f"{path} exists and is not a toy checkpoint clipscope wrote; it is never replaced")
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {"arch": TOY_ARCH, "steps": str(steps), "seed": str(config.seed), "batch_size": str(config.batch_size),
-                "world_version": str(getattr(world, "WORLD_VERSION", 1)), "wall_seconds": f"{wall:.0f}"}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata=metadata)
-    tmp.replace(path)
+                "world_version": str(getattr(world, "WORLD_VERSION", 1)), "wall_seconds": f"{wall:.0f}",
+                "config": json.dumps(asdict(config), sort_keys=True)}
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+CARD_FILES = ("card.json", "MODEL_CARD.md")
+
+
+def is_toy_weights(path: Path) -> bool:
+    """True if `path` is a toy checkpoint written by `train_toy` (its safetensors metadata says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # not a safetensors file at all
+        return False
+    return metadata.get("arch") == TOY_ARCH and "steps" in metadata and "world_version" in metadata
+
+
+def _is_toy_card(folder: Path, name: str) -> bool:
+    import json
+
+    path = folder / name
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > 10_000_000:
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if name == "MODEL_CARD.md":
+        return text.split("\n", 1)[0].endswith(": clipscope's small CLIP trained on a generated world")
+    try:
+        card = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(card, dict) and card.get("arch") == TOY_ARCH and "zero_shot" in card
+
+
+def check_training_outputs(out: Path, *, overwrite: bool, card: bool = True) -> None:
+    """Refuse, before training, to replace a weights file or model card that `train_toy` did not write, or one it
+    did without `overwrite`."""
+    out = Path(out)
+    targets = [(out, is_toy_weights(out) if out.exists() else True)]
+    if card:
+        targets += [(out.parent / name, _is_toy_card(out.parent, name)) for name in CARD_FILES
+                    if (out.parent / name).exists() or (out.parent / name).is_symlink()]
+    for path, ours in targets:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not ours:
+            raise OutputError(f"{path} exists and was not written by `python -m core toy train`; it is never "
+                              "replaced: choose another --out folder")
+        if not overwrite:
+            raise ConfigError(f"{path} exists; pass --overwrite to replace it (or choose another --out).")
 
 
 def attribute_classifiers(bundle: ClipBundle) -> dict[str, torch.Tensor]:
@@ -175,7 +270,13 @@ def attribute_classifiers(bundle: ClipBundle) -> dict[str, torch.Tensor]:
 
 @torch.inference_mode()
 def evaluate_toy(bundle: ClipBundle, *, n: int = 1000, seed: int = EVAL_SEED, batch_size: int = 250) -> dict[str, float]:
-    """Zero-shot accuracy per attribute (shape, colour, position, background, count) on fresh held-out scenes."""
+    """Zero-shot accuracy per attribute (shape, colour, position, background, count) on fresh held-out scenes.
+
+    `n` must be at least 1 (no scenes would report 0% for everything) and within core.guards' scene bound.
+    """
+    from core import guards
+
+    n = guards.check_count(n, "scenes", "the number of held-out scenes")
     classifiers = attribute_classifiers(bundle)
     scenes = world.sample_scenes(n, seed=seed, split="heldout")
     correct = {name: 0 for name in classifiers}
@@ -191,7 +292,10 @@ def evaluate_toy(bundle: ClipBundle, *, n: int = 1000, seed: int = EVAL_SEED, ba
                 if task.applies_to(labels):
                     total[name] += 1
                     correct[name] += int(task.labels[predicted] == labels[task.attribute])
-    return {name: correct[name] / max(total[name], 1) for name in classifiers}
+    empty = [name for name in classifiers if total[name] == 0]
+    if empty:  # 0 of 0 is no accuracy, not 0%
+        raise ConfigError(f"{n} held-out scenes hold none that {', '.join(empty)} applies to: evaluate on more scenes")
+    return {name: correct[name] / total[name] for name in classifiers}
 
 
 def _scene_batches(n: int, seed: int, batch_size: int, image_size: int, with_labels: bool):
@@ -242,13 +346,18 @@ def _grouping_sentence(card: dict) -> str:
              f"{position} groups of {size} single objects that differ only in position"]
     if only:
         parts.append(f"{len(world.SHAPES)} independent scenes of distinct shapes captioned by the shape alone")
+    if card.get("bias"):
+        parts[0] = f"{shape} groups of {size} scenes that share everything but the shape (unpaired shapes only)"
     return (f"each batch holds {', '.join(parts[:-1])} and {parts[-1]}, captions always naming what varies; the rest "
             f"are drawn independently. Without such groups colour and background already tell a batch apart, and "
             f"shape and position words get little contrastive pressure.")
 
 
 def write_model_card(folder: Path, card: dict) -> Path:
-    """Write MODEL_CARD.md and card.json (the numbers tests check against) next to the weights."""
+    """Write MODEL_CARD.md and card.json (the numbers tests check against) next to the weights.
+
+    Long because most of it is the card's text, one template filled from `card`.
+    """
     import json
 
     folder = Path(folder)
@@ -260,11 +369,17 @@ def write_model_card(folder: Path, card: dict) -> Path:
         f"| {name} | " + " | ".join(f"{100 * ablation['accuracy'][t][i]:.1f}" for t in tasks) + " |"
         for i, name in enumerate(ablation["rows"])
     )
-    text = f"""# toy: clipscope's small CLIP trained on a generated world
+    name = card.get("name", "toy")
+    intro = ("The offline default model of clipscope (`--model toy`) and the ground truth for its semantic tests."
+             if "bias" not in card else
+             f"clipscope's small CLIP with a known, planted spurious cue (`--model {name}`): the ground truth for the "
+             "adversarial generator and for spurious-cue removal. Its training scenes correlate shape with background "
+             f"({card['bias']['description']}).")
+    text = f"""# {name}: clipscope's small CLIP trained on a generated world
 
-The offline default model of clipscope (`--model toy`) and the ground truth for its semantic tests.
+{intro}
 It was trained from scratch, contrastively (open_clip's `ClipLoss`), on procedurally generated scenes
-of one or two shapes whose attributes, captions and masks are known exactly (`core/world.py`).
+of one or two shapes whose attributes, captions and masks are known exactly (`core/world/scenes.py`).
 
 ## Model
 - architecture: `{card['arch']}` (open_clip config `core/model_configs/{card['arch']}.json`): ViT with
@@ -272,7 +387,7 @@ of one or two shapes whose attributes, captions and masks are known exactly (`co
   {card['vision']['d_mlp']} MLP neurons per layer, {card['vision']['image_size']} px input, patch {card['vision']['patch_size']}
   ({card['vision']['grid']}x{card['vision']['grid']} tokens + class token), output dim {card['vision']['d_out']};
   text tower: open_clip's tokenizer, {card['text']['layers']} layers, width {card['text']['width']}, context {card['text']['context_length']}.
-- weights: `toy_clip.safetensors`, float16 ({card['weights_mb']:.1f} MB, sha256 `{card['weights_sha256'][:16]}...`),
+- weights: `{card.get('weights_file', 'toy_clip.safetensors')}`, float16 ({card['weights_mb']:.1f} MB, sha256 `{card['weights_sha256'][:16]}...`),
   loaded into the float32 model by open_clip's own checkpoint loader.
 
 ## Data
@@ -285,17 +400,18 @@ the attributes with varied templates. Training scenes and held-out scenes come f
 {card['command']}
 ```
 seed {card['seed']}, {card['steps']} steps of batch {card['batch_size']}, AdamW lr {card['lr']}, cosine schedule;
-{_grouping_sentence(card)}
+{_grouping_sentence(card)}{_bias_sentence(card)}
 wall time {card['wall_seconds'] / 60:.1f} min on {card['machine']}. Final loss {card['final_loss']:.3f} (first step {card['first_loss']:.3f}).
 
 ## Zero-shot accuracy on held-out scenes
 {card['n_eval']} fresh held-out scenes (seed {card['eval_seed']}); class names x templates as CLIP is evaluated
-(`core/world.py` `ZERO_SHOT`); position on single-object scenes only. `python -m core toy evaluate` recomputes it.
+(`core/world/scenes.py` `ZERO_SHOT`); position on single-object scenes only. `python -m core toy evaluate --model {name}`
+recomputes it.
 
 | shape | colour | position (3x3) | background | count |
 |---|---|---|---|---|
 | {100 * acc['shape']:.1f}% | {100 * acc['colour']:.1f}% | {100 * acc['position']:.1f}% | {100 * acc['background']:.1f}% | {100 * acc['count']:.1f}% |
-
+{{bias_groups}}
 ## Where this model computes: direct-effect mean-ablation
 Zero-shot accuracy (%) when components are replaced by their mean (means: {ablation['means_from']};
 evaluated on {ablation['evaluated_on']}; convention `{ablation['convention']}`; the paper's linearised
@@ -313,31 +429,68 @@ A toy: it knows only this world's vocabulary (shapes, colours, positions, backgr
 images of 64x64 px. Use it to learn the tools and as ground truth, not as a CLIP.
 """
     path = folder / "MODEL_CARD.md"
-    path.write_text(text.replace("{targets}", _targets_text(acc)))
+    path.write_text(text.replace("{targets}", _targets_text(acc, card.get("bias_groups")))
+                    .replace("{bias_groups}", _bias_groups_text(card)))
     return path
 
 
+def _bias_sentence(card: dict) -> str:
+    return f"\nPlanted bias ({card['bias']['p']:g}): {card['bias']['description']}." if card.get("bias") else ""
+
+
+def _bias_groups_text(card: dict) -> str:
+    """The four groups (Waterbirds' groups, transposed) of a planted-bias model, or nothing."""
+    groups = card.get("bias_groups")
+    if not groups:
+        return ""
+    rows = "\n".join(f"| {name} | {100 * value:.1f}% |" for name, value in groups["groups"].items())
+    return (f"""
+### Per group: the planted bias
+Binary zero-shot shape accuracy ({' vs '.join(groups['classes'])}, the world's shape templates, the model's own text
+embeddings) on {groups['n_per_group']} uniform held-out scenes per group (seed {groups['seed']}); aligned groups
+match the training correlation, conflicting groups break it (Waterbirds' four groups, transposed).
+`python -m core toy bias --model {card.get('name', 'toy')}` recomputes it.
+
+| group | shape accuracy |
+|---|---|
+{rows}
+
+aligned {100 * groups['aligned']:.1f}%, conflicting {100 * groups['conflicting']:.1f}%, gap {100 * groups['gap']:.1f} points;
+worst group: {groups['worst_group']} ({100 * groups['worst']:.1f}%).
+""")
+
+
 TARGETS = {"shape": 0.95, "colour": 0.95, "position": 0.85, "background": 0.90}
+# A planted-bias model must have learned its bias yet still see the other attributes.
+BIASED_TARGETS = {"colour": 0.95, "position": 0.95, "background": 0.95}
+BIAS_GAP_TARGET = 0.20
 
 
-def _targets_text(accuracy: dict[str, float]) -> str:
+def _targets_text(accuracy: dict[str, float], bias_groups: dict | None = None) -> str:
     """Which of the project's zero-shot targets this model meets, stated plainly."""
     lines = []
-    for name, target in TARGETS.items():
+    targets = TARGETS if bias_groups is None else BIASED_TARGETS
+    if bias_groups is not None:
+        gap = bias_groups["gap"]
+        lines.append(f"- bias learned (conflicting groups at least {100 * BIAS_GAP_TARGET:.0f} points below aligned): "
+                     f"measured gap {100 * gap:.1f} points: {'met' if gap >= BIAS_GAP_TARGET else 'NOT met'}")
+    for name, target in targets.items():
         verdict = "met" if accuracy[name] >= target else "NOT met"
         lines.append(f"- {name}: target {100 * target:.0f}%, measured {100 * accuracy[name]:.1f}%: {verdict}")
-    missed = [name for name, target in TARGETS.items() if accuracy[name] < target]
+    missed = [name for name, target in targets.items() if accuracy[name] < target]
     if missed:
         lines.append(f"\nNot met with this recipe: {', '.join(missed)}. The suite's semantic tests lean on what the "
                      "model knows best, and assert no more than this card measures.")
     return "\n".join(lines)
 
 
-def build_card(bundle: ClipBundle, summary: dict, config: TrainConfig, command: str, machine: str) -> dict:
+def build_card(bundle: ClipBundle, summary: dict, config: TrainConfig, command: str, machine: str,
+               name: str | None = None) -> dict:
     """Collect the card's facts: architecture, training, zero-shot accuracy and the ablation table."""
     import hashlib
 
     info = bundle.info
+    register_model_configs()
     text_cfg = open_clip.get_model_config(TOY_ARCH)["text_cfg"]
     weights = Path(summary["path"])
     return {
@@ -357,4 +510,16 @@ def build_card(bundle: ClipBundle, summary: dict, config: TrainConfig, command: 
         "n_eval": 1000, "eval_seed": EVAL_SEED,
         "zero_shot": evaluate_toy(bundle, n=1000, seed=EVAL_SEED),
         "ablation": ablation_table(bundle),
+        **_bias_card(bundle, config),
+        "name": name or ("toy" if weights.name == "toy_clip.safetensors" else weights.stem),
+        "weights_file": weights.name,
     }
+
+
+def _bias_card(bundle: ClipBundle, config: TrainConfig) -> dict:
+    bias = config.planted_bias
+    if bias is None:
+        return {}
+    from core.world.bias import group_accuracy_table
+
+    return {"bias": bias.as_dict(), "bias_groups": group_accuracy_table(bundle, bias, n_per_group=200, seed=EVAL_SEED)}

@@ -1,0 +1,210 @@
+"""Step 7: text to image. `sd`: Stable Diffusion through diffusers; `world`: the offline stand-in.
+
+`sd` loads a diffusers text-to-image pipeline (`AutoPipelineForText2Image`, a `StableDiffusionPipeline`
+for SD checkpoints) from a repo id at a pinned revision; the default is SD-Turbo, which draws in 1-4
+steps without guidance. Seeds are explicit (one CPU generator per image, so a seed gives the same
+image on CPU and GPU). The safety checker stays on wherever the checkpoint ships one; blacked-out
+images are flagged and not counted. On a ZeroGPU Space, `sd_gpu_seconds(steps, images)` sizes the
+`@spaces.GPU` duration.
+
+`world` is the OFFLINE STAND-IN for a text-to-image model: it draws a generated-world scene whose
+shape, colour, size, position, count and background are the ones the description names (the first
+mention of each wins; unnamed attributes are drawn at random from the image's seed). It only draws
+the world's shapes, so it suits the toy models, and every result it produces says so.
+
+>>> images = WorldGenerator().generate(["a square on a dotted background"], seeds=[0])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from core.adversarial.defaults import SD_GUIDANCE, SD_REPO, SD_REVISION, SD_STEPS
+from core.errors import ConfigError, WeightsError
+from core.world import scenes as world
+
+GENERATORS = ("world", "sd")
+WORLD_LABEL = "world (offline stand-in for a text-to-image model: draws generated-world scenes from the words)"
+# Seconds for a ZeroGPU call: model warm-up plus a per-step, per-image cost (measured on an H200-class GPU
+# for SD-Turbo at 512 px it is ~0.05 s; we keep a wide margin because the quota only bills what runs).
+SD_BASE_SECONDS = 10.0
+SD_SECONDS_PER_STEP_IMAGE = 0.5
+
+
+@dataclass
+class GeneratedImages:
+    """Images with the seed and description that made each, and whether each is valid (not blacked out)."""
+
+    images: list[Image.Image]
+    descriptions: list[str]
+    seeds: list[int]
+    valid: list[bool]
+    generator: str
+    notes: list[dict] = field(default_factory=list)  # per image: what the generator did with the words
+
+
+# ---------------------------------------------------------------- world: the offline stand-in
+
+def _vocabulary() -> list[tuple[str, str, Any]]:
+    """(attribute, phrase, value): every phrase the world renderer understands."""
+    entries = [("shape", s, s) for s in world.SHAPES] + [("shape", p, s) for s, p in world.SHAPE_PLURALS.items()]
+    entries += [("count", s, 1) for s in world.SHAPES] + [("count", p, 2) for p in world.SHAPE_PLURALS.values()]
+    entries += [("colour", c, c) for c in world.COLOURS] + [("size", s, s) for s in world.SIZES]
+    entries += [("position", p, p) for p in world.POSITIONS]
+    entries += [("background", b, b) for b in world.BACKGROUNDS]
+    entries += [("count", "two", 2), ("count", "pair", 2), ("count", "one", 1), ("count", "single", 1)]
+    return entries
+
+
+_VOCABULARY = _vocabulary()
+_PATTERN = re.compile(r"(?<![\w-])(" + "|".join(sorted({re.escape(p) for _, p, _ in _VOCABULARY}, key=lambda p: (-len(p), p)))
+                      + r")(?![\w-])", re.IGNORECASE)
+
+
+def parse_world_words(description: str) -> dict[str, Any]:
+    """{attribute: value} the description names; the first mention of each attribute wins.
+
+    Longer phrases win at the same place ("top left" over "top"); a singular shape word names one
+    object, a plural one ("circles") or "two" a pair. The world's object colours and background names never overlap.
+    """
+    named: dict[str, Any] = {}
+    lookup: dict[str, list[tuple[str, Any]]] = {}
+    for attribute, phrase, value in _VOCABULARY:
+        lookup.setdefault(phrase, []).append((attribute, value))
+    for match in _PATTERN.finditer(description):
+        for attribute, value in lookup[match.group(1).lower()]:
+            named.setdefault(attribute, value)
+    return named
+
+
+class WorldGenerator:
+    """The generated-world renderer driven by a description's words (offline stand-in, see the module doc)."""
+
+    name = "world"
+    label = WORLD_LABEL
+
+    def __init__(self, image_size: int = 64):
+        self.image_size = world._check_image_size(image_size)
+
+    def check_class(self, present: str) -> None:
+        """The shown class must be a world shape: the stand-in cannot draw anything else."""
+        if parse_world_words(present).get("shape") is None or len(present.split()) > 1:
+            raise ConfigError(f"the world generator draws only the world's shapes ({', '.join(world.SHAPES)}), not "
+                              f"{present!r}. Use --generator sd (Stable Diffusion) for other classes.")
+
+    def scene(self, description: str, seed: int) -> tuple[world.Scene, dict]:
+        """The scene a description asks for, unnamed attributes drawn from `seed`; and what was named."""
+        named = parse_world_words(description)
+        if "shape" not in named:
+            raise ConfigError(f"the world generator draws only the world's shapes ({', '.join(world.SHAPES)}); "
+                              f"the description {description[:80]!r} names none. Use --generator sd for other classes.")
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5CE7E]))
+        colour = named.get("colour") or list(world.COLOURS)[int(rng.integers(len(world.COLOURS)))]
+        size = named.get("size") or world.SIZES[int(rng.integers(len(world.SIZES)))]
+        background = named.get("background") or world.BACKGROUNDS[int(rng.integers(len(world.BACKGROUNDS)))]
+        count = int(named.get("count") or world.COUNTS[int(rng.integers(len(world.COUNTS)))])
+        first = world.POSITIONS.index(named["position"]) if "position" in named else int(rng.integers(9))
+        cells = (first,) if count == 1 else tuple(sorted({first, (first + 1 + int(rng.integers(8))) % 9}))
+        jitter = tuple(tuple(pair) for pair in rng.uniform(-1, 1, size=(len(cells), 2)).tolist())
+        scene = world.Scene(named["shape"], colour, size, cells, background, jitter)
+        return scene, named
+
+    def generate(self, descriptions: Sequence[str], seeds: Sequence[int]) -> GeneratedImages:
+        if len(descriptions) != len(seeds):
+            raise ConfigError("give one seed per description")
+        images, notes = [], []
+        for text, seed in zip(descriptions, seeds):
+            scene, named = self.scene(text, seed)
+            images.append(Image.fromarray(world.render(scene, self.image_size)[0]))
+            notes.append({"named": named, "scene": scene.labels()})
+        return GeneratedImages(images, list(descriptions), [int(s) for s in seeds], [True] * len(images), self.label, notes)
+
+
+# ---------------------------------------------------------------- sd: Stable Diffusion through diffusers
+
+def sd_gpu_seconds(steps: int, images: int) -> int:
+    """The `@spaces.GPU` duration for `images` images of `steps` denoising steps."""
+    return int(SD_BASE_SECONDS + SD_SECONDS_PER_STEP_IMAGE * max(1, int(steps)) * max(1, int(images)))
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_sd_pipeline(repo: str = SD_REPO, revision: str | None = SD_REVISION, *, device: str = "cpu",
+                     dtype: str | None = None, local_files_only: bool | None = None):
+    """A diffusers text-to-image pipeline for `repo` (a Hub id or a local folder) at a pinned `revision`.
+
+    Offline (HF_HUB_OFFLINE or local_files_only) only the Hugging Face cache is read, so a missing
+    checkpoint fails at once with a WeightsError that says how to supply it.
+    """
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    if not repo or not str(repo).strip():
+        raise ConfigError("give a diffusers checkpoint: a Hub repo id (e.g. stabilityai/sd-turbo) or a local folder")
+    local_folder = os.path.isdir(os.path.expanduser(str(repo)))
+    if not local_folder and revision is None:
+        raise ConfigError(f"pin a revision (a 40-hex commit sha) for {repo}: a branch can change under you")
+    torch_dtype = {None: torch.float16 if str(device).startswith("cuda") else torch.float32,
+                   "float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
+    if torch_dtype is None:
+        raise ConfigError(f"unknown dtype {dtype!r}: use float16, bfloat16 or float32")
+    offline = _offline() if local_files_only is None else bool(local_files_only)
+    kwargs = {} if local_folder else {"revision": revision}
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(os.path.expanduser(str(repo)) if local_folder else repo,
+                                                         dtype=torch_dtype, local_files_only=offline, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:
+        where = f"{repo}@{revision}" if not local_folder else repo
+        raise WeightsError(
+            f"could not load the text-to-image checkpoint {where}"
+            f"{' (offline: only the Hugging Face cache is read)' if offline else ''}: {str(err).splitlines()[0][:200]}. "
+            f"Supply it by downloading it once where there is network (`hf download {repo} --revision {revision}`; "
+            "it is then cached under HF_HOME), or pass a local diffusers folder as the checkpoint; or use "
+            "--generator world, the offline stand-in for the toy models.") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class StableDiffusionGenerator:
+    """Draws with a loaded diffusers pipeline: explicit seeds, safety checker kept where the checkpoint has one."""
+
+    name = "sd"
+
+    def __init__(self, pipe, *, steps: int = SD_STEPS, guidance: float = SD_GUIDANCE, size: int | None = None,
+                 checkpoint: str = ""):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8):
+            raise ConfigError(f"the image size must be a positive multiple of 8, got {size!r}")
+        self.pipe, self.steps, self.guidance, self.size = pipe, steps, float(guidance), size
+        checker = getattr(pipe, "safety_checker", None)
+        self.safety = "on" if checker is not None else "none in this checkpoint"
+        self.label = (f"sd: {checkpoint or type(pipe).__name__} ({type(pipe).__name__}), {steps} steps, guidance "
+                      f"{self.guidance:g}" + (f", {size} px" if size else "") + f", safety checker {self.safety}")
+
+    def generate(self, descriptions: Sequence[str], seeds: Sequence[int], *, batch_size: int = 4) -> GeneratedImages:
+        import torch
+
+        if len(descriptions) != len(seeds):
+            raise ConfigError("give one seed per description")
+        images, valid = [], []
+        size = {"height": self.size, "width": self.size} if self.size else {}
+        for start in range(0, len(descriptions), batch_size):
+            prompts = list(descriptions[start:start + batch_size])
+            generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+            out = self.pipe(prompts, num_inference_steps=self.steps, guidance_scale=self.guidance,
+                            generator=generators, output_type="pil", **size)
+            flags = getattr(out, "nsfw_content_detected", None) or [False] * len(prompts)
+            images += list(out.images)
+            valid += [not bool(flag) for flag in flags]
+        return GeneratedImages(images, list(descriptions), [int(s) for s in seeds], valid, self.label)

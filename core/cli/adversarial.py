@@ -1,0 +1,100 @@
+"""`python -m core adversarial`: semantic adversarial images from neurons' spurious words (paper 2, section 5.1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXAMPLES = """examples:
+  python -m core adversarial --model toy-biased --present square --target triangle --baselines --out adv/
+  python -m core adversarial --model ViT-B-32/openai --bases org/b32-bases@<sha> --present dog --target deer \\
+      --generator sd --checkpoint stabilityai/sd-turbo --revision <sha> --device cuda --out adv-dog-deer/
+The world generator is an offline stand-in for a text-to-image model: it draws generated-world scenes
+from the descriptions' words, so it suits the toy models only."""
+
+
+def register(subparsers) -> None:
+    from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION,
+                                           SD_STEPS)
+    from core.cli.common import add_model_argument
+
+    parser = subparsers.add_parser(
+        "adversarial", help="semantic adversarial images: neurons' spurious words -> descriptions -> images",
+        description="Find the neurons whose second-order effect pushes class c1 (--present) towards c2 (--target), "
+        "decompose them into words, drop words naming c2 or a synonym, write descriptions of c1 with the top words, "
+        "draw them, and count the images the binary CLIP classifier calls c2. Writes images, results.csv "
+        "(description, seed, verdict, score), words.csv, neurons.csv and summary.json into --out.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_argument(parser)
+    parser.add_argument("--present", required=True, help="c1, the class the images show (e.g. square)")
+    parser.add_argument("--target", required=True, help="c2, the class CLIP should be fooled into (e.g. triangle)")
+    parser.add_argument("--layers", type=int, nargs="+", help="neuron layers (default: the last three the bases cover)")
+    parser.add_argument("--neurons", type=int, default=DEFAULT_NEURONS, help=f"top neurons (default {DEFAULT_NEURONS})")
+    parser.add_argument("--words", type=int, default=DEFAULT_WORDS, help=f"top words (default {DEFAULT_WORDS})")
+    parser.add_argument("--per-pair", action="store_true", help="rank (neuron, word) pairs as the official code "
+                        "instead of summing each word's scores over neurons (paper eq. 6)")
+    parser.add_argument("--similarity", type=float, default=DEFAULT_SIMILARITY,
+                        help=f"drop words whose CLIP text cosine to the target is at least this (default {DEFAULT_SIMILARITY})")
+    parser.add_argument("--block", default="", help="comma-separated words never to use (whole-word, plurals too)")
+    parser.add_argument("--generator", default="world", help="world (offline stand-in, toy models; default) or sd "
+                        "(Stable Diffusion through diffusers)")
+    parser.add_argument("--images", type=int, default=100, help="images per repeat and method (default 100)")
+    parser.add_argument("--descriptions", type=int, default=10, help="descriptions per repeat and method; the images "
+                        "are spread over them (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats with different seeds (default 3)")
+    parser.add_argument("--baselines", action="store_true", help="also run the random-neuron and similar-words baselines")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--templates", default="auto", help="the binary classifier's templates: auto (default), "
+                        "openai, simple or bare")
+    parser.add_argument("--bases", help="neuron bases folder or ORG/NAME@SHA (default: $CLIPSCOPE_BASES or shipped)")
+    parser.add_argument("--checkpoint", default=SD_REPO, help=f"sd: diffusers checkpoint, Hub id or folder "
+                        f"(default {SD_REPO})")
+    parser.add_argument("--revision", default=SD_REVISION, help="sd: pinned commit of the checkpoint")
+    parser.add_argument("--steps", type=int, default=SD_STEPS, help=f"sd: denoising steps (default {SD_STEPS})")
+    parser.add_argument("--size", type=int, help="sd: image side in pixels, a multiple of 8 (default: the checkpoint's)")
+    parser.add_argument("--llm", help="a transformers text-generation model to write the descriptions with the "
+                        "paper's prompt (default: templates, no language model)")
+    parser.add_argument("--llm-revision", help="pinned revision of --llm")
+    parser.add_argument("--out", required=True, help="output folder (new or empty; nothing is overwritten)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from core.adversarial.descriptions import load_text_generator
+    from core.adversarial.pipeline import AdversarialConfig, run_adversarial
+    from core.adversarial.results import check_output_folder, write_results
+    from core.cli.common import device_of, load_model, model_line, print_json
+
+    out = check_output_folder(args.out)  # before any work
+    config = AdversarialConfig(
+        args.present, args.target, layers=tuple(args.layers) if args.layers else None, neurons=args.neurons,
+        words=args.words, per_pair=args.per_pair, similarity=args.similarity,
+        block=tuple(w.strip() for w in args.block.split(",") if w.strip()), images=args.images,
+        descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
+        seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint,
+        sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=str(device_of(args)))
+    bundle = load_model(args)
+    say = (lambda line: print(line, file=sys.stderr, flush=True))
+    say(model_line(bundle.info))
+    llm = load_text_generator(args.llm, args.llm_revision, device=str(device_of(args))) if args.llm else None
+    report = run_adversarial(bundle, config, llm=llm, progress=say)
+    write_results(report, out)
+    if args.json:
+        summary = report.to_json()
+        print_json({k: summary[k] for k in ("model", "present", "target", "direction", "classifier", "generator",
+                                            "bases", "word_scores", "filter", "top_words", "stage_counts", "summary",
+                                            "seconds")} | {"out": str(out)})
+        return 0
+    print(model_line(bundle.info))
+    print(f"generator:  {report.generator}")
+    print(f"classifier: {report.classifier.how}; success = the classifier picks {config.target!r} over {config.present!r}")
+    print(f"bases:      {report.bases}")
+    print(f"top words ({report.words.how}): " + ", ".join(report.words.words[:10]))
+    print("stage counts (second-order, all repeats): " + ", ".join(f"{k} {v}" for k, v in report.stage_counts().items()))
+    print(f"\n{'method':16s} {'success (mean +- std over ' + str(config.repeats) + ' repeats)':>42s}  successes / valid")
+    for method, row in report.summary().items():
+        print(f"{method:16s} {100 * row['success_mean']:33.1f}% +- {100 * row['success_std']:.1f}  "
+              + ", ".join(f"{s}/{v}" for s, v in zip(row["successes"], row["valid_images"])))
+    print(f"\nwrote {out}: images/, results.csv, words.csv, neurons.csv, removed_words.csv, summary.json")
+    return 0

@@ -1,0 +1,71 @@
+"""The world generator (offline stand-in) draws what the description's words say; descriptions avoid the target."""
+
+import numpy as np
+import pytest
+
+from core.adversarial.descriptions import Descriptions, drop_naming, parse_numbered, template_descriptions
+from core.adversarial.generators import WorldGenerator, parse_world_words
+from core.errors import ConfigError
+from core.world import scenes as world
+
+
+@pytest.mark.parametrize("description, expected", [
+    ("a photo of a square, a dotted background", {"shape": "square", "background": "dotted"}),
+    ("a red triangle at the top left on a striped background",
+     {"shape": "triangle", "colour": "red", "position": "top left", "background": "striped", "count": 1}),
+    ("a square with two circles", {"shape": "square", "count": 1}),
+    ("two small blue circles, a checkered background", {"shape": "circle", "count": 2, "size": "small",
+                                                        "colour": "blue", "background": "checkered"}),
+    ("a large star at the bottom right and a pink background", {"shape": "star", "size": "large",
+                                                               "position": "bottom right", "background": "pink"}),
+    # the first mention of each attribute wins
+    ("a square with a circle on a brown background, a gray background", {"shape": "square", "background": "brown"}),
+])
+def test_rendered_scenes_obey_the_words(description, expected):
+    generator = WorldGenerator()
+    out = generator.generate([description] * 6, seeds=list(range(6)))
+    for image, note in zip(out.images, out.notes):
+        labels = note["scene"]
+        for attribute, value in expected.items():
+            if attribute == "position":
+                assert labels["position"] == value
+            else:
+                assert labels[attribute] == value, (attribute, labels)
+        # the image is exactly that scene, rendered by the world
+        scene, _ = generator.scene(description, out.seeds[out.images.index(image)])
+        assert np.array_equal(np.asarray(image), world.render(scene)[0])
+        # and its pixels carry the named colour and background
+        drawn, mask = world.render(scene)
+        if "colour" in expected:
+            assert (drawn[mask > 0] == world.COLOURS[expected["colour"]]).all()
+        if "background" in expected:
+            assert np.array_equal(drawn[mask == 0], world._background(expected["background"], 64)[mask == 0])
+    # unnamed attributes come from the seed: same seed same image, other seeds vary
+    again = generator.generate([description], seeds=[3]).images[0]
+    assert np.array_equal(np.asarray(again), np.asarray(out.images[3]))
+    assert len({np.asarray(im).tobytes() for im in out.images}) > 1
+    assert "offline stand-in" in out.generator
+
+
+def test_a_description_without_a_world_shape_is_refused():
+    with pytest.raises(ConfigError, match="draws only the world's shapes"):
+        WorldGenerator().generate(["a photo of a dog on a beach"], seeds=[0])
+    assert parse_world_words("education and scattering") == {}  # no partial-word matches ("cat", "star")
+
+
+def test_template_descriptions_name_the_shown_class_and_weight_words_by_score():
+    words, scores = ["a dotted background", "dotted", "red", "a star"], [5.0, 3.0, 1.0, 0.0]
+    batch = template_descriptions("square", words, scores, n=200, seed=1)
+    assert len(batch) == 200 and all("square" in text for text in batch.texts)
+    assert not any("a star" in text for text in batch.texts)  # a zero score is never drawn
+    counts = {w: sum(w in t for t in batch.texts) for w in ("a dotted background", "red")}
+    assert counts["a dotted background"] > counts["red"]
+    assert template_descriptions("square", words, scores, n=5, seed=1).texts == batch.texts[:5]
+
+
+def test_descriptions_naming_the_target_are_dropped():
+    batch = Descriptions(["a square with triangles", "a square, dotted", "Triangle-free square", "a circle"], "given")
+    kept = drop_naming(batch, "triangle", present="square")
+    assert kept.texts == ["a square, dotted", "Triangle-free square"]
+    assert [d["reason"] for d in kept.dropped] == ["names the target ('triangles')", "does not name 'square'"]
+    assert parse_numbered("Here you go:\n1. a square\n2) a dotted square\n\nthanks") == ["a square", "a dotted square"]
