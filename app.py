@@ -68,10 +68,12 @@ def build_app():
             for title, folder, module in tabs:
                 with gr.Tab(title, id=folder, elem_id=f"tab-{folder}") as tab:
                     module.demo.render()
-                # Switching tabs shows that tab's view in the address bar (tabs with a link bar).
-                link_bar = getattr(getattr(module, "ui", None), "LinkBar", None)
-                if link_bar is not None and folder in link_bar.instances:
-                    tab.select(None, [link_bar.instances[folder].query], None, js=module.ui.REPLACE_JS)
+                # Switching tabs shows that tab's view in the address bar (or just the tab, for a tab without links).
+                bar = getattr(getattr(module, "ui", None), "LinkBar", None)
+                if bar is not None and folder in bar.instances:
+                    tab.select(None, [bar.instances[folder].query], None, js=module.ui.REPLACE_JS)
+                else:
+                    tab.select(None, None, None, js=load_ui().REPLACE_JS.replace("(query) =>", f"(query = 'tab={folder}') =>"))
         page_query = gr.Textbox(visible="hidden", elem_id="app-query")
         demo.load(select_tab, [page_query], [tab_set], api_visibility="private", js=load_ui().PAGE_QUERY_JS)
     return demo

@@ -1,40 +1,34 @@
-"""What a visitor may ask of a server: the tabs' checks, in one place.
+"""What a visitor may ask of a server: the tabs' side of `core.guards`, in one place.
 
-In public mode (`core.settings.public()`: a Space, a non-loopback address, or forced) no input names a server
-path, only allow-listed models load, random weights are refused and sizes are bounded. A local user keeps every
-feature, within the roots given with `--allow-path` if any. Refusals never say whether a path exists: they are
-decided before the file system is touched.
+`core.guards` decides (for the command line too): in public mode no input names a server path, only allow-listed
+models load, random weights are refused, and sizes are bounded; a local user keeps every feature, within the
+roots given with `--allow-path` if any; refusals never depend on whether a path exists. This module adds what is
+particular to the tabs: an empty model box means the default model, the bases box takes ORG/NAME@SHA, and the
+bounds of what one request in a browser may ask (a few typed texts, a gallery of uploads).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from core import settings
+from core import guards
 from core.errors import ConfigError
 
-# Bounds for every visitor (a local user may raise them through the command line instead).
-MAX_TEXTS = 32
+# What one request of a tab may ask, on any server (the command line takes more).
+MAX_TEXTS = 32  # typed texts
 MAX_TEXT_CHARS = 300
-MAX_UPLOADS = 64
-MAX_POOL_TEXTS = 50_000
-MAX_POOL_BYTES = 5_000_000
+MAX_UPLOADS = 64  # images uploaded as a set or a gallery
 MAX_WORLD_SCENES = 5_000
 
 
 def check_model(spec: str | None) -> str:
-    """The spec to load (the default when empty); in public mode only an allow-listed, trained model."""
+    """The spec to load (the default when empty), if this server may load it (core.guards)."""
+    from core import settings
+
     spec = (spec or "").strip() or settings.default_model()
     if len(spec) > 300:
         raise ConfigError("That model spec is too long.")
-    if settings.public():
-        allowed = settings.allowed_models()
-        if spec not in allowed:
-            raise ConfigError(f"Model {spec[:80]!r} is not offered on this public server; choose one of: "
-                              f"{', '.join(allowed)}.")
-        if spec.endswith("/none"):
-            raise ConfigError("Random-weight models are not offered on this public server.")
-    return spec
+    return guards.check_model_allowed(spec)
 
 
 def check_server_path(value: str | None, what: str) -> Path | None:
@@ -42,20 +36,12 @@ def check_server_path(value: str | None, what: str) -> Path | None:
     value = (value or "").strip()
     if not value:
         return None
-    if settings.public():
-        raise ConfigError(f"This public server does not read {what} from its own disk: upload files instead.")
-    path = Path(value).expanduser()
-    roots = settings.allowed_paths()
-    if roots:
-        resolved = path.resolve()
-        if not any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots):
-            raise ConfigError(f"{what.capitalize()} must be under the folders this server was started with "
-                              "(--allow-path).")
-    return path
+    return guards.check_user_path(value, what, hint="upload files instead").expanduser()
 
 
 def check_bases_source(value: str | None) -> str | None:
     """Bases to read: empty (the configured ones), ORG/NAME@SHA, or (local mode) a folder."""
+    from core import settings
     from core.links.codec import BASES
 
     value = (value or "").strip()
@@ -64,7 +50,7 @@ def check_bases_source(value: str | None) -> str | None:
     if settings.public():
         raise ConfigError("On this public server, bases are the configured ones or ORG/NAME@SHA from the Hub "
                           "(a 40-hex commit).")
-    return str(check_server_path(value, "bases"))
+    return str(check_server_path(value, "bases folder"))
 
 
 def check_count(value, name: str, low: int, high: int) -> int:
@@ -76,3 +62,8 @@ def check_count(value, name: str, low: int, high: int) -> int:
     if not number.is_integer() or not low <= number <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
     return int(number)
+
+
+def pool_limits() -> tuple[int, int]:
+    """(texts, bytes) a text pool may hold on this server (core.guards: smaller in public mode)."""
+    return guards.limit("texts"), guards.limit("text_pool_bytes")

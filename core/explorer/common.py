@@ -96,23 +96,24 @@ def text_pool(upload: str | None, typed: str | None = None) -> tuple[list[str], 
     from core.world.scenes import load_toy_texts
 
     typed = (typed or "").strip()
+    max_texts, max_bytes = access.pool_limits()
     if upload:
         path = Path(upload)
-        if path.stat().st_size > access.MAX_POOL_BYTES:
-            raise TextError(f"The text pool file is over {access.MAX_POOL_BYTES // 1_000_000} MB.")
+        if path.stat().st_size > max_bytes:
+            raise TextError(f"The text pool file is over {max_bytes / 1e6:g} MB.")
         source, name = path, path.name
     elif typed in ("", "toy"):
         texts = load_toy_texts()
         return texts, "toy", f"the toy text pool ({len(texts)} texts)"
     else:
-        source = access.check_server_path(typed, "text pools")
+        source = access.check_server_path(typed, "text pool")
         name = source.name
     try:
         texts, _ = read_text_pool(source)
     except UnicodeDecodeError:
         raise TextError(f"The text pool {name} is not UTF-8 text.") from None
-    if len(texts) > access.MAX_POOL_TEXTS:
-        raise TextError(f"The text pool {name} has {len(texts)} texts; the limit is {access.MAX_POOL_TEXTS}.")
+    if len(texts) > max_texts:
+        raise TextError(f"The text pool {name} has {len(texts)} texts; the limit is {max_texts}.")
     return texts, name, f"{name} ({len(texts)} texts{', uploaded' if upload else ''})"
 
 

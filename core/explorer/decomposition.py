@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from core.engine.decomposition import ImageDecomposition, decompose_image
+from core.engine.labels import head_label
 from core.errors import ConfigError
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, colour_bar, link_panel, load_model,
                                   progress_or_silent, query_image, read_texts)
@@ -116,7 +117,7 @@ def render_decomposition(result: ImageDecomposition, image: Image.Image, image_r
     order = ["emb"] + [f"L{l}" for l in range(n_layers)]
     cells = [(l, h, float(result.heads[l, h, t])) for l in range(n_layers) for h in range(n_heads)]
     cells.sort(key=lambda c: (-abs(c[2]), c[0], c[1]))  # by magnitude; ties by index, never by float noise
-    table = [{"component": f"L{l}H{h}", "layer": l, "head": h, f"contribution ({UNIT_NAME})": round(v * UNIT, 4)}
+    table = [{"component": head_label(l, h), "layer": l, "head": h, f"contribution ({UNIT_NAME})": round(v * UNIT, 4)}
              for l, h, v in cells]
     state = ViewState("decomposition", model=result.model["spec"], texts=tuple(result.texts), image=image_ref,
                       convention=result.convention, shown=t or None, layer=layer_index, head=head_index)

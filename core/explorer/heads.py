@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
@@ -102,7 +103,7 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
     """The head's TextSpan texts with the variance of its outputs each explains: from bases, or this session."""
     bundle = load_model(spec, progress)
     chosen = _head(bundle, layer, head)
-    name = f"L{chosen[0]}H{chosen[1]}"
+    name = head_label(*chosen)
     problem, from_bases = "", None
     try:
         artifact, source = bases_artifact(bundle, bases)
@@ -144,7 +145,7 @@ def _image_set(bundle, source: str, folder: str | None, uploads, n_images: int, 
         paths = _uploads(uploads)[:n_images]
         description = f"{len(paths)} uploaded images"
     elif source == FOLDER:
-        root = access.check_server_path(folder, "image folders")
+        root = access.check_server_path(folder, "image folder")
         if root is None:
             raise ConfigError("Type the image folder, or choose another image set.")
         paths = image_files(root)[:n_images]
@@ -180,9 +181,10 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     per_head = access.check_count(per_head, "texts per head", 1, 100)
     texts, _, pool_description = text_pool(pool_upload)
     batches, n_images, images_description = _image_set(bundle, source, folder, uploads, n_images, progress)
-    # The span cannot be wider than the data: at most one direction per image, and per output dimension.
+    # The span cannot be wider than the data: one direction per image less the mean, per output dimension, and
+    # per dimension a head can write (its width plus its shares of the biases and the final LayerNorm, 3).
     rank = min(DEFAULT_RANK, bundle.info.d_out, n_images)
-    per_head = min(per_head, rank, len(texts))
+    per_head = min(per_head, rank - 1, bundle.info.d_head + 3, len(texts))
     progress(0.1, desc="encoding the text pool")
     embeddings = encode_texts(bundle, texts)
     tracked = progress.tqdm(batches, total=-(-n_images // 32), desc="head outputs")
@@ -209,7 +211,7 @@ def rank_by_magnitude(scores, k: int = 10) -> list[dict]:
     n_heads = scores.shape[1]
     cells = [(i // n_heads, i % n_heads, float(v)) for i, v in enumerate(scores.flatten().tolist())]
     cells.sort(key=lambda c: (-abs(c[2]), c[0], c[1]))
-    return [{"head": f"L{l}H{h}", "layer": l, "head index": h, f"score ({UNIT_NAME})": round(v * UNIT, 4),
+    return [{"head": head_label(l, h), "layer": l, "head index": h, f"score ({UNIT_NAME})": round(v * UNIT, 4),
              "sign": "+" if v > 0 else "-" if v < 0 else "0"} for l, h, v in cells[:k]]
 
 
@@ -251,7 +253,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     scores = result.heads[:, :, 0]
     grid = heat_grid(scores, title=f"cos(image, '{texts[0][:32]}') by head, x100",
                      cell=44 if scores.shape[1] <= 16 else 36)
-    name = f"L{chosen[0]}H{chosen[1]}"
+    name = head_label(*chosen)
     info = (f"{_model_line(bundle.info)}  \n**Image:** {query.description}  ·  **Convention:** {convention}; scores are "
             f"cosine contributions x100 (the head's share of cos(image, text)), ranked by magnitude, sign kept.  \n"
             f"**Heads ranked** for '{texts[0]}'; **token maps** of head {name} for {len(texts)} text(s) "
@@ -283,7 +285,7 @@ def _gallery(bundle, source, folder, uploads, layer, convention, galleries: dict
         paths = _uploads(uploads)
         description = f"{len(paths)} uploaded images"
     elif source == FOLDER:
-        root = access.check_server_path(folder, "image folders")
+        root = access.check_server_path(folder, "image folder")
         if root is None:
             raise ConfigError("Type the gallery folder, or choose another gallery.")
         paths, description = image_files(root), f"folder {root.name}"
@@ -315,7 +317,7 @@ def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | 
     vector = query_contributions(bundle, query.image, [chosen], convention=convention)[0]
     found = nearest(index, vector, chosen, k=k, metric=metric)
     items = [(load_image(index.paths[i]), f"#{rank} {metric} {score:+.4f}") for rank, (i, score) in enumerate(found, 1)]
-    info = (f"{_model_line(bundle.info)}  \n**Head L{chosen[0]}H{chosen[1]}**, {metric} of its contributions; "
+    info = (f"{_model_line(bundle.info)}  \n**Head {head_label(*chosen)}**, {metric} of its contributions; "
             f"query: {query.description}; gallery: {index.description} ({len(index.paths)} images); convention "
             f"{convention}.")
     return RetrievalView(info, items, galleries)
@@ -332,7 +334,7 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
     from core.heads.spurious import grouped_folder, spurious_report
 
     progress = progress_or_silent(progress)
-    root = access.check_server_path(folder, "grouped folders")
+    root = access.check_server_path(folder, "grouped folder")
     if root is None:
         raise ConfigError("Type the grouped folder (with metadata.csv).")
     bundle = load_model(spec, progress)

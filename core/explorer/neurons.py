@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.engine.labels import neuron_label
 from core.errors import ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
@@ -122,7 +123,7 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
             gallery.append((basis.image_set.image(index), f"#{rank}: image {index}, |effect| {norm:.2f}"))
         except CoreError:
             continue  # a file of the image set that is no longer there
-    info = (f"**Layer {stats.layer}, neuron {n}**: threshold (the {stats.k}-th largest |effect - mean|) "
+    info = (f"**Layer {stats.layer}, neuron {n}** ({neuron_label(stats.layer, n)}): threshold (the {stats.k}-th largest |effect - mean|) "
             f"{float(stats.thresholds[n]):.3f}; PC share of the top-{stats.k} energy {float(stats.pc_variance[n]):.3f}; "
             f"reconstruction cosine of the PC from its {len(terms)} texts "
             f"{float(basis.words.reconstruction_cosine[n]):.3f} (dictionary {basis.words.dictionary_mode}).  \n"
@@ -222,7 +223,7 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
         images = ImageSet.world(access.check_count(n_scenes, "the number of world scenes", 10,
                                                    access.MAX_WORLD_SCENES), seed=0)
     elif source == FOLDER:
-        root = access.check_server_path(folder, "image folders")
+        root = access.check_server_path(folder, "image folder")
         if root is None:
             raise ConfigError("Type the image folder, or choose the generated world.")
         images = ImageSet.folder(root)

@@ -266,3 +266,7 @@ register_tab("decomposition", ("model", "text", "image", "convention", "shown", 
 register_tab("heads", ("model", "bases", "layer", "head", "text", "image", "convention", "method"),
              methods=("cosine", "centered", "dot"))
 register_tab("neurons", ("model", "bases", "layer", "neuron", "text", "image", "threshold"))
+# Tabs whose views do not read their links yet: `tab=` selects them, their parameters are kept for when they do.
+register_tab("segmentation", ("model", "image", "text", "method", "threshold"),
+             methods=("heads", "neurons", "random-neurons", "raw-attention", "rollout", "gradcam", "chefer"))
+register_tab("adversarial", ("model", "text", "method"), methods=("world", "sd"))

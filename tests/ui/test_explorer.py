@@ -88,7 +88,8 @@ def test_texts_computed_in_a_session_are_shown_when_chosen():
 
     fitted, shown = compute_text_span("toy", WORLD, None, None, 30, 40, None, 3, 1)
     assert shown.source == FROM_SESSION and "computed here on 30 generated" in shown.info
-    assert len(shown.rows) == 30  # texts per head above the span rank are capped, not an error
+    # texts per head above the span's rank (a toy head writes 24 + 3 directions) are capped, not an error
+    assert len(shown.rows) == 27
     # another session (no fit) sees the shipped bases only
     assert head_texts("toy", 3, 1).source == FROM_BASES
     assert head_texts("toy", 3, 1, fitted=fitted).source == FROM_BASES  # bases first unless asked
@@ -160,27 +161,27 @@ def test_public_mode_refuses_models_paths_and_random_weights(public_mode, tmp_pa
 
     monkeypatch.setenv("CLIPSCOPE_MODELS", "toy,Tiny-ViT/none")
     assert access.check_model("toy") == "toy"
-    with pytest.raises(ConfigError, match="not offered"):
+    with pytest.raises(CoreError, match="not available on this public server"):
         access.check_model("ViT-B-32/openai")
-    with pytest.raises(ConfigError, match="Random-weight"):
+    with pytest.raises(CoreError, match="random-weight models"):
         access.check_model("Tiny-ViT/none")
     for probe in (str(tmp_path), "/etc", "/nonexistent/folder"):  # same answer whether the path exists or not
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(CoreError) as err:
             compute_text_span("toy", FOLDER, probe, None, 20, 5, None, 3, 1)
-        assert str(err.value) == "This public server does not read image folders from its own disk: upload files instead."
+        assert str(err.value) == "image folder: this public server does not read or write server paths; upload files instead"
         with pytest.raises(ConfigError, match="ORG/NAME@SHA"):
             show_neuron("toy", probe, 2, 0)
-    with pytest.raises(ConfigError):
-        access.check_server_path("toy_texts.txt", "text pools")
+    with pytest.raises(CoreError):
+        access.check_server_path("toy_texts.txt", "text pool")
 
 
 def test_local_paths_can_be_limited_to_allowed_roots(tmp_path):
     settings.configure(allowed_paths=[str(tmp_path)])
     try:
-        assert access.check_server_path(str(tmp_path / "a"), "image folders") == tmp_path / "a"
-        with pytest.raises(ConfigError, match="allow-path"):
-            access.check_server_path("/etc", "image folders")
-        with pytest.raises(ConfigError, match="allow-path"):
-            access.check_server_path(str(tmp_path / ".." / "escape"), "image folders")
+        assert access.check_server_path(str(tmp_path / "a"), "image folder") == tmp_path / "a"
+        with pytest.raises(CoreError, match="allow-path"):
+            access.check_server_path("/etc", "image folder")
+        with pytest.raises(CoreError, match="allow-path"):
+            access.check_server_path(str(tmp_path / ".." / "escape"), "image folder")
     finally:
         settings.configure(allowed_paths=None)
