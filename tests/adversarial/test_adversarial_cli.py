@@ -66,8 +66,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, arguments, message):
 def test_no_bases_for_the_model(tmp_path):
     env = {**os.environ, "CLIPSCOPE_MODEL_CONFIGS": str(ROOT / "tests" / "model_configs"), "HF_HUB_OFFLINE": "1",
            "CLIPSCOPE_BASES": ""}
-    out = subprocess.run([sys.executable, "-m", "core", "adversarial", "--model", "Tiny-ViT/none", "--present", "a",
-                          "--target", "b", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-m", "core", "adversarial", "--model", "Tiny-ViT/none", "--present", "square",
+                          "--target", "triangle", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 2 and "no neuron bases are configured" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "o").exists()
