@@ -27,9 +27,7 @@ from core.errors import ConfigError, OutputError
 from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle, register_model_configs
 from core.engine.text import prompt_classifier
 
-# The toy model uses open_clip's default (OpenAI) normalisation; training feeds tensors directly.
-MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+from core.world.pixels import MEAN, STD, to_pixels  # noqa: F401  (re-exported)
 IMAGE_SIZE = 64
 EVAL_SEED = 2024  # held-out scenes for the model card; tests use other seeds
 
@@ -88,12 +86,6 @@ class TrainConfig:
         """Shapes that shape groups draw from: all, or the ones a planted bias leaves unpaired."""
         bias = self.planted_bias
         return tuple(s for s in world.SHAPES if bias is None or s not in bias.shapes)
-
-
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 [batch, H, W, 3] -> normalised float [batch, 3, H, W], as the model's preprocess does."""
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return (pixels - MEAN) / STD
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
