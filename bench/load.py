@@ -6,7 +6,7 @@ Starts `python app.py` on a free port (or uses --url, with --pid for its memory)
 (one gradio_client.Client each, i.e. one session each), each sending M requests that cycle over every tab's main
 endpoint: /decompose, /head_texts, /explain_image, /retrieve, /show_neuron, /concepts, /search_neurons. Prints the
 failed requests (with their errors), p50 and p95 latency per endpoint and overall, and the server's resident memory
-(VmRSS) after a warm-up round and after the run. Targets: 0 failed, RSS growth under 10%.
+(VmRSS) after a warm-up round (every endpoint, two clients at once) and after the run. Targets: 0 failed, RSS growth under 10%.
 """
 
 from __future__ import annotations
@@ -124,7 +124,14 @@ def main() -> None:
         wait_for(url)
         warm_latencies: dict = defaultdict(list)
         warm_failures: list = []
-        client_run(url, 0, len(CALLS), warm_latencies, warm_failures)  # every endpoint once: caches filled
+        # Warm-up: every endpoint on both model threads (two clients at once), so caches and each thread's
+        # first-use memory are in place before the RSS baseline.
+        warm = [threading.Thread(target=client_run, args=(url, i, len(CALLS), warm_latencies, warm_failures))
+                for i in range(2)]
+        for thread in warm:
+            thread.start()
+        for thread in warm:
+            thread.join()
         before = children_rss_mb(pid) if pid else float("nan")
         latencies: dict = defaultdict(list)
         failures: list = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -128,6 +129,15 @@ def display_source(source: str | None) -> str:
         return str(path.resolve().relative_to(PROJECT_ROOT))
     except ValueError:
         return f"folder {path.name}"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/()'`]+/)*([^\s/()'`]+)")
+
+
+def without_paths(text: str) -> str:
+    """Text written by a build (an artifact's image-set description, ...) with each absolute path shortened to its
+    last part, so that no result names a folder of the server."""
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m[1]}", str(text))
 
 
 def check_index(value, name: str, size: int) -> int:

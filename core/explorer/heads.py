@@ -17,7 +17,7 @@ from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
                                   colour_bar, display_source, link_model, link_panel, load_model, maybe_int,
-                                  progress_or_silent, query_image, read_texts, text_pool)
+                                  progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 
@@ -82,8 +82,9 @@ def _from_bases(artifact, source: str, head) -> tuple[list[dict], str] | None:
     manifest = artifact.manifest
     pool, images = manifest.get("text_pool") or {}, manifest.get("image_set") or {}
     params = manifest["algorithms"].get("textspan", {})
-    return rows, (f"TextSpan from bases `{display_source(source)}`: text pool {pool.get('name')} ({pool.get('count')} "
-                  f"texts), image set {images.get('description')} ({images.get('count')} images), convention "
+    return rows, (f"TextSpan from bases `{display_source(source)}`: text pool {without_paths(pool.get('name'))} "
+                  f"({pool.get('count')} texts), image set {without_paths(images.get('description'))} "
+                  f"({images.get('count')} images), convention "
                   f"{manifest['convention']}, rank {rows[0]['rank']}, criterion {params.get('criterion')}, span "
                   f"{params.get('span')}")
 

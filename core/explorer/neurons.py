@@ -19,7 +19,7 @@ from core.errors import ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
                                   display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
-                                  query_image, read_texts, text_pool)
+                                  query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 
@@ -41,7 +41,8 @@ class Basis:
         p = self.basis.provenance
         warning = " **Random weights**: for testing only." if p.get("random_init") else ""
         return (f"**Neuron statistics** ({self.source}): model {p['model']}, layer {self.basis.stats.layer}, image "
-                f"set: {_public_description(self.basis.image_set)}, text pool {p['text_pool']} ({p['text_count']} "
+                f"set: {_public_description(self.basis.image_set)}, text pool {without_paths(p['text_pool'])} "
+                f"({p['text_count']} "
                 f"texts), dictionary {p['dictionary']}, {p['terms']} terms, k = {p['k']}, convention {p['mode']} "
                 f"(x{p['coefficient']:g}, divided by |y|), mean reconstruction cosine "
                 f"{p['reconstruction_cosine']:.3f}.{warning}{reliability_warning(self.basis)}")
@@ -50,7 +51,7 @@ class Basis:
 def _public_description(image_set) -> str:
     if image_set.kind == "folder":
         return f"{image_set.count} images of folder {Path(image_set.params['root']).name}"
-    return image_set.description
+    return without_paths(image_set.description)
 
 
 def reliability_warning(basis) -> str:

@@ -47,7 +47,8 @@ def test_heads_tab_end_to_end(heads_url):
         page.wait_for_selector("#heads-show", timeout=60_000)
         page.click("#heads-show")
         info = _wait_text(page, "#heads-info", "6 texts explain")
-        assert "TextSpan from bases" in info and "30 images" in info and "rank 16" in info
+        assert "TextSpan from bases" in info and "30 images" in info and "rank 1" in info
+        assert "pytest" not in info and ".../images" in info  # no server folder named
         assert sum(text in page.locator("#heads-texts").inner_text() for text in pool) >= 5
         page.fill("#heads-layer input", "1")
         page.click("#heads-show")

@@ -206,7 +206,8 @@ def test_two_visitors_of_the_heads_tab_never_share_results(app_url, browser):
         page_a.locator("#heads-n-images input[type=number]").fill("20")
         page_a.locator("#heads-n-images input[type=number]").press("Tab")
         page_a.click("#heads-compute")
-        computed = _wait(page_a, "#heads-info", "computed here on 20 generated")
+        computed = _wait(page_a, "#heads-info", "computed here on 20 generated", timeout=300_000)
+        assert "computed here on 20 generated" in computed and "200 generated" not in computed
         # visitor B asks for texts computed in their session: there are none, whatever A did
         page_b.get_by_label("computed here").check()
         page_b.click("#heads-show")
