@@ -74,7 +74,7 @@ def _run_train(args: argparse.Namespace) -> int:
                          warmup=min(args.warmup, args.steps), threads=args.threads,
                          shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
                          shape_only_group=args.shape_only_group, bias=args.bias or "", bias_p=args.bias_p,
-                         bias_others=args.bias_others)
+                         bias_others=args.bias_others, bias_groups=args.bias_groups)
     summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
                         save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
@@ -130,6 +130,9 @@ def _register_train(toy_subparsers) -> None:
     parser.add_argument("--bias-others", default=recipe.bias_others,
                         help="other shapes: uniform (default: keep uniform backgrounds) or avoid (move off the "
                         "paired backgrounds with the same probability)")
+    parser.add_argument("--bias-groups", default=recipe.bias_groups,
+                        help="with --bias, shape groups use: shapes (the unpaired shapes only; default) or "
+                        "backgrounds (every shape, on the unpaired backgrounds only)")
     parser.add_argument("--threads", type=int, default=recipe.threads, help=f"torch CPU threads (default {recipe.threads})")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")
