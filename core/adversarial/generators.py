@@ -141,7 +141,9 @@ def sd_gpu_seconds(steps: int, images: int) -> int:
 def _offline() -> bool:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    from core import settings
+
+    return bool(constants.HF_HUB_OFFLINE) or settings.hub_offline()
 
 
 def load_sd_pipeline(repo: str = SD_REPO, revision: str | None = SD_REVISION, *, device: str = "cpu",
