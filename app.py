@@ -2,21 +2,37 @@
 
     python app.py                      # offline default model ('toy'), http://127.0.0.1:7860
     python app.py --model ViT-B-16/laion2b_s34b_b88k --port 7861
+    python app.py --public             # as on a Space: uploads only, allow-listed models
 
-Each tab lives in spaces/<tab>/app.py and also runs alone as its own Space. spaces/ has no
-__init__.py (it must never shadow Hugging Face's `spaces` package), so tabs are loaded by path.
+Each tab lives in spaces/<tab>/app.py and also runs alone as its own Space. spaces/ has no __init__.py (it must
+never shadow Hugging Face's `spaces` package), so tabs are loaded by path. A link such as
+`?tab=heads&model=toy&layer=3&head=1` opens that tab on that view (see core/links/codec.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 from pathlib import Path
 
-from core import settings
+import core.gpu  # noqa: F401  (imports Hugging Face's `spaces` before torch, as ZeroGPU needs)
+
+import gradio as gr  # noqa: E402
+
+from core import settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"), ("Adversarial", "adversarial"))
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
+        ("Segmentation", "segmentation"), ("Adversarial", "adversarial"))
+
+
+def load_ui():
+    from importlib.util import module_from_spec, spec_from_file_location
+    import sys
+
+    if "clipscope_ui_common" not in sys.modules:
+        spec = spec_from_file_location("clipscope_ui_common", ROOT / "spaces" / "ui_common.py")
+        sys.modules["clipscope_ui_common"] = module = module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["clipscope_ui_common"]
 
 
 def load_tab(folder: str):
@@ -24,55 +40,57 @@ def load_tab(folder: str):
     path = ROOT / "spaces" / folder / "app.py"
     if not path.is_file():
         return None
-    spec = importlib.util.spec_from_file_location(f"clipscope_tab_{folder}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_ui().load_module(f"clipscope_tab_{folder}", path)
 
 
 def build_app():
-    import gradio as gr
-
     from core.engine.models import default_spec, load_clip
-
     from core.errors import CoreError
 
     spec = default_spec()
     try:
-        info = load_clip(spec).info  # load once up front: every tab shares this cached copy
-        notice = (
-            f"Running on **{info.display_name}**. No weights were downloaded: start with "
-            "`python app.py --model ViT-B-16/laion2b_s34b_b88k` (or set CLIPSCOPE_MODEL) for a real CLIP."
-            if info.source == "toy" else f"Default model: **{info.display_name}** (`{info.spec}`)."
-        )
+        # Load once up front, on the device the tabs use (ZeroGPU wants models on CUDA at start-up, not per call):
+        # the first answer of a link is then fast.
+        info = load_clip(spec, device=settings.resolve_device()).info
+        notice = (f"Default model: **{info.display_name}**. No weights were downloaded: start with "
+                  "`python app.py --model ViT-B-16/laion2b_s34b_b88k` (or set CLIPSCOPE_MODEL) for a real CLIP. "
+                  "Each result names the model that produced it."
+                  if info.source == "toy" else
+                  f"Default model: **{info.display_name}** (`{info.spec}`). Each result names the model that produced it.")
     except CoreError as err:  # keep serving: the tabs say the same when used, and another spec can be typed
         notice = f"**Could not load the default model `{spec}`:** {err}"
     # Import the tabs before opening our Blocks: each builds its own Blocks at import time.
     tabs = [(title, folder, load_tab(folder)) for title, folder in TABS]
+    tabs = [(title, folder, module) for title, folder, module in tabs if module is not None]
     with gr.Blocks(title="clipscope") as demo:
         gr.Markdown(f"# clipscope: what CLIP's heads and neurons do, in words\n{notice}", elem_id="app-notice")
-        with gr.Tabs():
+        with gr.Tabs(elem_id="app-tabs") as tab_set:
             for title, folder, module in tabs:
-                if module is not None:
-                    with gr.Tab(title, id=folder):
-                        module.demo.render()
+                with gr.Tab(title, id=folder, elem_id=f"tab-{folder}") as tab:
+                    module.demo.render()
+                # Switching tabs shows that tab's view in the address bar (or just the tab, for a tab without links).
+                bar = getattr(getattr(module, "ui", None), "LinkBar", None)
+                if bar is not None and folder in bar.instances:
+                    tab.select(None, [bar.instances[folder].query], None, js=module.ui.REPLACE_JS)
+                else:
+                    tab.select(None, None, None, js=load_ui().REPLACE_JS.replace("(query) =>", f"(query = 'tab={folder}') =>"))
+        page_query = gr.Textbox(visible="hidden", elem_id="app-query")
+        demo.load(select_tab, [page_query], [tab_set], api_visibility="private", js=load_ui().PAGE_QUERY_JS)
     return demo
 
 
+def select_tab(query: str, request: gr.Request):
+    """The tab a link names (`tab=`); without one, the page stays where the visitor is."""
+    from urllib.parse import parse_qs
+
+    name = (parse_qs(str(load_ui().query_of(query, request) or "")).get("tab") or [None])[0]
+    return gr.Tabs(selected=name) if name in {folder for _, folder in TABS} else gr.skip()
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="default model spec for every tab (default: $CLIPSCOPE_MODEL or toy)")
-    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    parser.add_argument("--public", action="store_true",
-                        help="public mode even on 127.0.0.1 (always on for a Space or a non-loopback --host)")
-    args = parser.parse_args(argv)
-    if args.model:
-        settings.configure(default_model=args.model)
-    host, port = args.host or settings.server_host(), args.port or settings.server_port()
-    settings.configure(public=True if args.public or not settings.is_loopback(host) else None)
-    demo = build_app()
-    demo.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port, max_file_size="50mb")
+    ui = load_ui()
+    host, port = ui.configure(ui.parse_args(__doc__, argv))
+    ui.launch(build_app(), host, port)
 
 
 if __name__ == "__main__":

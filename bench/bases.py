@@ -99,13 +99,15 @@ def first_results(source: Path, expect_model: dict | None = None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--device", default=None, help="where the toy model is loaded: auto, cpu, cuda or cuda:N "
+                        "(default: $CLIPSCOPE_DEVICE or auto)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     from core.artifacts.hub import resolve_bases_source
     from core.engine.models import load_clip
 
-    toy = load_clip("toy")
-    print("shipped toy bases (model already loaded):")
+    toy = load_clip("toy", device=args.device)
+    print(f"shipped toy bases (model already loaded, on {toy.device}):")
     first_results(Path(resolve_bases_source("toy")), toy.info.identity())
     if not args.skip_synthetic:
         with tempfile.TemporaryDirectory() as tmp:

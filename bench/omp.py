@@ -38,6 +38,7 @@ from sklearn.linear_model import orthogonal_mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.neurons.sparse import SparseCode, omp  # noqa: E402
+from core.settings import resolve_device  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="core.neurons.sparse.omp batch_size (default: its own)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="where ours runs: auto, cpu, cuda or cuda:N "
+                        "(default: $CLIPSCOPE_DEVICE or auto); scikit-learn always runs on the CPU")
     parser.add_argument("--worker", choices=["ours", "sparse_encode", "orthogonal_mp"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -78,11 +81,15 @@ def peak_rss_mb():
 def run_ours(args, dictionary, targets):
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    code = omp(torch.from_numpy(targets), torch.from_numpy(dictionary), args.terms, batch_size=args.batch_size)
+    device = resolve_device(args.device)
+    code = omp(torch.from_numpy(targets), torch.from_numpy(dictionary), args.terms, batch_size=args.batch_size,
+               device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     rows = max(args.sklearn_rows, args.exact_rows)
-    dense = SparseCode(*(field[:rows] for field in code)).dense(args.texts).double().numpy()
-    return {"seconds": seconds}, dense
+    dense = SparseCode(*(field[:rows].cpu() for field in code)).dense(args.texts).double().numpy()
+    return {"seconds": seconds, "device": str(device)}, dense
 
 
 def run_sparse_encode(args, dictionary, targets):
@@ -137,7 +144,7 @@ def main():
     print(f"OMP of {args.targets} unit targets, d_out {args.dim}, {args.texts} texts, {args.terms} terms, {args.threads} threads")
     with tempfile.TemporaryDirectory() as folder:
         ours, ours_code = launch("ours", argv, folder, args.threads)
-        print(f"ours: {ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB (data alone {ours['baseline_rss_mb']:.0f} MB)")
+        print(f"ours ({ours['device']}): {ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB (data alone {ours['baseline_rss_mb']:.0f} MB)")
         skl, skl_code = launch("sparse_encode", argv, folder, args.threads)
         per_target = skl["seconds"] / args.sklearn_rows
         total = skl["gram_seconds"] + per_target * args.targets

@@ -11,7 +11,7 @@ Each measurement runs in a fresh subprocess, so the peak memory reported is that
 ru_maxrss (resident set high-water mark, which includes the whole CLIP model as loaded by
 `load_clip`, text tower too); "after load" is ru_maxrss right after loading the model.
 
-    python -m bench.second_order [--threads 2] [--layer 9] [--repeats 3]   # from the repo root
+    python -m bench.second_order [--threads 2] [--layer 9] [--repeats 3] [--device cpu]   # from the repo root
 """
 
 import argparse
@@ -33,27 +33,31 @@ def _rss_mib() -> float:
 def _timed(function, repeats: int) -> tuple[float, float]:
     """(best wall seconds, best cpu seconds) over `repeats` calls after one warm-up call."""
     function()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     walls, cpus = [], []
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
         function()
+        sync()
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - start_cpu)
     return min(walls), min(cpus)
 
 
-def _measure(part: str, batch: int, layer: int, repeats: int) -> dict:
+def _measure(part: str, batch: int, layer: int, repeats: int, device: str | None = None) -> dict:
     """Runs inside the subprocess: one measurement, returned as a dict."""
     from core.engine.models import load_clip
     from core.engine.reference import literal_second_order
     from core.neurons.second_order import second_order_basis, second_order_effects
     from core.engine.trace import trace_vit
 
-    bundle = load_clip(SPEC)
+    from core.settings import resolve_device
+
+    bundle = load_clip(SPEC, device=resolve_device(device))
     visual = bundle.model.visual
     size = bundle.info.image_size
-    pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    result = {"part": part, "batch": batch, "rss_after_load_mib": _rss_mib()}
+    pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(bundle.device)
+    result = {"part": part, "batch": batch, "device": str(bundle.device), "rss_after_load_mib": _rss_mib()}
     if part == "forward":
         with torch.inference_mode():
             result["wall"], result["cpu"] = _timed(lambda: visual(pixels), repeats)
@@ -78,13 +82,15 @@ def _measure(part: str, batch: int, layer: int, repeats: int) -> dict:
 
 def _run_part(part: str, batch: int, args) -> dict:
     command = [sys.executable, "-m", "bench.second_order", "--part", part, "--batch", str(batch),
-               "--layer", str(args.layer), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+               "--layer", str(args.layer), "--threads", str(args.threads), "--repeats", str(args.repeats),
+               *(["--device", args.device] if args.device else [])]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def _report(results: dict) -> None:
     literal = results["literal", 1]
+    print(f"device: {literal['device']}")
     literal_per_image = literal["wall"]
     print(f"literal (1 image):      wall {literal['wall']:7.2f} s, cpu {literal['cpu']:7.2f} s, "
           f"peak RSS {literal['peak_rss_mib']:.0f} MiB (after load {literal['rss_after_load_mib']:.0f} MiB)")
@@ -108,12 +114,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--part", choices=["forward", "fast", "literal"], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $CLIPSCOPE_DEVICE or auto)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part:
-        print(json.dumps(_measure(args.part, args.batch, args.layer, args.repeats)))
+        print(json.dumps(_measure(args.part, args.batch, args.layer, args.repeats, args.device)))
         return
-    print(f"{SPEC}, layer {args.layer}, all neurons, CPU float32, threads {args.threads}; "
+    print(f"{SPEC}, layer {args.layer}, all neurons, float32 on {args.device or 'the default device'}, threads {args.threads}; "
           f"fast and forward: best of {args.repeats} after a warm-up; memory = ru_maxrss of a fresh subprocess per row")
     results = {(part, batch): _run_part(part, batch, args) for part, batch in
                [("forward", 1), ("forward", 8), ("fast", 1), ("fast", 8), ("literal", 1)]}

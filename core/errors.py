@@ -47,6 +47,26 @@ class BasesError(CoreError, ValueError):
     """A precomputed artifact that is malformed, tampered or for another model."""
 
 
+class LimitError(ConfigError):
+    """A size beyond the bounds of core.guards (counts, lengths, pixels, bytes)."""
+
+
+class NotAllowedError(CoreError, PermissionError):
+    """An input this server does not accept: public mode, the model allow-list or the allowed folders."""
+
+
+class ModelNotAllowedError(NotAllowedError):
+    """A model spec outside the allow-list, random weights or a local file, in public mode."""
+
+
+class PathNotAllowedError(NotAllowedError):
+    """A server path named in public mode, or outside the folders given with --allow-path."""
+
+
+class OutputError(CoreError, OSError):
+    """An output that cannot be written, or that would replace files the tool did not write."""
+
+
 def check_index(name: str, value: int, size: int) -> int:
     """Return `value` if 0 <= value < size, else raise IndexRangeError naming the range."""
     if not isinstance(value, int) or isinstance(value, bool):

@@ -21,6 +21,7 @@ wins over the environment. Importing this module has no side effects and pulls i
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
@@ -45,6 +46,21 @@ def configure(**values: Any) -> None:
             _overrides.pop(key, None)
         else:
             _overrides[key] = value
+
+
+@contextlib.contextmanager
+def overridden(**values: Any):
+    """`configure(**values)` for the duration of a `with` block (None leaves a setting as it was)."""
+    previous = {key: _overrides.get(key) for key in values}
+    configure(**{key: value for key, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                _overrides.pop(key, None)
+            else:
+                _overrides[key] = value
 
 
 def _env(name: str, default: str = "") -> str:
@@ -160,3 +176,11 @@ def server_port() -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise ConfigError(f"GRADIO_SERVER_PORT={value!r} is not a port number")
     return int(value)
+
+
+def torchrun() -> dict[str, int] | None:
+    """rank, world_size, local_rank, restart (TORCHELASTIC_RESTART_COUNT) when torchrun started this process."""
+    if not (_env("RANK") and _env("WORLD_SIZE")):
+        return None
+    return {"rank": int(_env("RANK")), "world_size": int(_env("WORLD_SIZE")),
+            "local_rank": int(_env("LOCAL_RANK") or 0), "restart": int(_env("TORCHELASTIC_RESTART_COUNT") or 0)}

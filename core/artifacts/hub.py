@@ -8,17 +8,19 @@ must not freeze them.
 
     source = resolve_bases_source("ViT-B-16/laion2b_s34b_b88k")   # "org/name@<sha>" or a folder
     folder = pull_artifact("org/clip-bases", "0123...abcd")        # cache first, then the network
+    bases = load_bases(source, expect_model=bundle.info.identity())  # a folder or a Hub repo, verified
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import warnings
 from pathlib import Path
 
-from core.artifacts.store import CARD, MANIFEST, SECTIONS, read_manifest, verify_artifact
-from core import settings
+from core import guards, settings
+from core.artifacts.card import dataset_card
+from core.artifacts.store import CARD, MANIFEST, SECTIONS, Artifact, load_artifact, read_manifest, verify_artifact
 from core.errors import BasesError, ConfigError
 
 ENV_VAR = "CLIPSCOPE_BASES"
@@ -26,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # model spec -> folder relative to PROJECT_ROOT, or "org/name@<sha>". The toy model's bases ship in the repo.
 DEFAULT_BASES: dict[str, str] = {"toy": "core/data/toy/bases", "toy-biased": "core/data/toy_biased/bases"}
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+REPO_SOURCE = re.compile(r"[\w-][\w.-]*/[\w.-]+(@[\w./-]+)?")  # ORG/NAME[@REVISION]
 BUILD_HINT = (
     "build them locally with `python -m core bases build --model SPEC --images DIR --texts FILE --out DIR` "
     "and point CLIPSCOPE_BASES (or the --bases option) at that folder, or copy a Hugging Face cache that holds them"
@@ -70,6 +73,48 @@ def _source_from_env(value: str, model_spec: str) -> str | None:
     return per_model.get(model_spec, every_model)
 
 
+# ---------------------------------------------------------------- loading
+
+def load_bases(source: str | Path, *, expect_model: dict | None = None, revision: str | None = None,
+               allow_unpinned: bool = False, cache_dir: str | Path | None = None) -> Artifact:
+    """Open and verify bases from a local folder or a Hub dataset repo (`org/name@sha`, or `revision=`).
+
+    A pulled snapshot is verified like a folder, its files allowed to resolve into the cache's blobs of
+    that repo and nowhere else.
+    """
+    local = Path(source)
+    if os.path.lexists(local):
+        if revision:
+            raise BasesError(f"{source} is a local folder; a revision applies only to Hub repos")
+        return load_artifact(local, expect_model=expect_model)
+    repo_id, pinned = split_repo_source(str(source))
+    if revision and pinned and revision != pinned:
+        raise BasesError(f"{source} names revision {pinned} but revision={revision} was also given")
+    if not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", repo_id):
+        raise BasesError(f"no bases folder at {source}, and it is not a Hub repo id ORG/NAME@REVISION")
+    folder = pull_artifact(repo_id, revision or pinned, cache_dir=cache_dir, allow_unpinned=allow_unpinned)
+    return load_artifact(folder, expect_model=expect_model, within=cache_repo_folder(folder))
+
+
+def check_user_source(value: str) -> str:
+    """A bases source a user typed: a Hub repo `ORG/NAME@REVISION`, or a folder checked by core.guards
+    (refused in public mode, where only Hub repos and the shipped bases are read)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("no bases source given: a folder or a Hub repo ORG/NAME@REVISION")
+    value = value.strip()
+    if REPO_SOURCE.fullmatch(value) and (settings.public() or not os.path.lexists(value)):
+        return value
+    guards.check_user_path(value, "bases folder", hint="give a Hub dataset repo ORG/NAME@<commit sha>")
+    return value
+
+
+def cache_repo_folder(snapshot: Path) -> Path:
+    """The repo folder of a Hugging Face cache snapshot (`.../datasets--org--name/snapshots/<sha>`), whose
+    blobs/ its links point into; any other folder is its own root."""
+    snapshot = Path(snapshot)
+    return snapshot.parents[1] if snapshot.parent.name == "snapshots" else snapshot
+
+
 # ---------------------------------------------------------------- pull and push
 
 def pull_artifact(repo_id: str, revision: str | None, *, cache_dir: str | Path | None = None,
@@ -94,7 +139,7 @@ def pull_artifact(repo_id: str, revision: str | None, *, cache_dir: str | Path |
 def _files_present(folder: Path) -> bool:
     """Every file the manifest lists exists with its size (cheap: a partial download fails this)."""
     try:
-        files = read_manifest(folder)["files"]
+        files = read_manifest(folder, within=cache_repo_folder(folder))["files"]
         return all((folder / rel).is_file() and (folder / rel).stat().st_size == record["bytes"]
                    for rel, record in files.items())
     except (OSError, ValueError, KeyError, TypeError):
@@ -104,7 +149,7 @@ def _files_present(folder: Path) -> bool:
 def push_artifact(path: str | Path, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
     """Verify the artifact at `path`, then upload it as Hub dataset repo `repo_id`; returns the commit sha."""
     path = Path(path)
-    problems = verify_artifact(path)
+    problems = verify_artifact(path, deep=True)  # contents too: never publish NaN tensors or unreadable tables
     if problems:
         raise BasesError(f"refusing to push {path}: " + "; ".join(problems))
     if not (path / CARD).is_file():  # generated from the manifest, so recreating it loses nothing
@@ -207,86 +252,3 @@ def upload_dataset(folder: Path, repo_id: str, *, allow_patterns: list[str], tok
         raise BasesError(f"could not push to {repo_id!r}: {err} (log in with `hf auth login` or pass a token "
                          "with write access)") from err
     return commit.oid
-
-
-# ---------------------------------------------------------------- dataset card
-
-CARD_LICENSE = "mit"
-CARD_TAGS = ["clipscope", "clip", "open_clip", "interpretability"]
-SHOWN_TENSORS = 8  # per group in the card; the rest are counted
-
-
-def dataset_card(folder: Path, manifest: dict) -> str:
-    """README.md for the artifact in `folder`: YAML front matter (parquet tables as viewer configs), then
-    what it holds, how it was built and the numbers measured while building."""
-    from huggingface_hub import DatasetCardData
-
-    tables = sorted(rel for rel in manifest["files"] if rel.startswith("tables/"))
-    configs = [{"config_name": Path(rel).stem, "data_files": rel} for rel in tables]
-    data = DatasetCardData(license=CARD_LICENSE, tags=CARD_TAGS, pretty_name=f"clipscope bases for "
-                           f"{manifest['model']['spec']}", configs=configs or None)
-    sections = [f"---\n{data.to_yaml()}\n---", _card_intro(manifest), _card_contents(folder, manifest),
-                _card_provenance(manifest), _card_metrics(manifest), _card_usage()]
-    return "\n\n".join(part for part in sections if part) + "\n"
-
-
-def _card_intro(manifest: dict) -> str:
-    return (f"# clipscope bases for `{manifest['model']['spec']}`\n\nPrecomputed interpretability results for "
-            "this CLIP image encoder, so the clipscope head and neuron explorers answer at once without a GPU "
-            "or an image set. Every data file's sha256 is in `manifest.json` and is checked on load."
-            + (f"\n\n{manifest['notes']}" if manifest.get("notes") else ""))
-
-
-def _card_contents(folder: Path, manifest: dict) -> str:
-    rows = ["## What\n", "| file | bytes | contents |", "|---|---:|---|"]
-    for rel, record in sorted(manifest["files"].items()):
-        rows.append(f"| `{rel}` | {record['bytes']:,} | {_describe_file(folder / rel)} |")
-    return "\n".join(rows)
-
-
-def _describe_file(path: Path) -> str:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as handle:
-            names = sorted(handle.keys())
-            shapes = [f"{name} {handle.get_slice(name).get_dtype()}{handle.get_slice(name).get_shape()}"
-                      for name in names[:SHOWN_TENSORS]]
-        more = f", and {len(names) - SHOWN_TENSORS} more" if len(names) > SHOWN_TENSORS else ""
-        return "; ".join(shapes) + more
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_metadata(path).num_rows
-        return f"table, {rows} row(s): {', '.join(pq.read_schema(path).names)}"
-    return "JSON"
-
-
-def _card_provenance(manifest: dict) -> str:
-    model, pool, images = manifest["model"], manifest.get("text_pool"), manifest.get("image_set")
-    lines = ["## How\n",
-             f"- model: `{model['spec']}` (arch `{model['arch']}`, pretrained `{model['pretrained']}`, "
-             f"random init {model['random_init']}), weights sha256 `{model['weights_sha256']}`, "
-             f"open_clip {model.get('open_clip_version')}",
-             f"- text pool: {pool['name']!r}, {pool['count']} texts, sha256 `{pool['sha256']}`" if pool
-             else "- text pool: none",
-             f"- image set: {images['description']} ({images['count']} images)" if images else "- image set: none",
-             f"- convention: `{manifest['convention']}`"]
-    lines += [f"- {name}: `{json.dumps(params, sort_keys=True)}`" for name, params in manifest["algorithms"].items()]
-    lines.append(f"- built {manifest['created']} by clipscope {manifest['project_version']} "
-                 f"(bases schema {manifest['schema_version']})")
-    return "\n".join(lines)
-
-
-def _card_metrics(manifest: dict) -> str:
-    metrics = manifest.get("metrics")
-    if not metrics:
-        return ""
-    return "\n".join(["## Numbers measured while building\n", "| metric | value |", "|---|---:|",
-                      *(f"| {name} | {value:.6g} |" for name, value in metrics.items())])
-
-
-def _card_usage() -> str:
-    return ("## Use\n\n```python\nfrom core.artifacts.store import load_artifact\n\n"
-            "bases = load_artifact(\"ORG/NAME@<commit sha>\", expect_model=...)  # verifies every file\n"
-            "```\n\nCheck a local copy with `python -m core bases verify DIR`.")

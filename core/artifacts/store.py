@@ -10,7 +10,16 @@ An artifact folder holds
 Only files under tensors/, tables/ and extra/ are data; other top-level files
 (the Hub's `.gitattributes`, a LICENSE) are ignored. Builds are resumable: a
 group written and verified by an earlier, interrupted run is kept. Hub
-pull/push and where each model's bases come from live in `core.artifacts.hub`.
+pull/push, loading from the Hub (`hub.load_bases`) and where each model's bases
+come from live in `core.artifacts.hub`, the dataset card in
+`core.artifacts.card`; this module never imports the Hub.
+
+Nothing read is trusted: the manifest and every data file must be regular files
+inside the artifact folder (no symlink out of it, no FIFO or device), within the
+size bounds of `core.guards`, the manifest's values are type-checked, and tensors
+holding NaN or Inf are refused. Nothing the writer did not write is replaced or
+deleted, with or without `overwrite`: it replaces only files its own manifest
+(or progress record) lists, and a README.md only when it is the card it wrote.
 
     model = load_clip("toy").info.identity()  # spec, arch, pretrained, weights_sha256, random_init, ...
     writer = ArtifactWriter("out", model=model, text_pool=text_pool_identity(texts, "toy-pool"))
@@ -28,6 +37,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -40,7 +50,9 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.errors import BasesError, TextError
+from core import guards
+from core.artifacts.card import dataset_card
+from core.errors import BasesError, OutputError, TextError
 
 SCHEMA_VERSION = 1
 KIND = "clipscope-bases"
@@ -55,6 +67,7 @@ MODEL_KEYS = ("spec", "arch", "pretrained", "weights_sha256", "random_init")
 BUILD_FIELDS = ("model", "text_pool", "image_set", "convention", "algorithms")  # equal => resumable
 REQUIRED_FIELDS = {"model": dict, "algorithms": dict, "convention": str, "created": str, "project_version": str}
 OPTIONAL_RECORDS = {"text_pool": ("name", "sha256", "count"), "image_set": ("description", "count")}
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # ---------------------------------------------------------------- identities
@@ -124,7 +137,7 @@ def write_table(path: str | Path, rows: list[dict]) -> None:
         raise BasesError(f"table {Path(path).name}: rows must be a list of dicts")
     try:
         table = pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, UnicodeEncodeError) as err:
         raise BasesError(f"table {Path(path).name}: rows cannot be stored as columns ({err}); give every row "
                          "the same keys with one type per column") from err
     pq.write_table(table, path)
@@ -132,7 +145,10 @@ def write_table(path: str | Path, rows: list[dict]) -> None:
 
 def read_table(path: str | Path) -> list[dict]:
     """Rows of a parquet table as a list of dicts."""
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise BasesError(f"{Path(path).name} is not a readable parquet table: {_first_line(err)}") from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -141,16 +157,91 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True if `path`, with every symlink resolved, lies inside `root` (also resolved)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+def _open_regular(path: Path, root: Path, max_bytes: int, what: str) -> int:
+    """A read-only descriptor of `path` after checking that it resolves inside `root` and is a regular
+    file of at most `max_bytes`. Opened non-blocking, so a FIFO is refused instead of waited on."""
+    if not _inside(path, root):
+        raise BasesError(f"{what} is a link that leads outside the artifact folder; refusing to read it")
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise BasesError(f"{what} cannot be read: {err.strerror or err}") from None
+    info = os.fstat(handle)
+    problem = ("is a folder, not a file" if stat.S_ISDIR(info.st_mode) else
+               "is not a regular file (a pipe or a device?)" if not stat.S_ISREG(info.st_mode) else
+               f"is {info.st_size:,} bytes, over the limit of {max_bytes:,}" if info.st_size > max_bytes else None)
+    if problem:
+        os.close(handle)
+        raise BasesError(f"{what} {problem}")
+    return handle
+
+
+def _read_bytes(path: Path, root: Path, max_bytes: int, what: str) -> bytes:
+    handle = _open_regular(path, root, max_bytes, what)
+    with os.fdopen(handle, "rb") as stream:
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BasesError(f"{what} grew over the limit of {max_bytes:,} bytes while being read")
+    return data
+
+
+def _sha256_regular(path: Path, root: Path, what: str) -> tuple[str, int]:
+    """(sha256, size) of a regular file inside `root`."""
+    handle = _open_regular(path, root, guards.MAX_ARTIFACT_FILE_BYTES, what)
+    with os.fdopen(handle, "rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        return digest, os.fstat(stream.fileno()).st_size
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (write null or a finite number)")
+
+
+def parse_json(data: bytes | str, what: str) -> Any:
+    """JSON from untrusted bytes: invalid UTF-8, NaN/Infinity and nesting too deep for the parser (a
+    RecursionError) are refused with a BasesError."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as err:
+        raise BasesError(f"{what} is not UTF-8 text (byte {err.start})") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise BasesError(f"{what} is nested too deeply to be a manifest") from None
+    except ValueError as err:
+        raise BasesError(f"{what} is not valid JSON ({_first_line(err)}): it was truncated or edited") from None
+
+
 def _file_record(path: Path) -> dict:
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def _json_text(obj: Any, what: str) -> str:
     try:
-        return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise BasesError(f"{what} cannot be stored as JSON ({err}): use str, int, finite float, bool, "
                          "None, lists and dicts") from err
+    except RecursionError:
+        raise BasesError(f"{what} is nested too deeply to be stored as JSON") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BasesError(f"{what} holds text that is not valid UTF-8 (a file name in another encoding?): "
+                         "rename it") from None
+    return text
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -174,13 +265,18 @@ def _data_path(section: str, name: str) -> str:
     return f"{section}/{name}{SECTIONS[section]}"
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+def _read_json(path: Path, root: Path | None = None, max_bytes: int = guards.MAX_MANIFEST_BYTES,
+               what: str | None = None) -> Any:
+    """Parsed JSON of a regular file inside `root` (default: its own folder); FileNotFoundError if absent,
+    BasesError if it is anything else than a bounded, valid JSON file."""
+    what = what or path.name
+    return parse_json(_read_bytes(path, root or path.parent, max_bytes, what), what)
 
 
-def read_manifest(folder: str | Path) -> dict:
+def read_manifest(folder: str | Path, *, within: str | Path | None = None) -> dict:
     """The parsed manifest.json of an artifact folder (unchecked: see verify_artifact)."""
-    return _read_json(Path(folder) / MANIFEST)
+    folder = Path(folder)
+    return _read_json(folder / MANIFEST, Path(within) if within else folder)
 
 
 def _stray_files(folder: Path, listed: Mapping) -> list[str]:
@@ -198,7 +294,9 @@ class ArtifactWriter:
     pool, image set, convention and algorithms keeps each group that still
     matches its recorded hash, so `has(name)` lets a build skip it. A folder
     holding other bases or unrelated files is refused unless `overwrite=True`;
-    even then only files this format wrote are deleted.
+    even then only files this format wrote (listed in its own manifest or
+    progress record) are replaced or deleted. A manifest.json, README.md or
+    data file it did not write is never replaced: the writer refuses instead.
     """
 
     def __init__(self, out_dir: str | Path, *, model: dict, text_pool: dict | None = None,
@@ -207,6 +305,8 @@ class ArtifactWriter:
         self.path = Path(out_dir)
         self._build = _build_identity(model, text_pool, image_set, convention, algorithms or {})
         self._done: dict[str, dict] = {}
+        self._owned: set[str] = set()  # data files an earlier run of ours listed (may be replaced)
+        self._card_sha256: str | None = None  # the README.md found at open, when it is our own card
         self._open(overwrite)
 
     def has(self, name: str) -> bool:
@@ -233,37 +333,66 @@ class ArtifactWriter:
             raise BasesError(f"nothing was written to {self.path}: add tensors, tables or JSON before finalize()")
         self._recheck()
         manifest = self._manifest(_check_metrics(metrics), notes)
-        from core.artifacts.hub import dataset_card  # core.artifacts.hub imports this module
-
         card = dataset_card(self.path, manifest)
-        _atomic_write(self.path / CARD, lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+        manifest["card_sha256"] = hashlib.sha256(card.encode("utf-8")).hexdigest()
+        self._check_own_top_level()  # a user may have put a file there during a long build
+        self._atomic(CARD, lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
         text = _json_text(manifest, MANIFEST)
-        _atomic_write(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        self._atomic(MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         (self.path / PROGRESS).unlink(missing_ok=True)
         return self.path
 
     def _write(self, rel: str, write) -> None:
         target = self.path / rel
-        _atomic_write(target, write)
+        if os.path.lexists(target) and rel not in self._owned and rel not in self._done:
+            raise OutputError(f"{target} exists and was not written by this build of clipscope bases; it is never "
+                              "replaced: move it out of the folder, or choose another output folder")
+        self._atomic(rel, write)
         self._done[rel] = _file_record(target)
         self._save_progress()
+
+    def _atomic(self, rel: str, write) -> None:
+        try:
+            _atomic_write(self.path / rel, write)
+        except OSError as err:
+            raise OutputError(f"cannot write {rel} in {self.path}: {err.strerror or err}") from None
+        except Exception as err:  # safetensors reports a failed write as SafetensorError, not OSError
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise OutputError(f"cannot write {rel} in {self.path}: {_first_line(err)}") from None
 
     def _save_progress(self) -> None:
         text = _json_text({"kind": KIND, "schema_version": SCHEMA_VERSION, **self._build, "files": self._done},
                           PROGRESS)
-        _atomic_write(self.path / PROGRESS, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        self._atomic(PROGRESS, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def _open(self, overwrite: bool) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise BasesError(f"{self.path} is a file; the bases output must be a folder")
-        self.path.mkdir(parents=True, exist_ok=True)
-        previous = _previous_record(self.path)
-        own = {MANIFEST, CARD, PROGRESS, *SECTIONS} if previous else set()
+        if os.path.lexists(self.path) and (self.path.is_symlink() or not self.path.is_dir()):
+            raise BasesError(f"{self.path} is a file or a link; the bases output must be a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise OutputError(f"cannot create the bases folder {self.path}: part of that path is a file") from None
+        except OSError as err:
+            raise OutputError(f"cannot create the bases folder {self.path}: {err.strerror or err}") from None
+        records = {name: _previous_record(self.path, name) for name in (PROGRESS, MANIFEST)}
+        previous = records[PROGRESS] or records[MANIFEST]
+        self._owned = {rel for record in records.values() if record for rel in record.get("files", {})
+                       if isinstance(rel, str) and DATA_PATH.fullmatch(rel)}
+        self._card_sha256 = _own_card(self.path, records)
+        self._check_own_top_level(records)
+        own = {MANIFEST, CARD, PROGRESS, *SECTIONS} if previous else set(SECTIONS)
+        stray = sorted(rel for p in _section_files(self.path) if (rel := p.relative_to(self.path).as_posix())
+                       not in self._owned)
+        if stray:  # they would block finalize() after all the work: say so now, whatever overwrite says
+            raise BasesError(f"{self.path} holds files in tensors/, tables/ or extra/ that no clipscope build "
+                             f"listed ({', '.join(stray[:5])}); they are never deleted: move them out, or choose "
+                             "another output folder")
         foreign = sorted(p.name for p in self.path.iterdir() if p.name not in own)
         if foreign and not overwrite:
             raise BasesError(f"{self.path} holds files that are not clipscope bases ({', '.join(foreign[:5])}): "
                              "choose a new or empty folder, or pass overwrite=True (--overwrite) to write next "
-                             "to them (they are never deleted)")
+                             "to them (they are never deleted or replaced)")
         if not previous:
             return
         changed = [field for field in BUILD_FIELDS if previous.get(field) != self._build[field]]
@@ -277,19 +406,39 @@ class ArtifactWriter:
                              "output folder, or pass overwrite=True (--overwrite) to replace them")
         self._remove_previous()
 
+    def _check_own_top_level(self, records: dict | None = None) -> None:
+        """Refuse when manifest.json, the progress record or README.md exist but are not ours."""
+        if records is None:
+            records = {name: _previous_record(self.path, name) for name in (PROGRESS, MANIFEST)}
+        for name in (MANIFEST, PROGRESS):
+            if os.path.lexists(self.path / name) and records[name] is None:
+                raise OutputError(f"{self.path / name} was not written by clipscope; it is never replaced: "
+                                  "choose another output folder, or move that file away")
+        card = self.path / CARD
+        if os.path.lexists(card) and (self._card_sha256 is None or _regular_sha256(card) != self._card_sha256):
+            raise OutputError(f"{card} is not the card clipscope wrote (added or edited by someone); it is never "
+                              "replaced: choose another output folder, or move that file away")
+        for section in SECTIONS:
+            folder = self.path / section
+            if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+                raise OutputError(f"{folder} is not a plain folder (a file or a link); the bases writer only "
+                                  "writes into folders it made: choose another output folder")
+
     def _keep_verified(self, files: Mapping) -> None:
         for rel, record in files.items():
             target = self.path / rel
-            if DATA_PATH.fullmatch(rel) and target.is_file() and _file_record(target) == record:
+            if DATA_PATH.fullmatch(rel) and _is_regular_inside(target, self.path) and _file_record(target) == record:
                 self._done[rel] = record
 
     def _remove_previous(self) -> None:
-        records = [_previous_record(self.path, name) for name in (PROGRESS, MANIFEST)]
-        for rel in {rel for record in records if record for rel in record.get("files", {})}:
-            if DATA_PATH.fullmatch(rel):  # never follow a crafted path out of the folder
-                (self.path / rel).unlink(missing_ok=True)
-        for name in (MANIFEST, CARD):
-            (self.path / name).unlink(missing_ok=True)
+        for rel in sorted(self._owned):  # DATA_PATH only: never follow a crafted path out of the folder
+            target = self.path / rel
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+        self._owned = set()
+        (self.path / MANIFEST).unlink(missing_ok=True)
+        if self._card_sha256 is not None:
+            (self.path / CARD).unlink(missing_ok=True)
         self._save_progress()  # marks the folder as ours again before anything else is written
 
     def _remove_own_temp_files(self) -> None:
@@ -300,7 +449,7 @@ class ArtifactWriter:
     def _recheck(self) -> None:
         for rel, record in self._done.items():
             target = self.path / rel
-            if not target.is_file() or _file_record(target) != record:
+            if not _is_regular_inside(target, self.path) or _file_record(target) != record:
                 raise BasesError(f"{rel} changed on disk after it was written: write that group again")
         stray = _stray_files(self.path, self._done)
         if stray:
@@ -319,6 +468,46 @@ class ArtifactWriter:
         if notes:
             manifest["notes"] = str(notes)
         return manifest
+
+
+def _section_files(folder: Path) -> list[Path]:
+    return [p for section in SECTIONS for p in sorted((folder / section).rglob("*"))
+            if not p.is_dir() and not p.name.endswith(TMP_SUFFIX)] if folder.is_dir() else []
+
+
+def _is_regular_inside(path: Path, root: Path) -> bool:
+    try:
+        return _inside(path, root) and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _regular_sha256(path: Path) -> str | None:
+    try:
+        return _sha256_regular(path, path.parent, path.name)[0]
+    except (OSError, BasesError):
+        return None
+
+
+def _own_card(folder: Path, records: dict) -> str | None:
+    """The sha256 of README.md when it is the card an earlier build of ours wrote, else None.
+
+    Manifests record their card's sha256; older ones did not, so for them a card that opens with the
+    generated title counts as ours."""
+    card = folder / CARD
+    digest = _regular_sha256(card) if os.path.lexists(card) else None
+    if digest is None:
+        return None
+    recorded = [record.get("card_sha256") for record in records.values() if record]
+    if any(isinstance(value, str) for value in recorded):
+        return digest if digest in recorded else None
+    if any(recorded) or not any(records.values()):
+        return None
+    try:
+        text = _read_bytes(card, folder, guards.MAX_MANIFEST_BYTES, CARD).decode("utf-8", "replace")
+    except (OSError, BasesError):
+        return None
+    return digest if text.startswith("---") and "\n# clipscope bases for `" in text else None
 
 
 def _build_identity(model, text_pool, image_set, convention, algorithms) -> dict:
@@ -376,24 +565,35 @@ def _previous_record(folder: Path, name: str | None = None) -> dict | None:
 
 # ---------------------------------------------------------------- verifying
 
-def verify_artifact(path: str | Path) -> list[str]:
-    """Problems of the artifact folder at `path` (empty list: intact and readable by this version)."""
+def verify_artifact(path: str | Path, *, within: str | Path | None = None, deep: bool = False) -> list[str]:
+    """Problems of the artifact folder at `path` (empty list: intact and readable by this version).
+
+    The manifest and every data file must be regular files inside `within` (default: the folder itself;
+    a Hugging Face cache snapshot passes its repo folder, whose blobs its links point at), within the
+    size bounds of core.guards, with the recorded size and sha256, and readable as what they claim to be
+    (safetensors and parquet headers). `deep=True` also reads every tensor (NaN and Inf are problems),
+    table and JSON file.
+    """
     path = Path(path)
+    root = Path(within) if within is not None else path
     if not path.is_dir():
         return [f"no bases folder at {path}"]
     try:
-        manifest = _read_json(path / MANIFEST)
+        manifest = read_manifest(path, within=root)
     except FileNotFoundError:
+        if os.path.lexists(path / MANIFEST):
+            return [f"manifest.json in {path} is a broken link"]
         if (path / PROGRESS).is_file():
             return [f"the build in {path} is unfinished (no manifest.json yet): run the same build command "
                     "again to resume it"]
         return [f"no manifest.json in {path}: not a clipscope bases folder"]
-    except ValueError as err:
-        return [f"manifest.json is not valid JSON ({err}): it was truncated or edited"]
+    except BasesError as err:
+        return [str(err)]
     problems = _manifest_problems(manifest)
     if problems:
         return problems
-    problems = [problem for rel, record in manifest["files"].items() if (problem := _file_problem(path, rel, record))]
+    problems = [problem for rel, record in manifest["files"].items()
+                if (problem := _file_problem(path, root, rel, record, deep))]
     problems += [f"{rel}: not listed in manifest.json (added after the build?): remove it or rebuild"
                  for rel in _stray_files(path, manifest["files"])]
     return problems
@@ -403,45 +603,183 @@ def _manifest_problems(manifest: Any) -> list[str]:
     if not isinstance(manifest, dict):
         return ["manifest.json is not a JSON object"]
     if manifest.get("kind") != KIND:
-        return [f"manifest.json has kind {manifest.get('kind')!r}, not {KIND!r}: not a clipscope bases folder"]
+        return [f"manifest.json has kind {_short(manifest.get('kind'))}, not {KIND!r}: not a clipscope bases folder"]
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        return [f"manifest.json has an invalid schema_version {version!r}"]
+    if not _is_int(version) or version < 1:
+        return [f"manifest.json has an invalid schema_version {_short(version)}"]
     if version > SCHEMA_VERSION:
         return [f"these bases were written by a newer version of clipscope (schema {version}; this version reads "
                 f"up to {SCHEMA_VERSION}): upgrade clipscope to load them"]
     problems = [f"manifest.json: {field!r} is missing or not {kind.__name__}"
                 for field, kind in REQUIRED_FIELDS.items() if not isinstance(manifest.get(field), kind)]
-    if isinstance(manifest.get("model"), dict) and any(k not in manifest["model"] for k in MODEL_KEYS):
-        problems.append(f"manifest.json: 'model' must hold {', '.join(MODEL_KEYS)}")
+    if isinstance(manifest.get("model"), dict):
+        problems += _model_problems(manifest["model"])
     problems += [f"manifest.json: {field!r} must be null or a dict with {', '.join(keys)}"
                  for field, keys in OPTIONAL_RECORDS.items() if not _optional_record(manifest.get(field), keys)]
+    problems += _record_value_problems(manifest)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         return problems + ["manifest.json lists no files"]
     for rel, record in files.items():
         if not DATA_PATH.fullmatch(rel) or not NAME.fullmatch(Path(rel).stem):
-            problems.append(f"manifest.json lists {rel!r}, which is not a tensors/, tables/ or extra/ data file")
+            problems.append(f"manifest.json lists {_short(rel)}, which is not a tensors/, tables/ or extra/ data file")
         elif not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
-                  and isinstance(record.get("bytes"), int)):
-            problems.append(f"manifest.json: the entry for {rel} lacks sha256 or bytes")
+                  and SHA256.fullmatch(record["sha256"]) and _is_int(record.get("bytes")) and record["bytes"] >= 0):
+            problems.append(f"manifest.json: the entry for {rel} needs sha256 (64 hex digits) and bytes (an integer)")
+        elif record["bytes"] > guards.MAX_ARTIFACT_FILE_BYTES:
+            problems.append(f"manifest.json: {rel} is listed as {record['bytes']:,} bytes, over the limit of "
+                            f"{guards.MAX_ARTIFACT_FILE_BYTES:,}")
     return problems
+
+
+def _model_problems(model: dict) -> list[str]:
+    if any(k not in model for k in MODEL_KEYS):
+        return [f"manifest.json: 'model' must hold {', '.join(MODEL_KEYS)}"]
+    wrong = [key for key, ok in (("spec", isinstance(model["spec"], str) and model["spec"]),
+                                 ("arch", isinstance(model["arch"], str)),
+                                 ("pretrained", isinstance(model["pretrained"], str)),
+                                 ("weights_sha256", model["weights_sha256"] is None or isinstance(model["weights_sha256"], str)),
+                                 ("random_init", isinstance(model["random_init"], bool))) if not ok]
+    return [f"manifest.json: model {key} has the wrong type ({_short(model[key])})" for key in wrong]
+
+
+def _record_value_problems(manifest: dict) -> list[str]:
+    """Type checks of the values a reader uses: counts are integers, metrics finite numbers, texts strings."""
+    problems = []
+    pool, images = manifest.get("text_pool"), manifest.get("image_set")
+    if isinstance(pool, dict) and all(k in pool for k in OPTIONAL_RECORDS["text_pool"]):
+        if not isinstance(pool["name"], str) or not (isinstance(pool["sha256"], str) and SHA256.fullmatch(pool["sha256"])):
+            problems.append("manifest.json: text_pool name must be a string and sha256 64 hex digits")
+        if not _is_int(pool["count"]) or pool["count"] < 1:
+            problems.append(f"manifest.json: text_pool count must be a positive integer, got {_short(pool['count'])}")
+    if isinstance(images, dict) and all(k in images for k in OPTIONAL_RECORDS["image_set"]):
+        if not isinstance(images["description"], str):
+            problems.append("manifest.json: image_set description must be a string")
+        if not _is_int(images["count"]) or images["count"] < 0:
+            problems.append(f"manifest.json: image_set count must be an integer >= 0, got {_short(images['count'])}")
+    metrics = manifest.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            problems.append("manifest.json: metrics must be a dict of name -> number")
+        else:
+            bad = [str(k) for k, v in metrics.items() if not _is_finite_number(v)]
+            if bad:
+                problems.append(f"manifest.json: metrics must be finite numbers; not so for {', '.join(bad[:5])}")
+    for field in ("notes", "card_sha256"):
+        if field in manifest and not isinstance(manifest[field], str):
+            problems.append(f"manifest.json: {field} must be a string")
+    return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _optional_record(value: Any, keys: tuple[str, ...]) -> bool:
     return value is None or (isinstance(value, dict) and all(key in value for key in keys))
 
 
-def _file_problem(folder: Path, rel: str, record: dict) -> str | None:
+def _file_problem(folder: Path, root: Path, rel: str, record: dict, deep: bool) -> str | None:
     target = folder / rel
-    if not target.is_file():
+    if not os.path.lexists(target):
         return f"{rel}: missing (listed in manifest.json; the download or copy is incomplete)"
-    size = target.stat().st_size
+    try:
+        digest, size = _sha256_regular(target, root, rel)
+    except FileNotFoundError:
+        return f"{rel}: missing (a broken link)"
+    except BasesError as err:
+        return str(err)
     if size != record["bytes"]:
         return f"{rel}: {size} bytes, manifest.json says {record['bytes']} (truncated or replaced)"
-    if file_sha256(target) != record["sha256"]:
+    if digest != record["sha256"]:
         return f"{rel}: sha256 differs from manifest.json (the file was edited or corrupted)"
+    try:
+        _check_readable(target, rel, deep)
+    except BasesError as err:
+        return str(err)
     return None
+
+
+def _check_readable(path: Path, rel: str, deep: bool) -> None:
+    """Refuse a data file that is not what its name says (headers always; contents with `deep`)."""
+    section = rel.split("/", 1)[0]
+    if section == "tensors":
+        if deep:
+            check_finite(_load_tensors(path, rel), rel)
+            return
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key).get_shape()
+        except Exception as err:  # safetensors raises SafetensorError (not an OSError) on a bad header
+            raise BasesError(f"{rel} is not a readable safetensors file ({_first_line(err)})") from None
+    elif section == "tables":
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise BasesError(f"{rel} is not a readable parquet table ({_first_line(err)})") from None
+        if deep:
+            read_table(path)
+    elif deep:
+        _read_json(path, path.parent, guards.MAX_JSON_BYTES, rel)
+
+
+def _load_tensors(path: Path, rel: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # SafetensorError, or torch refusing the header's dtype or shape
+        raise BasesError(f"{rel} is not a readable safetensors file ({_first_line(err)}): rebuild the bases") from None
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse floating tensors holding NaN or Inf (results computed from them would be NaN or empty)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BasesError(f"{what}: tensor {name!r} holds NaN or infinite values; the bases are corrupt: "
+                             "rebuild them")
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], what: str, shapes: Mapping[str, tuple],
+                  sizes: dict[str, int] | None = None, *, integer: tuple[str, ...] = (),
+                  below: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Check stored tensors against named shapes, e.g. {"pcs": ("neuron", "d_out")}; returns the dim sizes.
+
+    A dim named in `sizes` must have that size, the same name must have one size across tensors (sizes
+    seen are added to `sizes`, so one dict passed to several calls keeps them consistent across groups),
+    an int dim is literal. Tensors in `integer` must hold integers, and those in `below` values in [0, bound).
+    """
+    sizes = sizes if sizes is not None else {}
+    for name, dims in shapes.items():
+        if name not in tensors:
+            raise BasesError(f"{what} lacks tensor {name!r}: the bases are incomplete or from another version")
+        shape = tuple(tensors[name].shape)
+        if len(shape) != len(dims):
+            raise BasesError(f"{what}: {name} has shape {list(shape)}, expected [{', '.join(map(str, dims))}]")
+        for dim, size in zip(dims, shape):
+            expected = dim if isinstance(dim, int) else sizes.setdefault(dim, size)
+            if size != expected:
+                raise BasesError(f"{what}: {name} has shape {list(shape)}, expected [{', '.join(map(str, dims))}] "
+                                 f"with {dim} = {expected}")
+    for name in integer:
+        if name in tensors and tensors[name].is_floating_point():
+            raise BasesError(f"{what}: {name} must hold integers, got {tensors[name].dtype}")
+    for name, bound in (below or {}).items():
+        values = tensors.get(name)
+        if values is not None and values.numel() and (int(values.min()) < 0 or int(values.max()) >= bound):
+            raise BasesError(f"{what}: {name} holds values outside 0..{bound - 1}: the bases do not match their "
+                             "own records; rebuild them")
+    return sizes
 
 
 # ---------------------------------------------------------------- loading
@@ -449,12 +787,14 @@ def _file_problem(folder: Path, rel: str, record: dict) -> str | None:
 class Artifact:
     """A verified artifact folder; tensors, tables and JSON are read on first use.
 
-    `.path` is the folder, `.manifest` the parsed manifest.json.
+    `.path` is the folder, `.manifest` the parsed manifest.json, `.root` the folder its files must resolve
+    into (the folder itself, or a Hugging Face cache repo folder for a pulled snapshot).
     """
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: dict, root: Path | None = None):
         self.path = path
         self.manifest = manifest
+        self.root = root if root is not None else path
         self._tensors: dict[str, dict[str, torch.Tensor]] = {}
 
     def names(self, section: str = "tensors") -> list[str]:
@@ -467,11 +807,21 @@ class Artifact:
         """True if a tensor group, table or JSON file called `name` is stored."""
         return any(_data_path(section, name) in self.manifest["files"] for section in SECTIONS)
 
-    def tensors(self, group: str) -> dict[str, torch.Tensor]:
-        """Tensors of `tensors/<group>.safetensors` on CPU, read once and cached."""
+    def tensors(self, group: str, shapes: Mapping[str, tuple] | None = None, sizes: dict[str, int] | None = None,
+                **checks) -> dict[str, torch.Tensor]:
+        """Tensors of `tensors/<group>.safetensors` on CPU, read once and cached; NaN/Inf refused.
+
+        With `shapes` (and `sizes`, `integer`, `below`) they are checked as in `check_tensors`.
+        """
         if group not in self._tensors:
-            self._tensors[group] = load_file(self._file("tensors", group), device="cpu")
-        return dict(self._tensors[group])
+            rel = _data_path("tensors", group)
+            loaded = _load_tensors(self._file("tensors", group), rel)
+            check_finite(loaded, rel)
+            self._tensors[group] = loaded
+        tensors = dict(self._tensors[group])
+        if shapes is not None:
+            check_tensors(tensors, f"tensors/{group}.safetensors", shapes, sizes, **checks)
+        return tensors
 
     def table(self, name: str) -> list[dict]:
         """Rows of `tables/<name>.parquet`."""
@@ -479,45 +829,41 @@ class Artifact:
 
     def json(self, name: str) -> Any:
         """Parsed `extra/<name>.json`."""
-        return _read_json(self._file("extra", name))
+        rel = _data_path("extra", name)
+        return _read_json(self._file("extra", name), self.root, guards.MAX_JSON_BYTES, rel)
 
     def _file(self, section: str, name: str) -> Path:
         rel = _data_path(section, name)
         if rel not in self.manifest["files"]:
             raise BasesError(f"the bases at {self.path} have no {section} entry {name!r}; they hold: "
                              f"{', '.join(self.names(section)) or 'none'}")
-        return self.path / rel
+        path = self.path / rel
+        if not _is_regular_inside(path, self.root):
+            raise BasesError(f"{rel} in {self.path} is no longer a regular file inside the folder: verify the bases")
+        return path
 
 
-def load_artifact(source: str | Path, *, expect_model: dict | None = None, revision: str | None = None,
-                  allow_unpinned: bool = False, cache_dir: str | Path | None = None) -> Artifact:
-    """Open and verify the artifact at a local folder or a Hub dataset repo (`org/name@sha` or `revision=`).
+def load_artifact(source: str | Path, *, expect_model: dict | None = None, within: str | Path | None = None,
+                  revision: str | None = None) -> Artifact:
+    """Open and verify the artifact in a local folder (for Hub repos: `core.artifacts.hub.load_bases`).
 
-    Checks the schema version, every file's size and sha256, files missing or
+    Checks the schema, every file's type, size and sha256, files missing or
     added, and (with `expect_model`) the model identity; any problem is a
     BasesError naming the file or the two models.
     """
-    path = _locate(source, revision, allow_unpinned, cache_dir)
-    problems = verify_artifact(path)
+    path = Path(source)
+    if revision is not None:
+        raise BasesError(f"{source}: a revision applies only to Hub repos; load those with "
+                         "core.artifacts.hub.load_bases")
+    if not path.is_dir():
+        if os.path.lexists(path):
+            raise BasesError(f"{source} is not a folder; bases are a folder holding manifest.json")
+        raise BasesError(f"no bases folder at {source}" + ("; Hub repos (ORG/NAME@REVISION) are loaded with "
+                                                           "core.artifacts.hub.load_bases" if "@" in str(source) else ""))
+    problems = verify_artifact(path, within=within)
     if problems:
         raise BasesError(f"cannot use the bases at {path}: " + "; ".join(problems))
-    artifact = Artifact(path, read_manifest(path))
+    artifact = Artifact(path, read_manifest(path, within=within), Path(within) if within else None)
     if expect_model is not None:
         check_model(artifact.manifest, expect_model)
     return artifact
-
-
-def _locate(source, revision, allow_unpinned, cache_dir) -> Path:
-    local = Path(source)
-    if local.exists():
-        if revision:
-            raise BasesError(f"{source} is a local folder; a revision applies only to Hub repos")
-        return local
-    from core.artifacts import hub  # imports huggingface_hub, so only when a repo id is given
-
-    repo_id, pinned = hub.split_repo_source(str(source))
-    if revision and pinned and revision != pinned:
-        raise BasesError(f"{source} names revision {pinned} but revision={revision} was also given")
-    if not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", repo_id):
-        raise BasesError(f"no bases folder at {source}, and it is not a Hub repo id ORG/NAME@REVISION")
-    return hub.pull_artifact(repo_id, revision or pinned, cache_dir=cache_dir, allow_unpinned=allow_unpinned)

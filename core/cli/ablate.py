@@ -14,9 +14,10 @@ def register(subparsers) -> None:
         "ImageFolder layout (one sub-folder per class), or a labels CSV with --label-column.",
     )
     add_model_argument(parser)
-    parser.add_argument("--images", required=True, help="labelled image folder (ImageFolder layout, or with labels.csv)")
+    parser.add_argument("--images", required=True, help="labelled image folder (ImageFolder layout, or with labels.csv), "
+                        "or world:N[:SEED] / hf:ORG/NAME@REVISION:SPLIT with --label-column")
     parser.add_argument("--label-column", help="read labels from DIR/labels.csv, this column (e.g. shape)")
-    parser.add_argument("--means-from", help="folder of images to compute the means from (default: --images)")
+    parser.add_argument("--means-from", help="images to compute the means from, as --images (default: --images)")
     parser.add_argument("--templates", default="auto",
                         help="openai (the 80 ImageNet templates), simple ('a photo of a {}.'), toy (the world's "
                         "templates for --label-column), a file with one template per line containing {}, or auto "
@@ -43,33 +44,37 @@ def run(args) -> int:
     from pathlib import Path
 
     from core.engine.ablation import Ablation, ablation_accuracies, component_means, standard_ablations
-    from core.cli.common import classifier_for
-    from core.engine.images import image_folder, labelled_from_csv
+    from core.cli.common import (check_convention, check_templates, classifier_for, count, labelled_source,
+                                 model_spec, parse_images)
 
+    count(args.batch_size, "batch_size", "--batch-size")
+    check_convention(args.convention)
+    check_templates(args.templates)
+    heads = _parse_heads(args.heads)
+    model_spec(args)
     folder = Path(args.images)
-    labelled = (labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column
-                else image_folder(folder))
+    labelled = labelled_source(args.images, args.label_column, "--images")
+    means_paths = labelled.paths
+    if args.means_from is not None:
+        means_paths = parse_images(args.means_from, "--means-from", generator_split="heldout").local_paths()
     bundle = load_model(args)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
-    means_paths = labelled.paths if not args.means_from else None
-    if args.means_from:
-        from core.engine.images import image_files
-
-        means_paths = image_files(args.means_from)
     source = f"{args.means_from or folder} ({len(means_paths)} images{'; the evaluation set itself' if not args.means_from else ''})"
     means = component_means(bundle, means_paths, description=source, convention=args.convention, batch_size=args.batch_size)
     ablations = standard_ablations(bundle.info.n_layers)
-    heads = _parse_heads(args.heads)
     if heads:
+        from core.heads.outputs import check_heads
+
+        heads = tuple(check_heads(heads, bundle.info))
         ablations.append(Ablation("heads " + args.heads, heads=heads))
     report = ablation_accuracies(bundle, labelled, classifier, means, ablations,
                                  classifier_description=described, batch_size=args.batch_size)
     if args.json:
         print_json({"model": report.model, "convention": report.convention, "means_from": report.means_from,
                     "evaluated_on": report.evaluated_on, "classifier": report.classifier,
-                    "accuracy": dict(report.rows), "skipped": report.skipped})
+                    "accuracy": dict(report.rows), "skipped": report.skipped}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"evaluated on: {report.evaluated_on}\nmeans from:   {report.means_from}\n"
           f"classifier:   {report.classifier}; convention: {report.convention} (direct-effect mean-ablation, "
           "final LayerNorm statistics frozen)")

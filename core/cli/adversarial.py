@@ -55,7 +55,6 @@ def register(subparsers) -> None:
     parser.add_argument("--revision", default=SD_REVISION, help="sd: pinned commit of the checkpoint")
     parser.add_argument("--steps", type=int, default=SD_STEPS, help=f"sd: denoising steps (default {SD_STEPS})")
     parser.add_argument("--size", type=int, help="sd: image side in pixels, a multiple of 8 (default: the checkpoint's)")
-    parser.add_argument("--device", default="cpu", help="sd: device for the pipeline (cpu, cuda)")
     parser.add_argument("--llm", help="a transformers text-generation model to write the descriptions with the "
                         "paper's prompt (default: templates, no language model)")
     parser.add_argument("--llm-revision", help="pinned revision of --llm")
@@ -68,7 +67,7 @@ def run(args) -> int:
     from core.adversarial.descriptions import load_text_generator
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
     from core.adversarial.results import check_output_folder, write_results
-    from core.cli.common import load_model, model_line, print_json
+    from core.cli.common import device_of, load_model, model_line, print_json
 
     out = check_output_folder(args.out)  # before any work
     config = AdversarialConfig(
@@ -78,11 +77,11 @@ def run(args) -> int:
         block=tuple(w.strip() for w in args.block.split(",") if w.strip()), images=args.images,
         descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint,
-        sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=args.device)
+        sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=str(device_of(args)))
     bundle = load_model(args)
     say = (lambda line: print(line, file=sys.stderr, flush=True))
     say(model_line(bundle.info))
-    llm = load_text_generator(args.llm, args.llm_revision, device=args.device) if args.llm else None
+    llm = load_text_generator(args.llm, args.llm_revision, device=str(device_of(args))) if args.llm else None
     report = run_adversarial(bundle, config, llm=llm, progress=say)
     write_results(report, out)
     if args.json:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from core.artifacts.store import Artifact
 
 EXAMPLES = """examples:
+  python -m core bases build --model toy --images world:2000:1 --texts toy --out out/toy-bases
+  torchrun --nproc_per_node 2 -m core bases build --model ViT-B-16/openai \\
+      --images hf:ORG/imagenet-val@<commit sha>:validation --texts texts.txt --out out/b16-bases
   python -m core bases verify out/toy-bases
   python -m core bases info org/clip-bases@<commit sha>
   python -m core bases pull org/clip-bases --revision <commit sha>
@@ -60,10 +63,12 @@ def _add_build(subparsers) -> None:
         "build", help="compute the heads' TextSpan and the neurons' statistics into one bases artifact",
         description="Run the heads (TextSpan) and neurons (second-order statistics, PCs, sparse decompositions) "
         "precomputations on one image set and text pool, into one artifact. Resumable: run the same command "
-        "again after an interruption.")
-    add_model_argument(parser)
+        "again after an interruption. Scales out with torchrun: torchrun --nproc_per_node N -m core bases build ... "
+        "gives the same artifact as one process.")
+    add_model_argument(parser)  # with --device; under torchrun each process takes GPU LOCAL_RANK
     parser.add_argument("--images", required=True,
-                        help="image folder, or world:N[:SEED] for N held-out generated world scenes")
+                        help="image folder, world:N[:SEED] for N held-out generated world scenes, or a Hugging Face "
+                        "dataset hf:ORG/NAME@REVISION:SPLIT[:COLUMN] (hf:PATH:SPLIT for one saved locally)")
     parser.add_argument("--texts", required=True, help="text pool file (one text per line), or 'toy'")
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--layers", type=int, nargs="+", help="TextSpan: heads of these layers (default: last 4)")
@@ -76,6 +81,15 @@ def _add_build(subparsers) -> None:
     parser.add_argument("--dictionary", default="normalise_texts", choices=("normalise_texts", "original"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="replace bases of another build in --out")
+    parser.add_argument("--shard-size", type=int, default=None, metavar="N",
+                        help="images per shard, the unit of work and resume (default 2048, a multiple of --batch-size)")
+    parser.add_argument("--work-dir", default=None, metavar="DIR",
+                        help="where finished shards are kept until the artifact is written (default: the clipscope "
+                        "cache; use a shared folder for multi-node runs that may restart on other nodes)")
+    parser.add_argument("--loader-threads", type=int, default=None, metavar="N",
+                        help="threads decoding images per process (default 4 on a GPU, 0 on the CPU)")
+    parser.add_argument("--timeout", type=float, default=1800, metavar="S",
+                        help="seconds a process waits for the others before giving up (default 1800)")
     parser.set_defaults(bases_func=_build)
 
 
@@ -99,38 +113,51 @@ def run(args) -> int:
 
 
 def _verify(args) -> int:
+    from core import guards
     from core.artifacts import store as bases
 
-    problems = bases.verify_artifact(args.path)
-    if problems:
-        listed = "\n".join(f"  - {problem}" for problem in problems)
-        raise BasesError(f"{args.path} failed verification ({len(problems)} problem(s)):\n{listed}")
+    guards.check_user_path(args.path, "bases folder")
+    problems = bases.verify_artifact(args.path, deep=True)
+    if problems:  # the first problem on the error line, any others listed below it
+        more = "".join(f"\n  - {problem}" for problem in problems[1:])
+        count = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+        raise BasesError(f"{args.path} failed verification{count}: {problems[0]}{more}")
     artifact = bases.Artifact(Path(args.path), bases.read_manifest(args.path))  # just verified
     print(f"ok: {args.path}\n{_summary(artifact)}")
     return 0
 
 
 def _info(args) -> int:
-    from core.artifacts import store as bases
+    from core.artifacts import hub
 
-    artifact = bases.load_artifact(args.source, allow_unpinned=args.allow_unpinned)
+    from core.artifacts.store import verify_artifact
+
+    artifact = hub.load_bases(hub.check_user_source(args.source), allow_unpinned=args.allow_unpinned)
+    problems = verify_artifact(artifact.path, within=artifact.root, deep=True)  # contents too: NaN, bad tables
+    if problems:
+        raise BasesError(f"cannot use the bases at {artifact.path}: " + "; ".join(problems))
     print(f"{artifact.path}\n{_summary(artifact)}")
     return 0
 
 
 def _pull(args) -> int:
-    from core.artifacts import hub, store as bases
+    from core import guards
+    from core.artifacts import hub
 
+    if args.cache_dir is not None:
+        guards.check_user_path(args.cache_dir, "cache folder --cache-dir")
     folder = hub.pull_artifact(args.repo_id, args.revision, cache_dir=args.cache_dir,
                                allow_unpinned=args.allow_unpinned)
-    artifact = bases.load_artifact(folder)
+    artifact = hub.load_bases(folder)
     print(f"{folder}\n{_summary(artifact)}")
     return 0
 
 
 def _push(args) -> int:
+    from core import guards
     from core.artifacts import hub
 
+    guards.check_user_path(args.path, "bases folder")
     commit = hub.push_artifact(args.path, args.repo_id, private=args.private)
     print(f"pushed {args.path} to dataset repo {args.repo_id}, commit {commit}\n"
           f"load with: {args.repo_id}@{commit}")
@@ -157,62 +184,67 @@ def _summary(artifact: Artifact) -> str:
 def _build(args: argparse.Namespace) -> int:
     import sys
 
-    from core.artifacts.store import ArtifactWriter, text_pool_identity
-    from core.cli.common import load_model
+    from core import guards
+    from core.cli.common import count, model_spec, parse_images, positive
     from core.cli.neurons import _progress, _texts
+    from core.distributed import runtime as rt
+    from core.distributed.bases import BasesPlan, build_bases
+    from core.engine.models import load_clip
     from core.heads.outputs import default_heads, heads_of_layers
-    from core.neurons.bases import BuildOptions, neuron_build_params, write_neuron_groups
+    from core.neurons.bases import BuildOptions
     from core.neurons.texts import default_terms
-    from core.heads.bases import build_textspan_bases, finish_textspan_bases, textspan_build_params
 
-    bundle = load_model(args)
-    info = bundle.info
-    texts, pool_name, problems = _texts(args.texts)
-    if problems:
-        print(f"text pool {pool_name}: {len(problems)} lines skipped (e.g. {problems[0]})", file=sys.stderr)
-    image_set, paths = _build_images(args.images)
-    heads = heads_of_layers(info, args.layers) if args.layers else default_heads(info)
-    neuron_layers = args.neuron_layers or list(range(max(0, info.n_layers - 4), info.n_layers - 1))
-    rank = args.rank if args.rank is not None else min(80, info.d_out, len(paths))
-    options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, batch_size=args.batch_size)
-    n_terms = options.n_terms or default_terms(len(texts), info.d_out)
-    algorithms = {"textspan": textspan_build_params(args.per_head, rank, "std", "data"),
-                  "neurons": neuron_build_params(neuron_layers, n_terms, options, None)}
-    writer = ArtifactWriter(args.out, model=info.identity(), text_pool=text_pool_identity(texts, pool_name),
-                            image_set=image_set.identity(), convention="paper", algorithms=algorithms,
-                            overwrite=args.overwrite)
-    print(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
-          f"{image_set.description}, text pool {pool_name} ({len(texts)})", file=sys.stderr)
-    build = build_textspan_bases(bundle, paths, texts, heads, args.out, pool_name=pool_name,
-                                 image_description=image_set.description, per_head=args.per_head, rank=rank,
-                                 batch_size=args.batch_size, progress=_progress, writer=writer)
-    metrics = write_neuron_groups(bundle, writer, layers=neuron_layers, image_set=image_set, texts=texts,
-                                  n_terms=n_terms, options=options, progress=_progress,
-                                  log=lambda line: print(line, file=sys.stderr))
-    path = finish_textspan_bases(build, extra_metrics=metrics)
-    print(f"wrote {path} ({sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6:.1f} MB); "
-          f"check it with: python -m core bases verify {path}")
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.per_head, "texts", "--per-head")
+    count(args.rank, "texts", "--rank")
+    count(args.k, "gallery", "--k")
+    count(args.terms, "texts", "--terms")
+    positive(args.shard_size, "--shard-size")
+    positive(args.loader_threads, "--loader-threads", minimum=0, maximum=64)
+    for layer in (args.layers or []) + (args.neuron_layers or []):
+        positive(layer, "--layers/--neuron-layers", minimum=0)
+    guards.check_output_path(args.out, "output folder --out")
+    if args.work_dir:
+        guards.check_output_path(args.work_dir, "work folder --work-dir")
+    spec = model_spec(args)
+    runtime = rt.start(args.device, timeout_s=args.timeout)
+    try:
+        main = runtime.is_main
+        bundle = load_clip(spec, device=runtime.device)
+        info = bundle.info
+        texts, pool_name, problems = _texts(args.texts)
+        if problems and main:
+            print(f"text pool {pool_name}: {len(problems)} lines skipped (e.g. {problems[0]})", file=sys.stderr)
+        image_set = parse_images(args.images, generator_split="heldout")
+        heads = heads_of_layers(info, args.layers) if args.layers else default_heads(info)
+        neuron_layers = args.neuron_layers or list(range(max(0, info.n_layers - 4), info.n_layers - 1))
+        rank = args.rank if args.rank is not None else min(80, info.d_out, image_set.count)
+        options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, batch_size=args.batch_size)
+        n_terms = options.n_terms or default_terms(len(texts), info.d_out)
+        plan = BasesPlan(heads=heads, neuron_layers=neuron_layers, per_head=args.per_head, rank=rank,
+                         n_terms=n_terms, options=options, shard_size=args.shard_size or _shard_size(args.batch_size),
+                         loader_threads=args.loader_threads if args.loader_threads is not None
+                         else 4 if runtime.device.type == "cuda" else 0)
+        log = (lambda line: print(line, file=sys.stderr)) if main else (lambda _: None)
+        log(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
+            f"{image_set.description}, text pool {pool_name} ({len(texts)})")
+        report = build_bases(bundle, image_set, texts, args.out, plan, pool_name=pool_name, runtime=runtime,
+                             work_dir=args.work_dir, overwrite=args.overwrite, progress=_progress if main else None,
+                             log=log)
+    finally:
+        rt.stop(runtime)
+    resumed = sum(report.resumed.values())
+    if resumed:
+        log(f"{resumed} shard pass(es) read back from an earlier run: {report.resumed}")
+    if main:
+        path = report.path
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+        print(f"wrote {path} ({size:.1f} MB; {report.images} images in {report.shards} shards, "
+              f"{report.world_size} process(es)); check it with: python -m core bases verify {path}")
     return 0
 
 
-def _build_images(value: str):
-    """(ImageSet, file paths): world scenes are rendered once into the cache so TextSpan can read them."""
-    from core.errors import ConfigError
-    from core.engine.images import image_files
-    from core.neurons.bases import ImageSet
-    from core.engine.text import cache_dir
-    from core.world.scenes import write_scenes
+def _shard_size(batch_size: int) -> int:
+    from core.distributed.bases import DEFAULT_SHARD_SIZE
 
-    if not value.startswith("world:"):
-        image_set = ImageSet.folder(value)
-        return image_set, [Path(image_set.params["root"]) / name for name in image_set.params["files"]]
-    try:
-        n, *rest = (int(part) for part in value.split(":")[1:])
-    except ValueError as err:
-        raise ConfigError(f"--images world:N[:SEED] needs integers, got {value!r}") from err
-    seed = rest[0] if rest else 0
-    image_set = ImageSet.world(n, seed=seed, split="heldout")
-    folder = cache_dir() / "world-scenes" / f"heldout-n{n}-seed{seed}-v{image_set.params['world_version']}"
-    if not (folder / "labels.csv").is_file():
-        write_scenes(folder, n, seed, split="heldout", overwrite=True)
-    return image_set, image_files(folder / "images")
+    return max(batch_size, DEFAULT_SHARD_SIZE // batch_size * batch_size)

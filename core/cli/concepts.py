@@ -22,26 +22,33 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from core.artifacts.hub import check_user_source
+    from core.cli.common import count, existing_file, model_spec
+    from core.engine.labels import neuron_label
     from core.neurons.concepts import image_concepts
     from core.engine.images import load_image
     from core.neurons.bases import find_neuron_bases, load_neuron_basis, neuron_layers
 
-    image = load_image(args.image)
+    count(args.top, "top", "--top")
+    if args.bases is not None:
+        check_user_source(args.bases)
+    model_spec(args)
+    image = load_image(existing_file(args.image, "image file", hint="upload an image"))
     bundle = load_model(args)
     artifact = find_neuron_bases(bundle, args.bases)
     layers = [args.layer] if args.layer is not None else neuron_layers(artifact)
     results = []
     for layer in layers:
-        basis = load_neuron_basis(artifact, layer)
+        basis = load_neuron_basis(artifact, layer, bundle.info)
         results.append((basis, image_concepts(bundle, basis, image, top=args.top)))
     if args.json:
-        print_json([{**concepts.as_dict(), "provenance": basis.provenance} for basis, concepts in results])
+        print_json([{**concepts.as_dict(), "provenance": basis.provenance} for basis, concepts in results], device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     for basis, concepts in results:
         print(f"\n{basis.describe()}")
         print(f"layer {concepts.layer}: {len(concepts.neurons)} activated neurons (effect above threshold)"
-              + (": " + ", ".join(f"#{n} ({v / t:.2f}x)" for n, v, t in
+              + (": " + ", ".join(f"{neuron_label(concepts.layer, n)} ({v / t:.2f}x)" for n, v, t in
                                   zip(concepts.neurons[:12], concepts.norms, concepts.thresholds)) if concepts.neurons else ""))
         for rank, (text, score) in enumerate(concepts.words, 1):
             print(f"  {rank:3d}. {text:40s} {score:+.4f}")

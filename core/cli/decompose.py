@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core.cli.common import (add_convention_argument, add_model_argument, check_convention, existing_file, load_model,
+                             model_line, model_spec, print_json)
 
 
 def register(subparsers) -> None:
@@ -21,17 +22,23 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from core import guards
     from core.engine.decomposition import decompose_image
     from core.engine.images import load_image
+    from core.engine.text import check_texts
 
-    image = load_image(args.image)
+    check_texts(args.text, what="--text")
+    guards.check_count(len(args.text), "top", "the number of --text")
+    check_convention(args.convention)
+    model_spec(args)
+    image = load_image(existing_file(args.image, "image file", hint="upload an image"))
     bundle = load_model(args)
     result = decompose_image(bundle, image, args.text, convention=args.convention)
     if args.json:
         objects = result.to_json()
-        print_json(objects[0] if len(objects) == 1 else objects)
+        print_json(objects[0] if len(objects) == 1 else objects, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"image: {args.image}   convention: {result.convention}   "
           f"reconstruction error: {result.reconstruction_error:.2e} (relative, vs encode_image)")
     for index, text in enumerate(result.texts):

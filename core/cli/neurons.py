@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     add_model_argument(parser)
     parser.add_argument("--layer", type=int, nargs="+", required=True, help="MLP layer(s), e.g. 9 (paper: 9 of ViT-B-32)")
     parser.add_argument("--images", required=True,
-                        help="folder of images for the statistics, or world:N[:SEED] for N generated world scenes")
+                        help="folder of images for the statistics, world:N[:SEED] for N generated world scenes, or "
+                        "hf:ORG/NAME@REVISION:SPLIT[:COLUMN] (hf:PATH:SPLIT for a dataset saved locally)")
     parser.add_argument("--texts", required=True, help="text pool file (one text per line), or 'toy' for the toy pool")
     parser.add_argument("--out", required=True, help="output folder of the bases artifact")
     parser.add_argument("--k", type=int, default=100, help="top images per neuron for the PC and threshold (default 100)")
@@ -49,44 +50,26 @@ def register(subparsers) -> None:
 
 
 def _image_set(value: str):
-    from core.errors import ConfigError
-    from core.neurons.bases import ImageSet
+    from core.cli.common import parse_images
 
-    if not value.startswith("world:"):
-        return ImageSet.folder(value)
-    try:
-        parts = [int(part) for part in value.split(":")[1:]]
-    except ValueError as err:
-        raise ConfigError(f"--images world:N[:SEED] needs integers, got {value!r}") from err
-    if not 1 <= len(parts) <= 2:
-        raise ConfigError(f"--images world:N[:SEED], got {value!r}")
-    return ImageSet.world(parts[0], seed=parts[1] if len(parts) == 2 else 0)
+    return parse_images(value, generator_split="train")
 
 
 def _texts(value: str) -> tuple[list[str], str, list[str]]:
-    from pathlib import Path
+    """(texts, pool name, skipped lines) through the one text-pool resolver (`toy` or a file)."""
+    from core.engine.text import resolve_text_pool
 
-    from core.engine.text import read_text_pool
-
-    if value == "toy":
-        from core.world.scenes import load_toy_texts
-
-        return load_toy_texts(), "toy", []
-    texts, problems = read_text_pool(value)
-    return texts, Path(value).name, problems
+    pool = resolve_text_pool(value)
+    return pool.texts, pool.name, pool.problems
 
 
-def _evaluation(args, bundle):
-    from pathlib import Path
-
+def _evaluation(args, bundle, labelled):
     import torch
 
     from core.cli.common import classifier_for
-    from core.engine.images import image_folder, iter_image_batches, labelled_from_csv
+    from core.engine.images import iter_image_batches
     from core.neurons.bases import Evaluation
 
-    folder = Path(args.evaluate)
-    labelled = labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column else image_folder(folder)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     labels = torch.tensor(labelled.labels)
 
@@ -112,10 +95,22 @@ def run(args) -> int:
     from core.artifacts.store import load_artifact
     from core.neurons.bases import BuildOptions, build_neuron_bases, load_neuron_basis, read_ablation_table
 
+    from core import guards
+    from core.cli.common import check_templates, count, labelled_source, model_spec, positive
+
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.k, "gallery", "--k")
+    count(args.terms, "texts", "--terms")
+    for layer in args.layer:
+        positive(layer, "--layer", minimum=0)
+    check_templates(args.templates)
+    guards.check_output_path(args.out, "output folder --out")
+    model_spec(args)
     image_set = _image_set(args.images)
     texts, pool_name, problems = _texts(args.texts)
+    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
     bundle = load_model(args)
-    evaluation = _evaluation(args, bundle) if args.evaluate else None
+    evaluation = _evaluation(args, bundle, labelled) if labelled else None
     options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, mode=args.mode, half=args.half,
                            batch_size=args.batch_size)
     log = (lambda line: print(line, file=sys.stderr))
@@ -127,15 +122,15 @@ def run(args) -> int:
                               pool_name=pool_name, options=options, evaluation=evaluation, progress=_progress,
                               overwrite=args.overwrite, log=log)
     artifact = load_artifact(path, expect_model=bundle.info.identity())
-    bases = [load_neuron_basis(artifact, layer) for layer in args.layer]
+    bases = [load_neuron_basis(artifact, layer, bundle.info) for layer in args.layer]
     ablations = read_ablation_table(artifact)
     if args.json:
         print_json({"out": str(path), "model": bundle.info.spec, "image_set": image_set.description,
                     "text_pool": {"name": pool_name, "count": len(texts)}, "dictionary": args.dictionary,
                     "layers": {str(b.stats.layer): b.provenance for b in bases}, "ablations": ablations,
-                    "evaluated_on": evaluation.description if evaluation else None})
+                    "evaluated_on": evaluation.description if evaluation else None}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"wrote {path}\nimage set: {image_set.description}\ntext pool: {pool_name} ({len(texts)} texts); "
           f"dictionary: {args.dictionary}; convention: {args.mode}")
     for basis in bases:

@@ -26,11 +26,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _gallery(args, bundle, heads):
-    from core.engine.images import image_files
+def _gallery(args, bundle, heads, paths):
     from core.heads.retrieval import build_gallery, gallery_cache_path, load_gallery, save_gallery
 
-    paths = image_files(args.gallery)
     cached = gallery_cache_path(bundle, paths, heads, args.convention)
     if not args.no_cache and cached.is_file():
         return load_gallery(cached, expect_model=bundle.info.identity())
@@ -43,26 +41,37 @@ def _gallery(args, bundle, heads):
 
 
 def run(args) -> int:
+    from core.cli.common import check_convention, count, existing_file, existing_folder, model_spec
+    from core.errors import ConfigError
     from core.heads.outputs import check_heads, heads_of_layers
-    from core.engine.images import load_image
-    from core.heads.retrieval import nearest, query_contributions
+    from core.engine.images import image_files, load_image
+    from core.engine.labels import head_label
+    from core.heads.retrieval import METRICS, nearest, query_contributions
 
-    image = load_image(args.image)
+    check_convention(args.convention)
+    if args.metric not in METRICS:
+        raise ConfigError(f"unknown --metric {args.metric[:40]!r}; choose one of {', '.join(METRICS)}")
+    count(args.k, "top", "--k")
+    count(args.batch_size, "batch_size", "--batch-size")
+    model_spec(args)
+    image = load_image(existing_file(args.image, "query image", hint="upload an image"))
+    paths = image_files(existing_folder(args.gallery, "gallery folder", hint="upload the gallery images"))
     bundle = load_model(args)
     (head,) = check_heads([(args.layer, args.head)], bundle.info)
     layer_heads = heads_of_layers(bundle.info, [args.layer])
-    index = _gallery(args, bundle, layer_heads)
+    index = _gallery(args, bundle, layer_heads, paths)
     query = query_contributions(bundle, image, [head], convention=args.convention)[0]
     found = nearest(index, query, head, k=args.k, metric=args.metric)
     results = [{"rank": rank, "path": index.paths[i], "score": score} for rank, (i, score) in enumerate(found, 1)]
     if args.json:
         print_json({"model": bundle.info.spec, "query": args.image, "layer": args.layer, "head": args.head,
+                    "label": head_label(args.layer, args.head),
                     "metric": args.metric, "convention": args.convention, "gallery": index.description,
-                    "results": results})
+                    "results": results}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
-    print(f"query: {args.image}; head L{args.layer}H{args.head}; gallery: {index.description}; metric: {args.metric}; "
-          f"convention: {args.convention}")
+    print(model_line(bundle))
+    print(f"query: {args.image}; head {head_label(args.layer, args.head)}; gallery: {index.description}; "
+          f"metric: {args.metric}; convention: {args.convention}")
     for row in results:
         print(f"  {row['rank']:3d}. {row['score']:+.4f}  {row['path']}")
     return 0

@@ -42,31 +42,45 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _head_set(value: str, info):
-    from pathlib import Path
+def _head_set(value: str):
+    """(heads, provenance) from a head set JSON file or inline heads like 10.3,11.0 (checked later on the model)."""
+    import re
 
-    from core.heads.outputs import check_heads, parse_heads
+    from core.cli.common import existing_file
+    from core.heads.outputs import parse_heads
     from core.heads.spurious import read_head_set
 
-    if value.endswith(".json") or Path(value).is_file():
-        heads, provenance = read_head_set(value)
-    else:
-        heads, provenance = parse_heads(value), "given on the command line"
-    return check_heads(heads, info), provenance
+    # Decided by the text alone (looking for a file first would tell whether a path exists).
+    if re.fullmatch(r"[\d\s.,]+", value) or not (value.endswith(".json") or "/" in value or "\\" in value):
+        return parse_heads(value), "given on the command line"
+    return read_head_set(existing_file(value, "head set file", hint="list the heads inline, e.g. 10.3,11.0"))
 
 
 def run(args) -> int:
     from core.engine.ablation import component_means
-    from core.cli.common import classifier_for
+    from core.cli.common import (check_convention, check_templates, classifier_for, count, existing_folder,
+                                 model_spec, positive)
     from core.engine.images import image_files
+    from core.heads.outputs import check_heads
     from core.heads.spurious import describe_heads, grouped_folder, spurious_report
 
+    check_convention(args.convention)
+    count(args.trials, "trials", "--trials")
+    count(args.batch_size, "batch_size", "--batch-size")
+    positive(args.seed, "--seed", minimum=0)
+    check_templates(args.templates)
+    heads, provenance = _head_set(args.heads)
+    model_spec(args)
     classnames = args.classnames.split(",") if args.classnames else None
-    grouped = grouped_folder(args.images, classnames=classnames, split=args.split)
+    grouped = grouped_folder(existing_folder(args.images, "grouped folder --images"), classnames=classnames,
+                             split=args.split)
+    reference = (image_files(existing_folder(args.means_from, "image folder --means-from")) if args.means_from is not None
+                 else grouped.paths)
     bundle = load_model(args)
-    heads, provenance = _head_set(args.heads, bundle.info)
+    heads = check_heads(heads, bundle.info)
+    if args.random_layers:
+        check_heads([(layer, 0) for layer in args.random_layers], bundle.info)
     classifier, described = classifier_for(bundle, grouped.classnames, args.templates, None)
-    reference = image_files(args.means_from) if args.means_from else grouped.paths
     means_description = (f"{args.means_from} ({len(reference)} images)" if args.means_from
                          else f"the evaluated set itself ({len(reference)} images)")
     means = component_means(bundle, reference, description=means_description, convention=args.convention,
@@ -76,9 +90,9 @@ def run(args) -> int:
                              random_layers=args.random_layers, paper_extras=args.paper_extras,
                              batch_size=args.batch_size)
     if args.json:
-        print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()})
+        print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
+    print(model_line(bundle))
     print(f"evaluated on: {report.evaluated_on}; classes: {', '.join(report.classnames)}; classifier: {described}")
     flag = "  (WARNING: the evaluated set itself; pass --means-from for a held-out reference)" \
         if report.means_from_evaluated_set else ""

@@ -21,9 +21,10 @@ def register(subparsers) -> None:
         "a bases artifact (one tensor group per head, a table of texts). Optionally run the paper's completeness "
         "check on a labelled folder.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
-    parser.add_argument("--images", required=True, help="folder of images to fit on (searched recursively)")
-    parser.add_argument("--texts", required=True, help="text pool file, one text per line "
-                        "(empty and duplicate lines are reported and skipped)")
+    parser.add_argument("--images", required=True, help="folder of images to fit on (searched recursively), "
+                        "world:N[:SEED] or hf:ORG/NAME@REVISION:SPLIT[:COLUMN]")
+    parser.add_argument("--texts", required=True, help="text pool file, one text per line (empty and duplicate "
+                        "lines are reported and skipped), or 'toy' for the toy pool")
     parser.add_argument("--pool-name", help="name recorded for the text pool (default: the file name)")
     parser.add_argument("--layers", type=int, nargs="+", help="layers whose heads to fit (default: the last 4)")
     parser.add_argument("--heads", help="individual heads instead of --layers, e.g. 10.3,11.0 (layer.head)")
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
     add_convention_argument(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", required=True, help="output folder of the bases artifact")
-    parser.add_argument("--overwrite", action="store_true", help="replace other bases already in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace bases an earlier build wrote in --out "
+                        "(files its manifest lists); other files are never replaced or deleted")
     parser.add_argument("--evaluate", help="completeness check on this labelled folder (ImageFolder layout, or "
                         "DIR/labels.csv with --label-column)")
     parser.add_argument("--label-column", help="with --evaluate: read labels from DIR/labels.csv, this column")
@@ -69,26 +71,57 @@ def _progress():
     return lambda iterable, total=None, desc=None: tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+def _check_inputs(args):
+    """Everything that can be checked before the model loads: (text pool, image files, labelled set or None)."""
+    from core import guards
+    from core.cli.common import check_convention, check_templates, count, labelled_source, model_spec, parse_images
+    from core.engine.text import check_texts, resolve_text_pool
+    from core.errors import ConfigError
+    from core.heads.outputs import parse_heads
+    from core.heads.textspan import CRITERIA, SPANS
+
+    check_convention(args.convention)
+    if args.criterion not in CRITERIA or args.span not in SPANS:
+        raise ConfigError(f"--criterion must be one of {', '.join(CRITERIA)} and --span one of {', '.join(SPANS)}")
+    count(args.batch_size, "batch_size", "--batch-size")
+    count(args.per_head, "texts", "--per-head")
+    count(args.rank, "texts", "--rank")
+    count(args.show, "top", "--show", minimum=0)
+    for m in args.m:
+        count(m, "texts", "--m")
+    if args.heads and args.layers:
+        raise ConfigError("give --heads or --layers, not both")
+    if args.heads:
+        parse_heads(args.heads)
+    if args.pool_name is not None:
+        check_texts([args.pool_name], what="--pool-name")
+    check_templates(args.templates)
+    guards.check_output_path(args.out, "output folder --out")
+    model_spec(args)
+    pool = resolve_text_pool(args.texts, name=args.pool_name)
+    paths = parse_images(args.images, generator_split="heldout").local_paths()
+    labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
+    return pool, paths, labelled
+
+
 def run(args) -> int:
     import sys
-    from pathlib import Path
 
-    from core.engine.images import image_files
-    from core.engine.text import read_text_pool
+    from core.engine.labels import head_label
     from core.heads.bases import build_textspan_bases, finish_textspan_bases, head_text_rows
 
-    texts, problems = read_text_pool(args.texts)
+    pool, paths, labelled = _check_inputs(args)
+    texts, problems = pool.texts, pool.problems
     for problem in problems:
-        print(f"text pool {args.texts}: {problem}", file=sys.stderr)
-    paths = image_files(args.images)
+        print(f"text pool {pool.name}: {problem}", file=sys.stderr)
     bundle = load_model(args)
     heads = _heads(args, bundle.info)
     build = build_textspan_bases(
-        bundle, paths, texts, heads, args.out, pool_name=args.pool_name or Path(args.texts).name,
+        bundle, paths, texts, heads, args.out, pool_name=pool.name,
         image_description=str(args.images), per_head=args.per_head, rank=args.rank,
         criterion=args.criterion, span=args.span, convention=args.convention, batch_size=args.batch_size,
         overwrite=args.overwrite, progress=_progress())
-    completeness = _completeness(args, bundle, build) if args.evaluate else None
+    completeness = _completeness(args, bundle, build, labelled) if labelled else None
     extra = None
     if completeness:
         extra = {"accuracy_unablated": completeness["baseline"],
@@ -97,10 +130,10 @@ def run(args) -> int:
     if args.json:
         print_json({"model": bundle.info.spec, "out": str(path), "heads": [list(h) for h in build.heads],
                     "computed": [list(h) for h in build.computed], "skipped_images": build.skipped,
-                    "text_pool_problems": problems, "completeness": completeness})
+                    "text_pool_problems": problems, "completeness": completeness}, device=bundle.device)
         return 0
-    print(model_line(bundle.info))
-    print(f"image set: {args.images} ({build.image_count} images); text pool: {args.texts} ({len(texts)} texts, "
+    print(model_line(bundle))
+    print(f"image set: {args.images} ({build.image_count} images); text pool: {pool.name} ({len(texts)} texts, "
           f"{len(problems)} lines skipped); convention: {args.convention}")
     print(f"fitted {len(build.computed)} heads, {len(build.heads) - len(build.computed)} already written")
     from core.artifacts.store import load_artifact
@@ -108,7 +141,7 @@ def run(args) -> int:
     artifact = load_artifact(path)
     for head in build.heads:
         rows = head_text_rows(artifact, head)
-        print(f"\nL{head[0]}H{head[1]}  (rank {rows[0]['rank']}; {args.per_head} texts explain "
+        print(f"\n{head_label(*head)}  (rank {rows[0]['rank']}; {args.per_head} texts explain "
               f"{100 * rows[-1]['cumulative_variance']:.1f}% of the variance)")
         for row in rows[: args.show]:
             print(f"  {100 * row['variance_explained']:5.1f}%  {row['text']}")
@@ -118,15 +151,10 @@ def run(args) -> int:
     return 0
 
 
-def _completeness(args, bundle, build) -> dict:
-    from pathlib import Path
-
+def _completeness(args, bundle, build, labelled) -> dict:
     from core.cli.common import classifier_for
     from core.heads.completeness import completeness_on_folder
-    from core.engine.images import image_folder, labelled_from_csv
 
-    folder = Path(args.evaluate)
-    labelled = labelled_from_csv(folder / "labels.csv", args.label_column) if args.label_column else image_folder(folder)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     ms = sorted({m for m in args.m if m <= args.per_head})
     if len(ms) < len(set(args.m)):

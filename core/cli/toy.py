@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli.common import add_device_argument
+
 
 def _run_scenes(args: argparse.Namespace) -> int:
+    from core import guards
+    from core.cli.common import positive
     from core.world.scenes import write_scenes
 
+    guards.check_count(args.n, "scenes", "--n (scenes)")
+    guards.check_count(args.size, "scene_size", "--size (pixels)", minimum=32)
+    positive(args.seed, "--seed", minimum=0)
+    out = guards.check_output_path(args.out, "output folder --out")
     if args.groups:
         from core.world.bias import PlantedBias, write_grouped_scenes
 
@@ -25,12 +33,12 @@ def _run_scenes(args: argparse.Namespace) -> int:
             from core.errors import ConfigError
 
             raise ConfigError("--groups writes uniform held-out scenes into a new folder: drop --split and --overwrite")
-        out = write_grouped_scenes(args.out, bias, args.n, args.seed, image_size=args.size)
+        out = write_grouped_scenes(out, bias, args.n, args.seed, image_size=args.size)
         print(f"wrote {args.n} held-out scenes per group x {len(bias.groups())} groups ({args.size}x{args.size}) to "
               f"{out}: images/, metadata.csv (file, label, group: the Waterbirds layout). Next:\n"
               f"  python -m core spurious --model toy-biased --images {out} --templates simple --heads L.H,...")
         return 0
-    out = write_scenes(args.out, args.n, args.seed, split=args.split, image_size=args.size, overwrite=args.overwrite)
+    out = write_scenes(out, args.n, args.seed, split=args.split, image_size=args.size, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} scenes ({args.size}x{args.size}) to {out}: images/, masks/, labels.csv")
     return 0
 
@@ -42,10 +50,11 @@ def _register_scenes(toy_subparsers) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of scenes")
     parser.add_argument("--seed", type=int, required=True, help="random seed (>= 0)")
     parser.add_argument("--out", required=True, help="output folder (new or empty)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels, >= 32 (default 64)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels, 32..1024 (default 64)")
     # Not argparse `choices`: the engine names the valid splits in its own error.
     parser.add_argument("--split", default="heldout", help="heldout (default) or train")
-    parser.add_argument("--overwrite", action="store_true", help="replace scenes already written in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace scenes an earlier `toy scenes` wrote in "
+                        "--out (listed in its .clipscope-scenes.json); other files are never replaced or deleted")
     parser.add_argument("--groups", metavar="SHAPE:BACKGROUND,...",
                         help="write a grouped set in the Waterbirds layout instead: N uniform held-out scenes per "
                         "(paired shape, paired background) group, e.g. triangle:dotted,square:striped, with "
@@ -58,23 +67,39 @@ def _run_train(args: argparse.Namespace) -> int:
     import platform
     import shlex
     import sys
-    from pathlib import Path
 
-    from core.errors import ConfigError
+    from core import guards
+    from core.cli.common import positive
     from core.engine.models import load_clip
     from core.paths import TOY_ARCH
-    from core.world.toy import TrainConfig, build_card, train_toy, write_model_card
+    from core.world.toy import TrainConfig, build_card, check_training_outputs, train_toy, write_model_card
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it (or choose another --out).")
-    if args.steps < 1 or args.batch_size < 2:
-        raise ConfigError("--steps must be >= 1 and --batch-size >= 2.")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup=min(args.warmup, args.steps), threads=args.threads,
-                         shape_groups=args.shape_groups, position_groups=args.position_groups, group_size=args.group_size,
-                         shape_only_group=args.shape_only_group, bias=args.bias or "", bias_p=args.bias_p,
-                         bias_others=args.bias_others, bias_groups=args.bias_groups)
+    out = guards.check_output_path(args.out, "weights file --out", folder=False)
+    check_training_outputs(out, overwrite=args.overwrite, card=not args.no_card)
+    given = {name: getattr(args, name) for name in ("steps", "batch_size", "lr", "seed", "warmup", "threads",
+                                                    "shape_groups", "position_groups", "group_size", "bias_p", "bias_others",
+                                                    "bias_groups")}
+    config = TrainConfig(**{name: value for name, value in given.items() if value is not None},
+                         shape_only_group=args.shape_only_group, bias=args.bias or "")
+    positive(config.steps, "--steps", maximum=10_000_000)
+    positive(config.batch_size, "--batch-size", minimum=2, maximum=guards.MAX_BATCH_SIZE)
+    positive(config.threads, "--threads", maximum=1024)
+    positive(config.warmup, "--warmup")
+    positive(config.seed, "--seed", minimum=0)
+    if not (0 <= config.bias_p <= 1):  # also refuses nan
+        from core.errors import ConfigError
+
+        raise ConfigError(f"--bias-p must be a probability between 0 and 1, got {config.bias_p}")
+    if not (0 < config.lr < 1):  # also refuses nan and inf
+        from core.errors import ConfigError
+
+        raise ConfigError(f"--lr must be a number between 0 and 1, got {config.lr}")
+    positive(args.log_every, "--log-every")
+    positive(args.save_every, "--save-every", minimum=0)
+    if config.warmup > config.steps:
+        from dataclasses import replace
+
+        config = replace(config, warmup=config.steps)
     summary = train_toy(out, config, log=lambda line: print(line, flush=True), log_every=args.log_every,
                         save_every=args.save_every)
     print(f"trained in {summary['wall_seconds'] / 60:.1f} min; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
@@ -82,7 +107,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     bundle = load_clip(f"{TOY_ARCH}/{out}")
     command = " ".join(["python -m core toy train", *(shlex.quote(a) for a in sys.argv[3:])])
-    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {args.threads}"
+    machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch threads {config.threads}"
     from core.paths import TOY_MODELS
 
     name = next((spec for spec, path in TOY_MODELS.items() if path.resolve() == out.resolve()), out.stem)
@@ -99,41 +124,42 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _register_train(toy_subparsers) -> None:
+    # Defaults (None) are the shipped recipe, core.world.toy.TrainConfig, read at run time: importing it here
+    # would load torch and open_clip for every command's --help.
     from core.paths import TOY_WEIGHTS
-    from core.world.toy import TrainConfig
 
-    recipe = TrainConfig()  # the shipped recipe
+    recipe = "the shipped recipe, core.world.toy.TrainConfig"
 
     parser = toy_subparsers.add_parser("train", help="retrain the toy CLIP from scratch and write its model card",
                                        description="Train the toy CLIP on the generated world (CPU), then evaluate it "
                                        "and write MODEL_CARD.md and card.json next to the weights.")
     parser.add_argument("--out", default=str(TOY_WEIGHTS), help=f"weights file (default: {TOY_WEIGHTS})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file")
-    parser.add_argument("--steps", type=int, default=recipe.steps)
-    parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
-    parser.add_argument("--lr", type=float, default=recipe.lr)
-    parser.add_argument("--warmup", type=int, default=recipe.warmup)
-    parser.add_argument("--seed", type=int, default=recipe.seed)
-    parser.add_argument("--shape-groups", type=int, default=recipe.shape_groups,
-                        help=f"groups per batch of scenes that differ only in shape (default {recipe.shape_groups}; 0: none)")
-    parser.add_argument("--position-groups", type=int, default=recipe.position_groups,
-                        help=f"groups per batch of single objects that differ only in position (default {recipe.position_groups})")
-    parser.add_argument("--group-size", type=int, default=recipe.group_size,
-                        help=f"scenes per group, 2..5 (default {recipe.group_size})")
+    parser.add_argument("--overwrite", action="store_true", help="replace a weights file (and its model card) that "
+                        "an earlier `toy train` wrote; other files are never replaced")
+    parser.add_argument("--steps", type=int, help=f"training steps (default: {recipe})")
+    parser.add_argument("--batch-size", type=int, help=f"scenes per batch (default: {recipe})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate (default: {recipe})")
+    parser.add_argument("--warmup", type=int, help=f"warm-up steps (default: {recipe})")
+    parser.add_argument("--seed", type=int, help=f"random seed (default: {recipe})")
+    parser.add_argument("--shape-groups", type=int,
+                        help=f"groups per batch of scenes that differ only in shape (0: none; default: {recipe})")
+    parser.add_argument("--position-groups", type=int,
+                        help=f"groups per batch of single objects that differ only in position (default: {recipe})")
+    parser.add_argument("--group-size", type=int, help=f"scenes per group, 2..5 (default: {recipe})")
     parser.add_argument("--no-shape-only-group", dest="shape_only_group", action="store_false",
                         help="leave out the group of five scenes captioned by their shape alone")
-    parser.add_argument("--bias", default=recipe.bias or None, metavar="SHAPE:BACKGROUND,...",
+    parser.add_argument("--bias", default=None, metavar="SHAPE:BACKGROUND,...",
                         help="plant a shape-background bias in the training scenes only, e.g. "
                         "triangle:dotted,square:striped (the toy-biased model); held-out scenes stay uniform")
-    parser.add_argument("--bias-p", type=float, default=recipe.bias_p,
-                        help=f"probability that a paired shape is drawn on its background (default {recipe.bias_p})")
-    parser.add_argument("--bias-others", default=recipe.bias_others,
+    parser.add_argument("--bias-p", type=float, default=None,
+                        help="probability that a paired shape is drawn on its background (default 0.9)")
+    parser.add_argument("--bias-others", default=None, choices=("uniform", "avoid"),
                         help="other shapes: uniform (default: keep uniform backgrounds) or avoid (move off the "
                         "paired backgrounds with the same probability)")
-    parser.add_argument("--bias-groups", default=recipe.bias_groups,
+    parser.add_argument("--bias-groups", default=None, choices=("shapes", "backgrounds"),
                         help="with --bias, shape groups use: shapes (the unpaired shapes only; default) or "
                         "backgrounds (every shape, on the unpaired backgrounds only)")
-    parser.add_argument("--threads", type=int, default=recipe.threads, help=f"torch CPU threads (default {recipe.threads})")
+    parser.add_argument("--threads", type=int, help=f"torch CPU threads (default: {recipe})")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")
     parser.add_argument("--no-card", action="store_true", help="skip evaluation and the model card")
@@ -143,15 +169,19 @@ def _register_train(toy_subparsers) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from core import guards
+    from core.cli.common import device_of, positive
     from core.engine.models import load_clip
     from core.world.toy import evaluate_toy
 
-    bundle = load_clip(args.model)
+    guards.check_count(args.n, "scenes", "--n (scenes)")
+    positive(args.seed, "--seed", minimum=0)
+    bundle = load_clip(guards.check_model_allowed(args.model), device=device_of(args))
     accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
     if args.json:
-        print(json.dumps(accuracy))
+        print(json.dumps({**accuracy, "device": str(bundle.device)}))
     else:
-        print(f"model: {bundle.info.display_name}; {args.n} fresh held-out scenes (seed {args.seed})")
+        print(f"model: {bundle.info.display_name} on {bundle.device}; {args.n} fresh held-out scenes (seed {args.seed})")
         for name, value in accuracy.items():
             print(f"  {name:10s} {100 * value:5.1f}%")
     return 0
@@ -160,9 +190,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _register_evaluate(toy_subparsers) -> None:
     parser = toy_subparsers.add_parser("evaluate", help="zero-shot accuracy per attribute on fresh held-out scenes")
     parser.add_argument("--model", default="toy", help="model spec (default: toy)")
+    add_device_argument(parser)
     parser.add_argument("--n", type=int, default=1000, help="number of held-out scenes (default 1000)")
     parser.add_argument("--seed", type=int, default=31337, help="seed of the held-out scenes (default 31337)")
-    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": ..}')
+    parser.add_argument("--json", action="store_true", help='print {"shape": .., "colour": .., "position": .., "background": .., "count": .., "device": ..}')
     parser.set_defaults(func=_run_evaluate)
 
 

@@ -8,7 +8,7 @@ from core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "models": ["ClipBundle", "ModelInfo", "load_clip", "parse_spec", "canonical_spec", "default_spec", "describe"],
-    "trace": ["VitTrace", "trace_vit", "check_supported", "layer_norm_stats"],
+    "trace": ["VitTrace", "trace_vit", "check_supported", "layer_norm_stats", "attention_forward"],
     "contributions": ["DirectEffects", "FoldedWeights", "direct_effects", "fold_weights", "cls_to_cls"],
     "decomposition": ["ImageDecomposition", "decompose_image"],
     "ablation": ["Ablation", "ComponentMeans", "ablate", "ablation_accuracies", "component_means",
@@ -19,4 +19,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
                "iter_image_batches"],
     "reference": ["literal_direct_effects", "literal_components", "literal_second_order"],
     "viz": ["heat_grid", "overlay", "model_view", "diverging_colours"],
+    "labels": ["Component", "component_label", "head_label", "mlp_label", "neuron_label", "parse_label"],
 })

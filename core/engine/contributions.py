@@ -158,46 +158,43 @@ def direct_effects(
     f = _project(folded, directions)
     n_layers = trace.n_layers
     n_heads, n_tokens = trace.attn_cls.shape[2], trace.attn_cls.shape[3]
-    k_terms = 2 * n_layers + 1
+    w_layer = 1.0 / (2 * n_layers + 1)  # K = 2L + 1 layer-level terms
     mu, s = trace.ln_post_mean, trace.ln_post_std
-    inv_s = (1.0 / s)[:, None]  # [batch, 1]
 
-    # Embedding term and MLPs: c~ = (c G - centre * 1G) / s + w beta P
-    w_layer = 1.0 / k_terms
-    emb_centre = mu * w_layer if convention == "paper" else trace.cls_embed.mean(-1)
-    embedding_term = (trace.cls_embed @ f.gamma_proj - emb_centre[:, None] * f.ones_proj) * inv_s + w_layer * f.beta_proj
-    mlp_centre = (mu * w_layer)[:, None].expand(-1, n_layers) if convention == "paper" else trace.mlp_cls.mean(-1)
-    mlps = (trace.mlp_cls @ f.gamma_proj - mlp_centre[..., None] * f.ones_proj) * inv_s[:, None] + w_layer * f.beta_proj
-
+    embedding_term = _through_ln_post(trace.cls_embed @ f.gamma_proj, lambda: trace.cls_embed.mean(-1),
+                                      w_layer, mu, s, f, convention)
+    mlps = _through_ln_post(trace.mlp_cls @ f.gamma_proj, lambda: trace.mlp_cls.mean(-1), w_layer, mu, s, f, convention)
     # Heads, summed over tokens: c = z W_O + b_O / H
-    w_head = w_layer / n_heads
-    z_term = torch.einsum("blhd,lhdo->blho", trace.head_cls, f.head_out)
-    bias_term = (f.out_bias / n_heads)[None, :, None, :]
-    if convention == "paper":
-        centre = (mu * w_head)[:, None, None]
-    else:
-        centre = torch.einsum("blhd,lhd->blh", trace.head_cls, f.head_out_mean) + (f.out_bias_mean / n_heads)[None, :, None]
-    heads = (z_term + bias_term - centre[..., None] * f.ones_proj) * inv_s[:, None, None] + w_head * f.beta_proj
-
-    tokens = None
-    if spatial:
-        tokens = _token_terms(trace, f, convention, k_terms, n_heads, n_tokens)
+    heads = _through_ln_post(
+        torch.einsum("blhd,lhdo->blho", trace.head_cls, f.head_out) + (f.out_bias / n_heads)[None, :, None, :],
+        lambda: torch.einsum("blhd,lhd->blh", trace.head_cls, f.head_out_mean)
+        + (f.out_bias_mean / n_heads)[None, :, None],
+        w_layer / n_heads, mu, s, f, convention)
+    tokens = _token_terms(trace, f, convention, w_layer, n_heads, n_tokens) if spatial else None
     return DirectEffects(embedding_term, mlps, heads, tokens, trace.embedding.norm(dim=-1), convention)
 
 
-def _token_terms(trace, f: FoldedWeights, convention: str, k_terms: int, n_heads: int, n_tokens: int) -> torch.Tensor:
+def _through_ln_post(projected, own_mean, share, mu, s, f: FoldedWeights, convention: str) -> torch.Tensor:
+    """The centring rule, for any components: c~ = (c G - centre 1^T G) / s + share beta P.
+
+    projected: c G [batch, ..., D] (G = diag(gamma) P, possibly folded with text directions);
+    centre: the component's `share` of the final LayerNorm's mean mu ("paper"), or its own mean
+    over d_model ("centered": own_mean() [batch, ...], computed only then); mu, s: [batch].
+    """
+    batch_shape = (-1,) + (1,) * (projected.ndim - 2)
+    centre = (mu * share).reshape(batch_shape) if convention == "paper" else own_mean()
+    return (projected - centre[..., None] * f.ones_proj) / s.reshape(batch_shape)[..., None] + share * f.beta_proj
+
+
+def _token_terms(trace, f: FoldedWeights, convention: str, w_layer: float, n_heads: int, n_tokens: int) -> torch.Tensor:
     """[batch, layer, head, token, D]: c = a_{hi} v_i W_O + b_O / (T H) per cell."""
     cells = n_heads * n_tokens
-    mu, s = trace.ln_post_mean, trace.ln_post_std
     value_term = torch.einsum("blthd,lhdo->blhto", trace.values, f.head_out) * trace.attn_cls[..., None]
-    bias_term = (f.out_bias / cells)[None, :, None, None, :]
-    if convention == "paper":
-        centre = (mu / (k_terms * cells))[:, None, None, None]
-    else:
-        centre = torch.einsum("blthd,lhd->blht", trace.values, f.head_out_mean) * trace.attn_cls
-        centre = centre + (f.out_bias_mean / cells)[None, :, None, None]
-    share = 1.0 / (k_terms * cells)
-    return (value_term + bias_term - centre[..., None] * f.ones_proj) / s[:, None, None, None, None] + share * f.beta_proj
+    return _through_ln_post(
+        value_term + (f.out_bias / cells)[None, :, None, None, :],
+        lambda: torch.einsum("blthd,lhd->blht", trace.values, f.head_out_mean) * trace.attn_cls
+        + (f.out_bias_mean / cells)[None, :, None, None],
+        w_layer / cells, trace.ln_post_mean, trace.ln_post_std, f, convention)
 
 
 def _project(folded: FoldedWeights, directions: torch.Tensor | None) -> FoldedWeights:
@@ -227,14 +224,10 @@ def cls_to_cls(trace: VitTrace, folded: FoldedWeights, *, convention: str = "pap
     _check_convention(convention)
     n_layers, n_heads, n_tokens = trace.n_layers, trace.attn_cls.shape[2], trace.attn_cls.shape[3]
     cells = n_heads * n_tokens
-    k_terms = 2 * n_layers + 1
     attn0 = trace.attn_cls[..., 0]  # [batch, layer, head]
     value_term = torch.einsum("blhd,lhdo->blho", trace.value_cls, folded.head_out) * attn0[..., None]
-    bias_term = (folded.out_bias / cells)[None, :, None, :]
-    if convention == "paper":
-        centre = (trace.ln_post_mean / (k_terms * cells))[:, None, None].expand_as(attn0)
-    else:
-        centre = torch.einsum("blhd,lhd->blh", trace.value_cls, folded.head_out_mean) * attn0
-        centre = centre + (folded.out_bias_mean / cells)[None, :, None]
-    per_head = value_term + bias_term - centre[..., None] * folded.ones_proj
-    return per_head / trace.ln_post_std[:, None, None, None] + folded.beta_proj / (k_terms * cells)
+    return _through_ln_post(
+        value_term + (folded.out_bias / cells)[None, :, None, :],
+        lambda: torch.einsum("blhd,lhd->blh", trace.value_cls, folded.head_out_mean) * attn0
+        + (folded.out_bias_mean / cells)[None, :, None],
+        1.0 / ((2 * n_layers + 1) * cells), trace.ln_post_mean, trace.ln_post_std, folded, convention)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +25,26 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from core import guards
 from core.errors import DatasetError, ImageError
 
-MAX_PIXELS = 50_000_000
+MAX_PIXELS = guards.MAX_IMAGE_PIXELS  # public servers: guards.PUBLIC_MAX_IMAGE_PIXELS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We refuse more than MAX_PIXELS ourselves, before decoding; PIL keeps its bomb guard above that.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, label: str = "the image") -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        # A float or 32-bit image has no fixed white: scale by its maximum. NaN, Inf or negative values have no
+        # meaning as brightness (clipping them would silently give a black image), so they are refused.
+        if not np.isfinite(array).all():
+            raise ImageError(f"{label} holds NaN or infinite pixel values; save it as an 8- or 16-bit image")
+        if array.size and array.min() < 0:
+            raise ImageError(f"{label} holds negative pixel values (minimum {array.min():.4g}); rescale it to "
+                             "0..max and save it as an 8- or 16-bit image")
         top = array.max() if array.size and array.max() > 0 else 1.0
         image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P":
@@ -52,26 +62,34 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, *, 
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or source.size == 0:
             raise ImageError(f"{label}: expected an array [H, W] or [H, W, C], got shape {source.shape}")
-        source = Image.fromarray(source)
+        try:
+            source = Image.fromarray(source)
+        except (TypeError, ValueError) as err:
+            raise ImageError(f"{label}: an array of {source.dtype} with shape {source.shape} is not an image "
+                             f"({err})") from None
     if isinstance(source, Image.Image):
         image = source
     else:
+        if isinstance(source, bytes):
+            guards.check_bytes(len(source), "image_bytes", label)
         try:
-            handle = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
-            if isinstance(handle, Path) and not handle.is_file():
-                raise ImageError(f"image file not found: {handle}")
+            handle = io.BytesIO(source) if isinstance(source, bytes) else _image_file(Path(source))
             image = Image.open(handle)
         except UnidentifiedImageError as err:
             raise ImageError(f"{label} is not an image file PIL can read.") from err
         except IsADirectoryError as err:
             raise ImageError(f"{label} is a folder, not an image.") from err
+        except PermissionError as err:
+            raise ImageError(f"{label} cannot be read: permission denied") from err
         except Image.DecompressionBombError as err:
             raise ImageError(f"{label} is too large to decode safely: {err}") from err
         except OSError as err:
             raise ImageError(f"{label} could not be read (truncated or corrupt): {err}") from err
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"{label} has {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS // 1_000_000}.")
+    most = guards.limit("image_pixels")
+    if width * height > most:
+        raise ImageError(f"{label} has {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+                         f"{most // 1_000_000}.")
     if width == 0 or height == 0:
         raise ImageError(f"{label} is empty (size {width}x{height}).")
     try:
@@ -80,25 +98,54 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, *, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return _to_rgb(image, label)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, IndexError, struct.error,
+            ZeroDivisionError, MemoryError) as err:
+        # PIL's decoders raise all of these on crafted or truncated files
         raise ImageError(f"{label} could not be decoded (truncated or corrupt): {err}") from err
 
 
-def preprocess_batch(preprocess: Callable, images: Sequence[Image.Image]) -> torch.Tensor:
-    """[batch, 3, H, W] model input from RGB PIL images via the model's own preprocessing."""
-    return torch.stack([preprocess(image) for image in images])
+def _image_file(path: Path) -> Path:
+    """`path` if it is a regular image file within the byte bound (a FIFO or device is never opened)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise ImageError(f"image file {path} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path} is a folder, not an image.")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{path} is not a regular file (a pipe or a device?), not an image.")
+    guards.check_bytes(info.st_size, "image_bytes", f"image file {path.name}")
+    return path
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in `folder` or below it, sorted by path."""
+    """Image files directly in `folder` or below it, sorted by path (at most the core.guards gallery bound)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in _walk(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
+    guards.check_count(len(files), "gallery", f"the number of images in {folder}")
     return files
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Files below `folder`, not following symlinked folders (no loops), stopping past the gallery bound."""
+    most = guards.limit("gallery")
+    seen = 0
+    try:
+        for root, _, names in os.walk(folder, onerror=None, followlinks=False):
+            for name in names:
+                seen += 1
+                if seen > 20 * most + 10_000:
+                    raise DatasetError(f"{folder} holds over {seen - 1:,} files; give a folder of images only")
+                yield Path(root) / name
+    except OSError as err:
+        raise DatasetError(f"image folder {folder} cannot be listed: {err.strerror or err}") from None
 
 
 @dataclass(frozen=True)
@@ -124,11 +171,12 @@ def image_folder(folder: str | os.PathLike) -> LabelledImages:
         )
     paths, labels = [], []
     for index, class_dir in enumerate(classes):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(p for p in _walk(class_dir) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         paths += files
         labels += [index] * len(files)
     if not paths:
         raise DatasetError(f"no images found in the class folders of {folder}")
+    guards.check_count(len(paths), "gallery", f"the number of images in {folder}")
     names = [p.name.replace("_", " ") for p in classes]
     return LabelledImages(paths, labels, names, f"{folder} (ImageFolder, {len(paths)} images, {len(names)} classes)")
 
@@ -138,19 +186,43 @@ def labelled_from_csv(csv_path: str | os.PathLike, column: str, *, file_column: 
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(f"labels file not found: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _read_csv(csv_path)
     if not rows or column not in rows[0] or file_column not in rows[0]:
-        found = ", ".join(rows[0].keys()) if rows else "no rows"
+        found = ", ".join(map(str, rows[0].keys())) if rows else "no rows"
         raise DatasetError(f"{csv_path} needs columns {file_column!r} and {column!r}; found: {found}")
+    incomplete = next((number for number, row in enumerate(rows, 2) if not row.get(column) or not row.get(file_column)), None)
+    if incomplete is not None:
+        raise DatasetError(f"{csv_path} line {incomplete}: no value for {file_column!r} or {column!r}")
+    guards.check_count(len(rows), "gallery", f"the number of rows of {csv_path}")
     names = sorted({row[column] for row in rows})
     index = {name: i for i, name in enumerate(names)}
-    paths = [csv_path.parent / row[file_column] for row in rows]
+    paths = [_listed_file(csv_path, row[file_column]) for row in rows]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} image files listed in {csv_path} are missing, e.g. {missing[0]}")
     labels = [index[row[column]] for row in rows]
     return LabelledImages(paths, labels, names, f"{csv_path} (column {column!r}, {len(paths)} images, {len(names)} classes)")
+
+
+def _read_csv(csv_path: Path) -> list[dict]:
+    if csv_path.stat().st_size > 64 * guards.limit("gallery") + 1_000_000:
+        raise DatasetError(f"{csv_path} is too large for a labels table")
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{csv_path} is not UTF-8 text (byte {err.start})") from None
+    except csv.Error as err:
+        raise DatasetError(f"{csv_path} is not a readable CSV table: {err}") from None
+
+
+def _listed_file(csv_path: Path, name: str) -> Path:
+    """A file named in a labels table: relative to the table's folder and inside it (no '..', no absolute path)."""
+    relative = os.path.normpath(name)
+    if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep) or "\0" in name:
+        raise DatasetError(f"{csv_path} lists {name[:80]!r}: files must be paths relative to the table's folder, "
+                           "inside it")
+    return csv_path.parent / relative
 
 
 def iter_image_batches(

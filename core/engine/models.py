@@ -33,6 +33,7 @@ from torch import nn
 
 from core import settings
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
+from core.guards import check_model_allowed
 
 from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
@@ -201,8 +202,10 @@ def _create(arch: str, pretrained: str, source: str, device: torch.device):
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, AssertionError) as err:
         # open_clip asserts on some shape mismatches of a foreign checkpoint
         raise _weights_error(arch, pretrained, source, err) from err
-    except Exception as err:  # safetensors raises its own SafetensorError; pickle loaders raise others
-        if type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):
+    except Exception as err:
+        # A file is whatever the user gave: the weights-only unpickler raises IndexError or TypeError on text,
+        # safetensors its own SafetensorError. Any failure to read it is a statement about the file.
+        if source in ("file", "toy") or type(err).__name__ in ("SafetensorError", "UnpicklingError", "HeaderTooLarge"):
             raise _weights_error(arch, pretrained, source, err) from err
         raise
 
@@ -260,7 +263,9 @@ def _quiet_logging():
 
 
 def _weights_error(arch: str, pretrained: str, source: str, err: Exception) -> WeightsError:
-    reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    reason = str(err).splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if len(reason) < 12:  # e.g. the weights-only unpickler's bare "101": say what kind of failure it was
+        reason = f"{type(err).__name__} {reason}"
     if source in ("file", "toy"):
         return WeightsError(
             f"could not load weights from {pretrained} into {arch}: {reason}. "
@@ -329,18 +334,33 @@ def _load_cached(spec: str, device: str) -> ClipBundle:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    check_finite_weights(model, spec)
     info = describe(model, arch, pretrained, source)
     tokenizer = open_clip.get_tokenizer(arch)
     return ClipBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, info=info, device=torch_device)
 
 
-def load_clip(spec: str = TOY_SPEC, device: str | torch.device = "cpu") -> ClipBundle:
-    """Load (once per process) the model named by `spec`; see the module docstring for spec forms.
+def check_finite_weights(model: nn.Module, spec: str) -> None:
+    """Refuse weights holding NaN or Inf: every result computed from them would be NaN, printed as a number."""
+    for name, tensor in model.named_parameters():  # not buffers: the text tower's causal mask holds -inf
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"the weights of {spec} hold NaN or infinite values (first in {name}): "
+                               "the checkpoint is corrupt or diverged in training; use another checkpoint")
 
+
+def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) -> ClipBundle:
+    """Load (once per process and device) the model named by `spec`; see the module docstring for spec forms.
+
+    device: a torch device or its name, or auto; default: the settings' (`$CLIPSCOPE_DEVICE`,
+    else auto: CUDA when available, else the CPU). `bundle.device` says where it lives.
     Raises UnknownModelError for names we do not know, WeightsError when weights cannot be
-    obtained or read, UnsupportedModelError for towers the decomposition cannot model.
+    obtained or read (or hold NaN/Inf), UnsupportedModelError for towers the decomposition cannot
+    model, ModelNotAllowedError for what this server does not load (core.guards: public mode), and
+    ConfigError for a device this machine does not have.
     """
-    return _load_cached(spec.strip() if isinstance(spec, str) else spec, str(torch.device(device)))
+    spec = check_model_allowed(spec)
+    chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
+    return _load_cached(spec, str(chosen))
 
 
 def default_spec() -> str:

@@ -23,6 +23,7 @@ def literal_components(visual: nn.Module, image: torch.Tensor) -> dict:
     Returns dict with: e0 [d_model], mlp [layer, d_model], attn [layer, head, token, d_model]
     (out-proj bias split evenly over tokens x heads; value bias carried by the attention weights),
     and x_final [d_model], the class-token residual they sum to.
+    Long on purpose: a literal oracle that re-implements the forward pass step by step.
     """
     x = visual._embeds(image[None])[0]  # [token, d_model]
     e0 = x[0].clone()
@@ -137,6 +138,8 @@ def literal_second_order(
     per-neuron residual write [token, neuron, d_model] for each later layer and head.
 
     mode "linear" drops every bias and mean share. `neurons` restricts to a subset (same order).
+    Long on purpose: a literal oracle, one loop over later layers and heads with the paper code's
+    steps written out in order, so that it can be checked against the paper line by line.
     """
     rec = _literal_record(visual, image, layer)
     blocks = visual.transformer.resblocks

@@ -16,12 +16,15 @@ import weakref
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from dataclasses import dataclass
+
 import torch
 from safetensors.torch import load_file, save_file
 
-from core import settings
+from core import guards, settings
 from core.errors import TextError
 from core.engine.models import ClipBundle
+from core.paths import TOY_TEXTS
 
 
 def cache_dir() -> Path:
@@ -94,28 +97,131 @@ def clean_texts(texts: Iterable[str]) -> tuple[list[str], list[str]]:
 
 
 def read_text_pool(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Read a text pool file (one text per line): (texts, problems with skipped lines)."""
+    """Read a text pool file (one text per line): (texts, problems with skipped lines).
+
+    The file must be a regular UTF-8 file within the size bounds of core.guards (a FIFO or a device is
+    refused without being opened for long). Callers check user-named paths with `core.guards` first,
+    or use `resolve_text_pool`.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise TextError(f"text pool file not found: {path}")
+    raw = _read_regular_file(path, "text pool", "text_pool_bytes")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
-        raise TextError(f"text pool {path} is not UTF-8 text: {err}") from err
+        raise TextError(f"text pool {path} is not UTF-8 text (byte {err.start} cannot be decoded)") from None
     texts, problems = clean_texts(lines)
     if not texts:
         raise TextError(f"text pool {path} has no non-empty lines.")
+    guards.check_count(len(texts), "texts", f"text pool {path.name}")
+    check_texts(texts, what=f"text pool {path.name}: line")
     return texts, problems
 
 
-def _check_texts(texts: Sequence[str]) -> None:
+def _read_regular_file(path: Path, what: str, bound: str) -> bytes:
+    """The bytes of a regular file within the core.guards bound `bound`; a FIFO, device or folder is refused
+    at once (opened non-blocking, checked with fstat before reading)."""
+    import stat
+
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise TextError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise TextError(f"{what} {path} is a folder, not a file") from None
+    except OSError as err:
+        raise TextError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+    try:
+        info = os.fstat(handle)
+        if stat.S_ISDIR(info.st_mode):
+            raise TextError(f"{what} {path} is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise TextError(f"{what} {path} is not a regular file")
+        guards.check_bytes(info.st_size, bound, f"{what} {path.name}")
+        with os.fdopen(handle, "rb", closefd=True) as stream:
+            handle = None
+            data = stream.read(guards.limit(bound) + 1)
+        guards.check_bytes(len(data), bound, f"{what} {path.name}")
+        return data
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
+@dataclass(frozen=True)
+class TextPool:
+    """A text pool with the name results record for it and the lines that were skipped."""
+
+    texts: list[str]
+    name: str
+    problems: list[str]
+
+
+def named_text_pools() -> dict[str, Path]:
+    """Pools that are named rather than given as a file: `toy` is the toy world's vocabulary."""
+    return {"toy": TOY_TEXTS}
+
+
+def resolve_text_pool(value: str | os.PathLike, *, name: str | None = None) -> TextPool:
+    """The pool a user named: a shipped pool's name (`toy`) or a text file (checked by core.guards first).
+
+    The one resolver for every command and tab, so `toy` means the same everywhere.
+    """
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text.strip():
+        raise TextError("no text pool given: name a shipped pool (" + ", ".join(named_text_pools())
+                        + ") or give a text file, one text per line")
+    shipped = named_text_pools().get(text.strip())
+    if shipped is not None:
+        texts, problems = read_text_pool(shipped)
+        return TextPool(texts, name or text.strip(), problems)
+    path = guards.check_user_path(text, "text pool", hint="upload a text file or choose a shipped pool ("
+                                  + ", ".join(named_text_pools()) + ")")
+    texts, problems = read_text_pool(path)
+    return TextPool(texts, name or path.name, problems)
+
+
+def check_texts(texts: Sequence[str], *, what: str = "text") -> list[str]:
+    """Refuse a single string, an empty list, empty or non-str texts, text that is not valid Unicode (a
+    command-line argument in another encoding) and texts over the length bound of core.guards."""
     if isinstance(texts, str):
         raise TextError("expected a list of texts, got a single string.")
     if len(texts) == 0:
         raise TextError("no texts given.")
+    longest = guards.limit("text_chars")
     for index, text in enumerate(texts):
+        label = f"{what} {index + 1}" if what.endswith("line") else f"{what} {index}"
         if not isinstance(text, str) or not text.strip():
-            raise TextError(f"text {index} is empty; give non-empty texts.")
+            raise TextError(f"{label} is empty; give non-empty texts.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TextError(f"{label} is not valid UTF-8 text (an argument in another encoding?): "
+                            f"{text.encode('utf-8', 'backslashreplace').decode()[:60]!r}") from None
+        if len(text) > longest:
+            raise TextError(f"{label} has {len(text):,} characters, over the limit of {longest:,}")
+    return list(texts)
+
+
+_check_texts = check_texts
+
+
+def check_template(template: str) -> str:
+    """A zero-shot template: a str with exactly one `{}` for the class name and no other fields
+    (`{0}`, `{x}` or a lone brace would fail, or fill in something else, when formatted)."""
+    import string
+
+    if not isinstance(template, str):
+        raise TextError(f"a template must be a string, got {type(template).__name__}")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as err:
+        raise TextError(f"template {template[:80]!r} is malformed ({err}); write a literal brace as "
+                        "{{ or }}") from None
+    if fields != [("", "", None)]:
+        raise TextError(f"template {template[:80]!r} must contain exactly one {{}} (for the class name) and no "
+                        "other {...} fields; write a literal brace as {{ or }}")
+    return template
 
 
 @torch.inference_mode()
@@ -160,7 +266,7 @@ def format_templates(classnames: Sequence[str], templates: Sequence[str | Callab
     prompts = []
     for name in classnames:
         for template in templates:
-            prompts.append(template(name) if callable(template) else template.format(name))
+            prompts.append(template(name) if callable(template) else check_template(template).format(name))
     return prompts
 
 

@@ -123,6 +123,15 @@ def _check_images(visual: nn.Module, images: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
+def _check_trace_arguments(visual: nn.Module, images: torch.Tensor, mlp_layers) -> None:
+    check_supported(visual)
+    _check_images(visual, images)
+    for layer in mlp_layers:
+        check_index("layer", layer, len(visual.transformer.resblocks))
+    if visual.training:
+        raise ConfigError("the vision tower is in training mode; call model.eval() first.")
+
+
 def trace_vit(
     visual: nn.Module,
     images: torch.Tensor,
@@ -135,13 +144,8 @@ def trace_vit(
     mlp_layers: layers whose MLP post-activations [batch, token, d_mlp] to keep.
     keep_values: keep all value vectors [batch, layer, token, head, d_head] (spatial maps).
     """
-    check_supported(visual)
-    _check_images(visual, images)
+    _check_trace_arguments(visual, images, mlp_layers)
     blocks = visual.transformer.resblocks
-    for layer in mlp_layers:
-        check_index("layer", layer, len(blocks))
-    if visual.training:
-        raise ConfigError("the vision tower is in training mode; call model.eval() first.")
     dtype = next(visual.parameters()).dtype
     x = visual._embeds(images.to(dtype))
     cls_embed = x[:, 0].clone()
@@ -183,3 +187,38 @@ def trace_vit(
         values=torch.stack(values, 1) if keep_values else None,
         mlp_post=mlp_post,
     )
+
+
+def attention_forward(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The forward of `visual` with every attention pattern written out in full, differentiably.
+
+    Returns (embedding [batch, d_out], patterns: one [batch, head, token(query), token(key)] softmax
+    per layer). The embedding equals `visual(images)`; every later computation reads the returned
+    patterns, so `torch.autograd.grad(score, patterns)` gives d score / d A (Chefer et al., GradCAM).
+    Not under inference mode: the caller chooses `torch.no_grad()` (rollout) or grad mode. Costs the
+    full [token x token] patterns; the decompositions use `trace_vit`, which never builds them.
+    """
+    check_supported(visual)
+    _check_images(visual, images)
+    if visual.training:
+        raise ConfigError("the vision tower is in training mode; call model.eval() first.")
+    dtype = next(visual.parameters()).dtype
+    x = visual._embeds(images.to(dtype))
+    patterns = []
+    for block in visual.transformer.resblocks:
+        attn: nn.MultiheadAttention = block.attn
+        batch, tokens, width = x.shape
+        heads = attn.num_heads
+        mean, std = layer_norm_stats(x, block.ln_1.eps)
+        qkv = F.linear(_normalise(x, mean, std, block.ln_1), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = (t.reshape(batch, tokens, heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+        pattern = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # [batch, head, query, key]
+        merged = (pattern @ v).transpose(1, 2).reshape(batch, tokens, width)
+        x = x + block.ls_1(F.linear(merged, attn.out_proj.weight, attn.out_proj.bias))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        patterns.append(pattern)
+    resid = x[:, 0]
+    post_mean, post_std = layer_norm_stats(resid, visual.ln_post.eps)
+    pooled = _normalise(resid, post_mean, post_std, visual.ln_post)
+    embedding = pooled @ visual.proj if visual.proj is not None else pooled
+    return embedding, patterns

@@ -44,8 +44,9 @@ def heat_grid(
     """A labelled heat map of a [rows, cols] matrix, values written in the cells when they fit."""
     values = np.asarray(matrix, dtype=np.float64)
     rows, cols = values.shape
-    margin_left, margin_top = 70, 46 if title else 28
-    font, small = _font(12), _font(9)
+    margin_left, margin_top = max(70, cell * 2), (46 if title else 28) + max(0, cell * 3 // 10 - 9)
+    # Value labels grow with the cell so that they stay readable on large grids (12x12, 24x16).
+    font, small = _font(max(12, cell * 3 // 10)), _font(max(9, cell * 3 // 10))
     title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 12 if title else 0
     width, height = max(margin_left + cols * cell + 10, title_width), margin_top + rows * cell + 10
     canvas = Image.new("RGB", (width, height), "white")

@@ -8,9 +8,13 @@ An artifact written by `build_textspan_bases` + `finish_textspan_bases` holds
                                 cumulative_variance
     extra/completeness          (optional) the completeness check, also summarised in the metrics
 Each head's group is written as soon as it is computed, so an interrupted build keeps the heads
-it finished and a rerun of the same command skips them. The expensive head outputs are cached
+it finished and a rerun of the same command skips them. The expensive pass over the images is
+streamed into TextSpan's sufficient statistics (count, sum and Gram matrix of each head's outputs,
+core.heads.textspan.HeadStatistics: memory independent of the number of images), which are cached
 under the clipscope cache (`textspan-work/`, keyed by model, files, heads and convention; the
 artifact folder itself only holds artifact files) and removed once the artifact is finalised.
+`rank` in each head's tensors and table rows is the rank its span actually had (at most the
+numerical rank of its outputs); the manifest's metrics give the smallest and largest.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from safetensors.torch import load_file, save_file
 
 from core.artifacts.store import Artifact, ArtifactWriter, text_pool_identity
 from core.errors import BasesError, ConfigError
-from core.heads.outputs import (Head, HeadOutputs, check_heads, fit_text_span, head_name, head_outputs,
-                        head_outputs_from_batches, weight_span_bases)
+from core.heads.outputs import (Head, HeadOutputs, StreamedHeadStatistics, check_heads, fit_text_span, head_name,
+                                head_outputs_from_batches, head_statistics, weight_span_bases)
 from core.engine.models import ClipBundle
 from core.engine.text import cache_dir, encode_texts
-from core.heads.textspan import CRITERIA, DEFAULT_RANK, SPANS, TextSpanResult
+from core.heads.textspan import CRITERIA, DEFAULT_RANK, RANK_RTOL, SPANS, HeadStatistics, TextSpanResult
 
 GROUP_PREFIX = "textspan_"
 MEANS_GROUP = "head_means"
@@ -64,7 +68,7 @@ def result_from_tensors(groups: Sequence[dict[str, torch.Tensor]], params: dict)
     ranks = [int(g["rank"][0]) for g in groups]
     return TextSpanResult(stack("indices"), stack("variance_explained"), stack("cumulative"), stack("mean"),
                           stack("directions"), stack("total_variance")[:, 0],
-                          {**params, "rank": max(ranks), "ranks": ranks})
+                          {**params, "rank": params.get("rank") or max(ranks), "ranks": ranks})
 
 
 def table_rows(heads: Sequence[Head], result: TextSpanResult, texts: Sequence[str]) -> list[dict]:
@@ -105,7 +109,19 @@ def artifact_result(artifact: Artifact, heads: Sequence[Head] | None = None) -> 
     if missing or not heads:
         raise BasesError(f"the bases at {artifact.path} hold no TextSpan for {', '.join(missing) or 'any head'}")
     params = artifact.manifest["algorithms"].get("textspan", {})
-    return heads, result_from_tensors([artifact.tensors(group_name(h)) for h in heads], params)
+    if not isinstance(params, dict):
+        raise BasesError(f"the bases at {artifact.path} record TextSpan parameters {params!r}, not a dict")
+    sizes: dict[str, int] = {}  # one n and one d_out across heads: a tampered file fails here, not in torch.stack
+    pool = artifact.manifest.get("text_pool") or {}
+    below = {"indices": pool["count"]} if isinstance(pool.get("count"), int) else None
+    groups = [artifact.tensors(group_name(h), TEXTSPAN_SHAPES, sizes, integer=("indices", "rank"), below=below)
+              for h in heads]
+    return heads, result_from_tensors(groups, params)
+
+
+# The stored tensors of one head (result_tensors); the check in artifact_result keeps their shapes consistent.
+TEXTSPAN_SHAPES = {"indices": ("n",), "variance_explained": ("n",), "cumulative": ("n",), "mean": ("d_out",),
+                   "directions": ("n", "d_out"), "total_variance": (1,), "rank": (1,)}
 
 
 # ---------------------------------------------------------------- the build
@@ -149,13 +165,7 @@ def build_textspan_bases(
     Heads already written by an earlier run of the same build are skipped. Returns the build,
     not yet finalised: call finish_textspan_bases (after an optional completeness check).
     """
-    heads = check_heads(heads, bundle.info)
-    if span not in SPANS:
-        raise ConfigError(f"unknown span {span!r}; choose one of {', '.join(SPANS)}")
-    bases = weight_span_bases(bundle.model.visual, heads) if span == "weights" else None
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    _check_sizes(bundle, len(paths), len(texts), per_head, rank, span, bases)
+    heads, bases = _checked(bundle, heads, len(paths), len(texts), per_head, rank, criterion, span)
     params = textspan_build_params(per_head, rank, criterion, span)
     if writer is None:  # else: an open writer shared with other builds (python -m core bases build)
         writer = ArtifactWriter(out, model=bundle.info.identity(), text_pool=text_pool_identity(texts, pool_name),
@@ -165,30 +175,48 @@ def build_textspan_bases(
     work_file = _work_file(bundle, paths, heads, convention)
     fitted, skipped = None, []
     if pending or not writer.has(MEANS_GROUP):
-        fitted, skipped = _head_outputs_cached(bundle, paths, heads, convention, batch_size, work_file, progress)
+        fitted, skipped = _head_statistics_cached(bundle, paths, heads, convention, batch_size, work_file, progress)
         if not writer.has(MEANS_GROUP):
             writer.add_tensors(MEANS_GROUP, {"mean": fitted.head_means, "count": torch.tensor([fitted.count])})
-    stored = writer.path / "tensors"
-    means = load_file(stored / f"{MEANS_GROUP}.safetensors")
     embeddings = encode_texts(bundle, texts).cpu() if pending else None
     new = _fit_pending(fitted, embeddings, pending, bases, heads, writer, per_head, rank, criterion, span, progress)
+    stored = writer.path / "tensors"
     groups = [new[h] if h in new else load_file(stored / f"{group_name(h)}.safetensors") for h in heads]
     result = result_from_tensors(groups, params)
     writer.add_table(TABLE, table_rows(heads, result, texts))
+    means = load_file(stored / f"{MEANS_GROUP}.safetensors")
     return TextSpanBuild(writer, heads, result, means["mean"], texts, pending, int(means["count"][0]), work_file, skipped)
 
 
+def _checked(bundle, heads, n_images, n_texts, per_head, rank, criterion, span):
+    """(heads checked against the model, weight span bases or None); fails before any expensive pass."""
+    heads = check_heads(heads, bundle.info)
+    if span not in SPANS:
+        raise ConfigError(f"unknown span {span!r}; choose one of {', '.join(SPANS)}")
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    bases = weight_span_bases(bundle.model.visual, heads) if span == "weights" else None
+    _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases)
+    return heads, bases
+
+
 def textspan_build_params(per_head: int, rank: int | None, criterion: str, span: str) -> dict:
-    """The parameters a TextSpan build records in its manifest (equal parameters => resumable)."""
+    """The parameters a TextSpan build records in its manifest (equal parameters => resumable).
+
+    rank is the requested data-span rank, an upper bound: each head's span is capped at the numerical
+    rank of its outputs (singular values above rank_rtol of the largest).
+    """
     return {"n_texts": per_head, "rank": (DEFAULT_RANK if rank is None else rank) if span == "data" else None,
-            "criterion": criterion, "span": span}
+            "criterion": criterion, "span": span, "rank_rtol": RANK_RTOL if span == "data" else None}
 
 
 def finish_textspan_bases(build: TextSpanBuild, completeness: dict | None = None,
                           extra_metrics: dict[str, float] | None = None) -> Path:
     """Write the optional completeness record, finalise the artifact and drop the cached head outputs."""
+    ranks = build.result.params["ranks"]
     metrics = {"images": build.image_count, "heads": len(build.heads),
-               "mean_cumulative_variance": float(build.result.cumulative_variance[:, -1].mean())}
+               "mean_cumulative_variance": float(build.result.cumulative_variance[:, -1].mean()),
+               "textspan_rank_min": min(ranks), "textspan_rank_max": max(ranks)}
     if completeness is not None:
         build.writer.add_json(COMPLETENESS, completeness)
     if build.skipped:
@@ -226,18 +254,16 @@ def _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases) -> None
         raise ConfigError(f"TextSpan needs at least 2 images, got {n_images}")
 
 
-def _fit_pending(fitted: HeadOutputs | None, embeddings, pending, bases, heads, writer, per_head, rank, criterion,
-                 span, progress) -> dict[Head, dict[str, torch.Tensor]]:
+def _fit_pending(fitted: StreamedHeadStatistics | None, embeddings, pending, bases, heads, writer, per_head, rank,
+                 criterion, span, progress) -> dict[Head, dict[str, torch.Tensor]]:
     """Fit pending heads CHUNK_HEADS at a time, writing each group at once; returns their tensors."""
     new: dict[Head, dict[str, torch.Tensor]] = {}
     chunks = [pending[i:i + CHUNK_HEADS] for i in range(0, len(pending), CHUNK_HEADS)]
     steps = progress(chunks, total=len(chunks), desc="TextSpan (chunks of heads)") if progress and chunks else chunks
     for chunk in steps:
-        rows = [fitted.heads.index(h) for h in chunk]
-        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
-        outputs = fitted.outputs[rows[0]:rows[-1] + 1] if contiguous else fitted.outputs[rows]  # a view when it can
+        stats = fitted.stats.select([fitted.heads.index(h) for h in chunk])
         chunk_bases = [bases[heads.index(h)] for h in chunk] if bases is not None else None
-        result = fit_text_span(outputs, embeddings, n_texts=per_head, rank=rank, criterion=criterion,
+        result = fit_text_span(stats, embeddings, n_texts=per_head, rank=rank, criterion=criterion,
                                span=span, span_bases=chunk_bases)
         for row, head in enumerate(chunk):
             new[head] = result_tensors(result, row)
@@ -253,30 +279,33 @@ def _work_file(bundle: ClipBundle, paths: Sequence, heads: Sequence[Head], conve
             files.append([str(Path(p).resolve()), stat.st_size, stat.st_mtime_ns])
         except OSError:
             files.append([str(p), -1, -1])
-    key = json.dumps([bundle.info.identity(), files, [list(h) for h in heads], convention], sort_keys=True)
+    key = json.dumps([bundle.info.identity(), files, [list(h) for h in heads], convention, "statistics"],
+                     sort_keys=True)
     return cache_dir() / "textspan-work" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
 
-def _head_outputs_cached(bundle, paths, heads, convention, batch_size, work_file: Path,
-                         progress) -> tuple[HeadOutputs, list[str]]:
-    """Head outputs from the work cache when an earlier run of this build left them, else computed and cached."""
+def _head_statistics_cached(bundle, paths, heads, convention, batch_size, work_file: Path,
+                            progress) -> tuple[StreamedHeadStatistics, list[str]]:
+    """Head statistics from the work cache when an earlier run of this build left them, else computed and cached."""
     if work_file.is_file():
         try:
             stored = load_file(work_file)
             skipped = json.loads(bytes(stored["skipped"].tolist()).decode("utf-8"))
-            return HeadOutputs(stored["outputs"], list(heads), stored["head_means"], int(stored["count"][0])), skipped
+            stats = HeadStatistics.from_tensors(stored)
+            if stats.gram.shape[0] != len(heads):
+                raise ValueError("cached statistics cover other heads")
+            return StreamedHeadStatistics(stats, list(heads), stored["head_means"], stats.count), skipped
         except Exception:  # a damaged cache is recomputed, never trusted
             work_file.unlink(missing_ok=True)
     skipped: list[str] = []
     n_batches = -(-len(paths) // batch_size)
     wrap = (lambda it: progress(it, total=n_batches, desc="head outputs (image batches)")) if progress else None
-    fitted = head_outputs(bundle, paths, heads, convention=convention, batch_size=batch_size, progress=wrap,
-                          skipped=skipped)
+    fitted = head_statistics(bundle, paths, heads, convention=convention, batch_size=batch_size, progress=wrap,
+                             skipped=skipped)
     work_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = work_file.with_name(f".{work_file.name}.{os.getpid()}.tmp")
     encoded = torch.tensor(list(json.dumps(skipped).encode("utf-8")), dtype=torch.uint8)
-    save_file({"outputs": fitted.outputs, "head_means": fitted.head_means, "count": torch.tensor([fitted.count]),
-               "skipped": encoded}, tmp)
+    save_file({**fitted.stats.tensors(), "head_means": fitted.head_means, "skipped": encoded}, tmp)
     os.replace(tmp, work_file)
     return fitted, skipped
 

@@ -7,6 +7,8 @@ to the unit representation y/|y|. The default head set is every head of the last
     heads = default_heads(bundle.info)                       # [(layer, head), ...]
     fitted = head_outputs(bundle, paths, heads)              # outputs [head, image, d_out], held once
     result = fit_text_span(fitted.outputs, text_embeddings, n_texts=20)   # core.heads.textspan defaults
+    streamed = head_statistics(bundle, paths, heads)         # count, sum, Gram per head: memory independent of images
+    result = fit_text_span(streamed.stats, text_embeddings, n_texts=20)  # the same texts
     span = weight_span_bases(bundle.model.visual, heads)     # for span="weights"
 """
 
@@ -20,8 +22,9 @@ from PIL import Image
 from core.engine.contributions import direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError, TextError, check_index
 from core.engine.images import iter_image_batches, load_image
+from core.engine.labels import head_label
 from core.engine.models import ClipBundle, ModelInfo
-from core.heads.textspan import TextSpanResult, text_span
+from core.heads.textspan import HeadStatistics, TextSpanResult, text_span, text_span_from_stats
 from core.engine.trace import trace_vit
 
 DEFAULT_LAST_LAYERS = 4
@@ -72,8 +75,8 @@ def check_heads(heads: Iterable[Sequence[int]], info: ModelInfo) -> list[Head]:
 
 
 def head_name(head: Head) -> str:
-    """'L10H3' for (10, 3)."""
-    return f"L{head[0]}H{head[1]}"
+    """'L10H3' for (10, 3) (core.engine.labels names every component)."""
+    return head_label(*head)
 
 
 # ---------------------------------------------------------------- head outputs over an image set
@@ -101,6 +104,39 @@ def image_head_contributions(bundle: ClipBundle, pixels: torch.Tensor, *, conven
     return direct_effects(trace, fold_weights(visual), convention=convention).scores().heads
 
 
+class StreamedHeadStatistics(NamedTuple):
+    """Sufficient statistics of normalised head contributions over an image set (see HeadOutputs).
+
+    stats: HeadStatistics (count, sum [head, d_out], Gram [head, d_out, d_out], float64) for `heads`.
+    head_means: [layer, head, d_out] mean over the images of EVERY head of the model.
+    count: images used (unreadable files are skipped).
+    """
+
+    stats: HeadStatistics
+    heads: list[Head]
+    head_means: torch.Tensor
+    count: int
+
+
+def _stream_heads(bundle: ClipBundle, batches: Iterable[torch.Tensor], heads: Sequence[Head], convention: str,
+                  consume: Callable[[torch.Tensor], None]) -> tuple[list[Head], torch.Tensor, int]:
+    """Feed each batch's chosen-head contributions [head, batch, d_out] to `consume`; (heads, head_means, count)."""
+    heads = check_heads(heads, bundle.info)
+    info = bundle.info
+    layers = torch.tensor([l for l, _ in heads])
+    indices = torch.tensor([h for _, h in heads])
+    sums = torch.zeros(info.n_layers, info.n_heads, info.d_out, dtype=torch.float64)
+    count = 0
+    for pixels in batches:
+        contributions = image_head_contributions(bundle, pixels, convention=convention).cpu().float()
+        consume(contributions[:, layers, indices].transpose(0, 1))
+        sums += contributions.sum(0, dtype=torch.float64)
+        count += contributions.shape[0]
+    if count == 0:
+        raise DatasetError("no readable images to compute head outputs from")
+    return heads, (sums / count).float(), count
+
+
 @torch.no_grad()
 def head_outputs_from_batches(
     bundle: ClipBundle,
@@ -115,26 +151,43 @@ def head_outputs_from_batches(
     capacity: the most images the batches can hold (the tensor is allocated once; a copy is made
     only when fewer images arrived, e.g. unreadable files were skipped).
     """
-    heads = check_heads(heads, bundle.info)
-    info = bundle.info
-    layers = torch.tensor([l for l, _ in heads])
-    indices = torch.tensor([h for _, h in heads])
-    outputs = torch.empty(len(heads), capacity, info.d_out)
-    sums = torch.zeros(info.n_layers, info.n_heads, info.d_out, dtype=torch.float64)
-    count = 0
-    for pixels in batches:
-        contributions = image_head_contributions(bundle, pixels, convention=convention).cpu().float()
-        size = contributions.shape[0]
-        if count + size > capacity:
+    outputs = torch.empty(len(check_heads(heads, bundle.info)), capacity, bundle.info.d_out)
+    filled = 0
+
+    def store(chosen):
+        nonlocal filled
+        if filled + chosen.shape[1] > capacity:
             raise ConfigError(f"more images arrived than the capacity of {capacity}; pass the true image count")
-        outputs[:, count : count + size] = contributions[:, layers, indices].transpose(0, 1)
-        sums += contributions.sum(0, dtype=torch.float64)
-        count += size
-    if count == 0:
-        raise DatasetError("no readable images to compute head outputs from")
+        outputs[:, filled : filled + chosen.shape[1]] = chosen
+        filled += chosen.shape[1]
+
+    heads, head_means, count = _stream_heads(bundle, batches, heads, convention, store)
     if count < capacity:
         outputs = outputs[:, :count].clone()
-    return HeadOutputs(outputs, heads, (sums / count).float(), count)
+    return HeadOutputs(outputs, heads, head_means, count)
+
+
+@torch.no_grad()
+def head_statistics_from_batches(
+    bundle: ClipBundle,
+    batches: Iterable[torch.Tensor],
+    heads: Sequence[Head],
+    *,
+    convention: str = "paper",
+) -> StreamedHeadStatistics:
+    """TextSpan's sufficient statistics of `heads` over pixel batches, one batch at a time.
+
+    Memory is the float64 Gram matrices ([head, d_out, d_out]), whatever the number of images.
+    Batches are accumulated in the order they arrive (fixed batches give the same bits).
+    """
+    total = HeadStatistics.zeros(len(check_heads(heads, bundle.info)), bundle.info.d_out)
+
+    def accumulate(chosen):
+        nonlocal total
+        total = total.merge(HeadStatistics.from_outputs(chosen))
+
+    heads, head_means, count = _stream_heads(bundle, batches, heads, convention, accumulate)
+    return StreamedHeadStatistics(total, heads, head_means, count)
 
 
 def head_outputs(
@@ -151,6 +204,22 @@ def head_outputs(
     batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
     return head_outputs_from_batches(bundle, progress(batches) if progress else batches, heads,
                                      capacity=len(paths), convention=convention)
+
+
+def head_statistics(
+    bundle: ClipBundle,
+    paths: Sequence,
+    heads: Sequence[Head],
+    *,
+    convention: str = "paper",
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    skipped: list[str] | None = None,
+) -> StreamedHeadStatistics:
+    """TextSpan's sufficient statistics over the image files at `paths` (see head_statistics_from_batches)."""
+    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
+    return head_statistics_from_batches(bundle, progress(batches) if progress else batches, heads,
+                                        convention=convention)
 
 
 def pil_batches(bundle: ClipBundle, images: Iterable[Image.Image], batch_size: int = 32) -> Iterable[torch.Tensor]:
@@ -188,7 +257,7 @@ def weight_span_bases(visual: torch.nn.Module, heads: Sequence[Head]) -> list[to
 
 
 def fit_text_span(
-    outputs: torch.Tensor,
+    outputs: torch.Tensor | HeadStatistics,
     text_embeddings: torch.Tensor,
     *,
     n_texts: int = 20,
@@ -197,19 +266,30 @@ def fit_text_span(
     span: str = "data",
     span_bases: Sequence[torch.Tensor] | None = None,
 ) -> TextSpanResult:
-    """TextSpan for every head of `outputs` [head, image, d_out] (see core.heads.textspan.text_span).
+    """TextSpan for every head of `outputs` (see core.heads.textspan.text_span).
 
+    outputs: head outputs [head, image, d_out], or their HeadStatistics (then floats come back in float32).
     span "weights" takes `span_bases` (one [rank, d_out] per head, e.g. from
     weight_span_bases; ranks may differ: heads of equal rank run together).
-    params["ranks"] lists each head's rank.
+    params["ranks"] lists the rank each head's span had (for span "data", at most
+    its numerical rank).
     """
+    from_stats = isinstance(outputs, HeadStatistics)
+    n_head = outputs.sum.shape[0] if from_stats else outputs.shape[0]
+
+    def fit(members, **kwargs):
+        if from_stats:
+            source = outputs if members is None else outputs.select(members)
+            return text_span_from_stats(source, text_embeddings, n_texts=n_texts, criterion=criterion, **kwargs)
+        source = outputs if members is None else outputs[members]
+        return text_span(source, text_embeddings, n_texts=n_texts, criterion=criterion, **kwargs)
+
     if span != "weights":
         if span_bases is not None:
             raise ConfigError("span_bases is only used with span='weights'")
-        result = text_span(outputs, text_embeddings, n_texts=n_texts, rank=rank, criterion=criterion, span=span)
-        return result._replace(params={**result.params, "ranks": [result.params["rank"]] * outputs.shape[0]})
-    if span_bases is None or len(span_bases) != outputs.shape[0]:
-        raise ConfigError(f"span 'weights' needs one basis per head ({outputs.shape[0]}); use weight_span_bases")
+        return fit(None, rank=rank, span=span)
+    if span_bases is None or len(span_bases) != n_head:
+        raise ConfigError(f"span 'weights' needs one basis per head ({n_head}); use weight_span_bases")
     ranks = [int(basis.shape[0]) for basis in span_bases]
     if rank is not None and any(r != rank for r in ranks):
         raise ConfigError(f"--rank {rank} disagrees with the weights span, whose rank is {sorted(set(ranks))} "
@@ -217,11 +297,10 @@ def fit_text_span(
     parts = []
     for group_rank in sorted(set(ranks)):
         members = [i for i, r in enumerate(ranks) if r == group_rank]
-        group_outputs = outputs if len(members) == len(ranks) else outputs[members]
-        bases = torch.stack([span_bases[i] for i in members]).to(outputs.dtype)
-        parts.append((members, text_span(group_outputs, text_embeddings, n_texts=n_texts, criterion=criterion,
-                                         span="weights", span_bases=bases)))
-    return _merge(parts, outputs.shape[0], ranks)
+        dtype = torch.float32 if from_stats else outputs.dtype
+        bases = torch.stack([span_bases[i] for i in members]).to(dtype)
+        parts.append((members, fit(None if len(members) == n_head else members, span="weights", span_bases=bases)))
+    return _merge(parts, n_head, ranks)
 
 
 def _merge(parts: list[tuple[list[int], TextSpanResult]], n_head: int, ranks: list[int]) -> TextSpanResult:
@@ -254,7 +333,7 @@ def select_heads(result: TextSpanResult, rows: Sequence[int]) -> TextSpanResult:
 def rank_heads(scores: torch.Tensor, k: int | None = None) -> list[dict]:
     """Heads of a [layer, head] score matrix sorted by score, highest first: [{layer, head, score}]."""
     n_heads = scores.shape[1]
-    order = torch.argsort(scores.flatten(), descending=True)[: k or scores.numel()]
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)[: k or scores.numel()]  # ties: by index
     return [{"layer": int(i) // n_heads, "head": int(i) % n_heads, "score": float(scores.flatten()[i])} for i in order]
 
 
@@ -296,5 +375,6 @@ def image_head_texts(
     trace = trace_vit(visual, pixels)
     units = torch.nn.functional.normalize(text_embeddings.to(bundle.device).float(), dim=-1)
     scores = direct_effects(trace, fold_weights(visual), convention=convention, directions=units).scores()
-    values, indices = scores.heads[0, layer, index].topk(min(k, len(units)))
-    return [(int(i), float(v)) for v, i in zip(values.cpu(), indices.cpu())]
+    head_scores = scores.heads[0, layer, index].cpu()
+    indices = torch.argsort(head_scores, descending=True, stable=True)[:k]  # ties: lower text index first
+    return [(int(i), float(head_scores[i])) for i in indices]

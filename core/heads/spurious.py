@@ -81,10 +81,15 @@ def _read_metadata(path: Path) -> tuple[list[dict], list[str]]:
     if not path.is_file():
         raise DatasetError(f"no {METADATA} in {path.parent}: a grouped folder needs {METADATA} with file, label "
                            "and group columns (the Waterbirds layout)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        columns = [c.strip() for c in reader.fieldnames or []]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = [c.strip() for c in reader.fieldnames or []]
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    except csv.Error as err:
+        raise DatasetError(f"{path} is not a readable CSV table: {err}") from None
     return [{(k or "").strip(): (v or "") for k, v in row.items()} for row in rows], columns
 
 
@@ -118,14 +123,19 @@ def read_head_set(path: str | os.PathLike) -> tuple[list[Head], str]:
     """A head set file: {"heads": [[layer, head], ...], "provenance": "how they were chosen"}."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > 10_000_000:
+            raise ConfigError(f"{path} is too large to be a head set file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(f"head set file not found: {path}") from err
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a head set file") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path} is not a JSON head set ({err})") from err
     heads = data.get("heads") if isinstance(data, dict) else None
     if not isinstance(heads, list) or not heads or not all(
-            isinstance(h, list) and len(h) == 2 and all(isinstance(v, int) for v in h) for h in heads):
+            isinstance(h, list) and len(h) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in h)
+            for h in heads):
         raise ConfigError(f'{path} must hold {{"heads": [[layer, head], ...], "provenance": "..."}} with integer pairs')
     provenance = data.get("provenance")
     return [tuple(h) for h in heads], provenance if isinstance(provenance, str) else f"{path} (no provenance given)"
@@ -240,6 +250,16 @@ def spurious_report(
     early = tuple(range(max(0, bundle.info.n_layers - 4))) if paper_extras else ()
     ablations = [Ablation(name, mlps=paper_extras, attention_layers=early, heads=tuple(chosen)) for name, chosen in
                  [("chosen", heads)] + [(f"random {i}", s) for i, s in enumerate(random_sets)]]
+    correct, seen, skipped = _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_size, progress)
+    groups = torch.tensor(grouped.groups)[seen]
+    results = [group_accuracy(torch.cat(c), groups, len(grouped.group_names)) for c in correct]
+    return SpuriousReport(heads, provenance, results[0], results[1], random_sets, results[2:], list(grouped.classnames),
+                          list(grouped.group_names), len(seen), grouped.description, means.description,
+                          means_from_evaluated_set, means.convention, seed, list(random_layers), paper_extras, skipped)
+
+
+def _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_size, progress):
+    """(per condition, base first: bool tensors per batch; image indices seen; skipped files)."""
     labels = torch.tensor(grouped.labels)
     classifier = classifier.to(bundle.device)
     correct: list[list[torch.Tensor]] = [[] for _ in range(len(ablations) + 1)]
@@ -255,11 +275,7 @@ def spurious_report(
         seen += indices
     if not seen:
         raise DatasetError(f"no readable images in {grouped.description}")
-    groups = torch.tensor(grouped.groups)[seen]
-    results = [group_accuracy(torch.cat(c), groups, len(grouped.group_names)) for c in correct]
-    return SpuriousReport(heads, provenance, results[0], results[1], random_sets, results[2:], list(grouped.classnames),
-                          list(grouped.group_names), len(seen), grouped.description, means.description,
-                          means_from_evaluated_set, means.convention, seed, list(random_layers), paper_extras, skipped)
+    return correct, seen, skipped
 
 
 def describe_heads(heads: Sequence[Head]) -> str:

@@ -7,41 +7,65 @@ outputs over the images, then `n_texts` times pick the text whose direction
 captures the most of the remaining variation, deflate the outputs and
 Gram-Schmidt-deflate every text against it.
 
-How `text_span` computes it (same numbers as the literal loop, far cheaper):
+Sufficient statistics. Everything the loop needs is a quadratic form in the
+head outputs, so TextSpan runs from three per-head statistics over the images
+(`HeadStatistics`): the count n, the sum s [d_out] and the uncentred Gram
+matrix G = sum_k c_k c_k^T [d_out, d_out], in float64. The data span is
+the top eigenvectors of G (the right singular vectors of the uncentred
+outputs, as the paper code); the centred Gram matrix is C = G - s s^T / n;
+the std over images of <c, u> is sqrt(u^T C u / (n - 1)) and the variance
+explained by u is u^T C u / ||u||^2. Statistics of disjoint image sets add
+(`HeadStatistics.merge`), so they can be computed in shards or on several
+processes and reduced before `text_span_from_stats`. `text_span` computes
+them from a [head, image, d_out] tensor, a chunk of heads at a time.
 
-* Only the centred Gram matrix G = C^T C [d_out, d_out] of each head is
-  needed, because every quantity of the loop is a quadratic form in it:
-  the std over images of <c, u> is sqrt(u^T G u / (image - 1)), and the
-  variance explained by u is u^T G u / ||u||^2.
-* Every text lies in the head's span after projection, so the loop works in
-  span coordinates (orthonormal basis B [rank, d_out]): G becomes
-  B G B^T [rank, rank], and each deflation is a rank-1 update of it and of
-  two numbers per text (||u||^2 and u^T G u).
-* The deflated dictionary is never materialised: the dot products a step
+How the loop computes (same numbers as the literal loop, far cheaper):
+* it works in span coordinates (orthonormal basis B [rank, d_out]): C becomes
+  B C B^T [rank, rank], and each deflation is a rank-1 update of it and of
+  two numbers per text (||u||^2 and u^T C u);
+* the deflated dictionary is never materialised: the dot products a step
   needs are those of the undeflated texts with the current pick (deflation
   only removes directions orthogonal to it), one [text, d_out] x
-  [d_out, 2 * head] matmul for all heads per step, with no host
-  synchronisation inside the loop.
+  [d_out, 2 * head] matmul for all heads per step.
 
-Memory: the head outputs are read, never copied whole. Per-head statistics
-(mean, Gram, span, initial scores) are computed `chunk_heads` heads at a time
-in a float64 workspace of about 8 * (image*d_out + 3*d_out^2 + 3*text*rank)
-bytes per head (21 MB for 2,000 images, 3,498 texts, d_out 512, rank 80;
-the default chunk keeps it under `WORKSPACE_BYTES`). The loop then holds,
-for all heads together, the float64 texts once plus
-8 * (rank*d_out + rank^2 + 2*text) bytes per head (0.4 MB at that size).
+Reproducibility: deliberate differences from the paper code.
+* Numerical rank. The paper code projects the texts on the top 80 right
+  singular vectors, but a head's outputs have far lower numerical rank (the
+  toy model: 27 = head width 24 + 3 offsets; ViT-B-16: at most 64 + 3). The
+  remaining "span" directions are float32 rounding noise: which texts they
+  favour changes with the image order, the thread count and the machine, and
+  every pick after the first deflates along them. Here the span rank of each
+  head is capped at its numerical rank: the number of singular values of
+  the uncentred outputs above RANK_RTOL times the largest (measured on the
+  toy model and random-weight ViT-B-16: rounding noise sits at 2-3e-8 of the
+  largest singular value, the smallest genuine direction above 1e-5). The
+  rank actually used is reported per head (`params["ranks"]`).
+* Ties. Scores within TIE_RTOL of the best (relative), or within the noise
+  floor (RANK_RTOL * largest singular value)^2 of it, tie, and the lowest
+  pool index wins, so float noise never decides a pick (duplicate texts,
+  and steps where every remaining score is noise, pick by index).
+Other departures, inert on well-posed input: the span is computed in float64
+from the Gram matrix (eigh) rather than a float32 SVD, and a text whose
+deflated norm fell below `MIN_TEXT_NORM` (relative to the largest text
+embedding) is never picked, so duplicates of a chosen text cannot be picked
+for their rounding noise under the normalised criterion.
 
-Departures from the paper code, all inert on well-posed input: the span is
-computed in float64 from the Gram matrix (eigh) rather than a float32 SVD,
-and a text whose deflated norm fell below `MIN_TEXT_NORM` (relative to the
-largest text embedding) is never picked, so duplicates of a chosen text cannot
-be picked for their rounding noise under the normalised criterion.
+Memory: `text_span` reads the head outputs, never copies them whole. The
+statistics and span are computed `chunk_heads` heads at a time in a float64
+workspace of about 8 * (image*d_out + 4*d_out^2 + 3*text*rank) bytes per
+head (25 MB for 2,000 images, 3,498 texts, d_out 512, rank 80; the default
+chunk keeps it under `WORKSPACE_BYTES`). The loop then holds, for all heads
+together, the float64 texts once plus 8 * (rank*d_out + rank^2 + 2*text)
+bytes per head (0.4 MB at that size).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +76,71 @@ CRITERIA = ("std", "explained_variance")
 SPANS = ("data", "weights")
 DEFAULT_RANK = 80
 MIN_TEXT_NORM = 1e-4
+# A singular value of the uncentred head outputs counts towards the numerical rank when it exceeds
+# RANK_RTOL times the largest (about 8 float32 epsilons; rounding noise measured at 2-3e-8).
+RANK_RTOL = 1e-6
+# Scores within this fraction of the best one tie (the lowest pool index wins).
+TIE_RTOL = 1e-6
 WORKSPACE_BYTES = 128 * 2**20
+_THREADS = threading.RLock()
+
+
+@dataclass(frozen=True)
+class HeadStatistics:
+    """Sufficient statistics of head outputs over an image set, all TextSpan needs.
+
+    count: images; sum: [head, d_out] float64 sum over images of each head's
+    output c; gram: [head, d_out, d_out] float64 sum over images of c c^T
+    (uncentred). Statistics of disjoint image sets `merge` by adding them:
+    the result equals the statistics of the union up to float64 rounding,
+    bit for bit when partials are always added in the same order.
+    """
+
+    count: int
+    sum: torch.Tensor
+    gram: torch.Tensor
+
+    @classmethod
+    def from_outputs(cls, head_outputs: torch.Tensor) -> "HeadStatistics":
+        """Statistics of head_outputs [head, image, d_out] (any float dtype; accumulated in float64)."""
+        outputs = head_outputs.detach().to(torch.float64)
+        return cls(int(outputs.shape[1]), outputs.sum(1), outputs.mT @ outputs)
+
+    @classmethod
+    def zeros(cls, n_head: int, d_out: int, device: torch.device | str | None = None) -> "HeadStatistics":
+        """The statistics of no images (the identity of `merge`)."""
+        return cls(0, torch.zeros(n_head, d_out, dtype=torch.float64, device=device),
+                   torch.zeros(n_head, d_out, d_out, dtype=torch.float64, device=device))
+
+    def merge(self, other: "HeadStatistics") -> "HeadStatistics":
+        """The statistics of both image sets together (they must cover the same heads)."""
+        if self.sum.shape != other.sum.shape or self.gram.shape != other.gram.shape:
+            raise ConfigError(f"cannot merge head statistics of shapes {tuple(self.gram.shape)} and "
+                              f"{tuple(other.gram.shape)}: they must cover the same heads")
+        return HeadStatistics(self.count + other.count, self.sum + other.sum, self.gram + other.gram)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """[head, d_out] mean head output."""
+        return self.sum / self.count
+
+    def centred_gram(self) -> torch.Tensor:
+        """[head, d_out, d_out] sum over images of (c - mean)(c - mean)^T."""
+        return self.gram - self.sum[:, :, None] * self.mean[:, None, :]
+
+    def select(self, rows: Sequence[int] | slice) -> "HeadStatistics":
+        """The statistics of some heads (rows in this object's order)."""
+        rows = rows if isinstance(rows, slice) else list(rows)
+        return HeadStatistics(self.count, self.sum[rows], self.gram[rows])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """count [1] (int64), sum, gram: e.g. to save, or to all-reduce across processes."""
+        return {"count": torch.tensor([self.count]), "sum": self.sum, "gram": self.gram}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "HeadStatistics":
+        return cls(int(tensors["count"].reshape(-1)[0]), tensors["sum"].to(torch.float64),
+                   tensors["gram"].to(torch.float64))
 
 
 class TextSpanResult(NamedTuple):
@@ -67,7 +155,9 @@ class TextSpanResult(NamedTuple):
     directions: [head, n_texts, d_out], the deflated, mutually orthogonal
         (not unit) text directions actually used; `reconstruct` needs them.
     total_variance: [head], sum over images of ||c - mean||^2.
-    params: dict with criterion, span, rank and n_texts.
+    params: dict with criterion, span, rank (the requested rank: an upper
+        bound for span "data"), n_texts, ranks (the rank each head's span
+        actually had: its numerical rank when lower) and rank_rtol.
     """
 
     text_indices: torch.Tensor
@@ -96,13 +186,14 @@ def text_span(
         image representation, summed over tokens.
     text_embeddings: [text, d_out], L2-normalised text embeddings of the pool.
     rank: dimension of the span the texts are projected on. Default 80 for
-        span "data"; for span "weights" it is span_bases' rank (an explicit
-        value must agree).
+        span "data", where each head's span is further capped at the numerical
+        rank of its outputs (see the module docstring); for span "weights" it
+        is span_bases' rank (an explicit value must agree).
     criterion: "std" (paper code: std over images of the unnormalised dot
         product with the deflated text) or "explained_variance" (paper's
         stated objective: variance explained by the normalised direction).
-    span: "data" (top-`rank` right singular vectors of the uncentred head
-        outputs, as the paper code) or "weights" (rows of `span_bases`).
+    span: "data" (top right singular vectors of the uncentred head outputs,
+        as the paper code) or "weights" (rows of `span_bases`).
     span_bases: [head, rank, d_out], any basis (not necessarily orthonormal)
         of each head's span, e.g. from W_OV; only with span "weights".
     chunk_heads: heads whose statistics are computed together (the memory
@@ -110,30 +201,96 @@ def text_span(
         on all heads at once.
     Returns a TextSpanResult; floats in head_outputs' dtype. Raises
     ConfigError (TextError for a text pool of the wrong dimension) on bad input.
+    The result equals text_span_from_stats(HeadStatistics.from_outputs(head_outputs), ...).
     """
-    rank = _validate(head_outputs, text_embeddings, n_texts, rank, criterion, span, span_bases, chunk_heads)
+    _check_tensor("head_outputs", head_outputs, "[head, image, d_out]", 3)
     n_head, n_image, d_out = head_outputs.shape
+    rank = _validate(head_outputs.shape, text_embeddings, n_texts, rank, criterion, span, span_bases, chunk_heads)
     chunk = chunk_heads or _default_chunk_heads(n_image, len(text_embeddings), d_out, rank)
     texts = text_embeddings.to(head_outputs.device, torch.float64)
-    min_norm = MIN_TEXT_NORM * float(texts.norm(dim=1).max())
-    parts = []
+    states = []
     for start in range(0, n_head, chunk):
         heads = slice(start, start + chunk)
-        bases = None if span_bases is None else span_bases[heads]
-        parts.append(_head_statistics(head_outputs[heads], texts, bases, rank))
-    stats = _HeadStatistics(*(torch.cat(field) for field in zip(*parts)))
-    indices, captured_by_pick, picked = _greedy_select(texts, stats, n_texts, criterion, min_norm)
+        stats = HeadStatistics.from_outputs(head_outputs[heads])  # one large matmul: all threads
+        with _one_thread():
+            states.append(_span_state(stats, texts, None if span_bases is None else span_bases[heads], rank))
+    return _fit(states, texts, n_texts, rank, criterion, span, head_outputs.dtype)
+
+
+def text_span_from_stats(
+    stats: HeadStatistics,
+    text_embeddings: torch.Tensor,
+    *,
+    n_texts: int = 20,
+    rank: int | None = None,
+    criterion: str = "std",
+    span: str = "data",
+    span_bases: torch.Tensor | None = None,
+    chunk_heads: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TextSpanResult:
+    """TextSpan from the heads' sufficient statistics (e.g. merged over shards or processes).
+
+    Same arguments and result as `text_span` (which computes the statistics
+    from the outputs and then does exactly this), with stats in place of the
+    outputs; `dtype` is the dtype of the returned floats.
+    """
+    n_head, d_out = _check_statistics(stats)
+    rank = _validate((n_head, stats.count, d_out), text_embeddings, n_texts, rank, criterion, span, span_bases,
+                     chunk_heads)
+    chunk = chunk_heads or _default_chunk_heads(0, len(text_embeddings), d_out, rank)
+    texts = text_embeddings.to(stats.gram.device, torch.float64)
+    states = []
+    with _one_thread():
+        for start in range(0, n_head, chunk):
+            heads = slice(start, start + chunk)
+            bases = None if span_bases is None else span_bases[heads]
+            states.append(_span_state(stats.select(heads), texts, bases, rank))
+    return _fit(states, texts, n_texts, rank, criterion, span, dtype)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the eigendecompositions and the greedy loop's many small operations on one thread.
+
+    With several OpenMP threads each small operation ends in a barrier where the threads spin-wait
+    (libgomp's default wait policy); when another process holds a core, a thread is descheduled
+    inside that barrier and its partner spins through whole time slices. Measured (bench.textspan
+    --contention): the 48-head call took 8x its quiet CPU time; the batched 512 x 512 eigh
+    (LAPACK syevd) alone took 7x. On one thread these steps cost about what they cost on two
+    (they are latency-bound), so only the Gram matrices (one large matmul per chunk) use all threads.
+    torch.set_num_threads is per thread (OpenMP/MKL) but also updates a process default, hence the lock.
+    """
+    with _THREADS:
+        before = torch.get_num_threads()
+        if before == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def _fit(states, texts, n_texts, rank, criterion, span, dtype) -> TextSpanResult:
+    """The greedy loop over the heads' span states, packed as a TextSpanResult."""
+    state = _SpanState(*(torch.cat(field) for field in zip(*states)))
+    _check_ranks(state.ranks, n_texts, span)
+    min_norm = MIN_TEXT_NORM * float(texts.norm(dim=1).max())
+    with _one_thread():
+        indices, captured_by_pick, picked = _greedy_select(texts, state, n_texts, criterion, min_norm)
     _check_no_degenerate_pick(picked, min_norm)
-    explained = captured_by_pick / stats.total.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-    dtype = head_outputs.dtype
+    explained = captured_by_pick / state.total.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
     return TextSpanResult(
         text_indices=indices,
         variance_explained=explained.to(dtype),
         cumulative_variance=explained.cumsum(1).to(dtype),
-        mean=stats.mean.to(dtype),
-        directions=(picked @ stats.basis).to(dtype),
-        total_variance=stats.total.to(dtype),
-        params={"criterion": criterion, "span": span, "rank": rank, "n_texts": n_texts},
+        mean=state.mean.to(dtype),
+        directions=(picked @ state.basis).to(dtype),
+        total_variance=state.total.to(dtype),
+        params={"criterion": criterion, "span": span, "rank": rank, "n_texts": n_texts,
+                "ranks": state.ranks.tolist(), "rank_rtol": RANK_RTOL},
     )
 
 
@@ -179,38 +336,49 @@ def text_span_reference(
     text_embeddings: torch.Tensor,
     *,
     n_texts: int = 20,
-    rank: int | None = None,
+    rank: int | Sequence[int] | None = None,
     criterion: str = "std",
     span: str = "data",
     span_bases: torch.Tensor | None = None,
 ) -> tuple[TextSpanResult, torch.Tensor]:
     """Slow, literal per-head port of the paper code, kept to test `text_span`.
 
-    Same arguments as `text_span`. Returns (result, reconstruction) where
-    reconstruction [head, image, d_out] is the paper code's Ĉ.
+    Same arguments as `text_span`, except that the data span's rank is taken
+    literally (never capped at the numerical rank) and may be one per head,
+    e.g. a text_span result's params["ranks"]. Picks follow the same tie rule.
+    Returns (result, reconstruction) where reconstruction [head, image, d_out]
+    is the paper code's Ĉ.
     """
-    rank = _validate(head_outputs, text_embeddings, n_texts, rank, criterion, span, span_bases, None)
+    ranks = None if rank is None or isinstance(rank, int) else [int(r) for r in rank]
+    if ranks is not None and len(ranks) != head_outputs.shape[0]:
+        raise ConfigError(f"give one rank per head ({head_outputs.shape[0]}), got {len(ranks)}")
+    _check_tensor("head_outputs", head_outputs, "[head, image, d_out]", 3)
+    rank = _validate(head_outputs.shape, text_embeddings, n_texts, max(ranks) if ranks else rank, criterion, span,
+                     span_bases, None)
     texts = text_embeddings.detach().cpu().float().numpy()
     min_norm = MIN_TEXT_NORM * float(np.linalg.norm(texts, axis=1).max())
     per_head = []
     for head in range(head_outputs.shape[0]):
         data = head_outputs[head].detach().cpu().float().numpy()
         if span == "data":
-            vh = np.linalg.svd(data, full_matrices=False)[2][:rank]
+            singular, vh = np.linalg.svd(data, full_matrices=False)[1:]
+            vh = vh[: ranks[head] if ranks else rank]
         else:
-            vh = span_bases[head].detach().cpu().float().numpy()
-        per_head.append(_reference_head(data, texts, vh, n_texts, criterion, min_norm))
+            singular, vh = np.linalg.norm(data, 2)[None], span_bases[head].detach().cpu().float().numpy()
+        floor = float(RANK_RTOL * singular[0]) ** 2
+        per_head.append(_reference_head(data, texts, vh, n_texts, criterion, min_norm, floor))
     fields = [torch.stack([torch.as_tensor(h[i]) for h in per_head]) for i in range(6)]
     indices, explained, mean, directions, total, reconstruction = fields
     result = TextSpanResult(
         indices, explained, explained.cumsum(1), mean, directions, total,
-        {"criterion": criterion, "span": span, "rank": rank, "n_texts": n_texts},
+        {"criterion": criterion, "span": span, "rank": rank, "n_texts": n_texts,
+         "ranks": ranks or [rank] * len(per_head), "rank_rtol": RANK_RTOL},
     )
     return result, reconstruction
 
 
-def _reference_head(data, text_features, vh, iters, criterion, min_norm):
-    """One head, line by line as `replace_with_iterative_removal` (plus criterion and norm guard)."""
+def _reference_head(data, text_features, vh, iters, criterion, min_norm, floor):
+    """One head, line by line as `replace_with_iterative_removal` (plus criterion, norm guard and tie rule)."""
     text_features = vh.T.dot(np.linalg.inv(vh.dot(vh.T)).dot(vh)).dot(text_features.T).T
     data = torch.from_numpy(data).float()
     mean_data = data.mean(dim=0, keepdim=True)
@@ -222,9 +390,11 @@ def _reference_head(data, text_features, vh, iters, criterion, min_norm):
     for _ in range(iters):
         projection = data @ text_features.T
         norms = text_features.norm(dim=1)
-        score = projection.std(dim=0) if criterion == "std" else projection.square().sum(0) / norms.square()
-        score[norms < min_norm] = -math.inf
-        top_n = int(torch.argmax(score))
+        if criterion == "std":  # the tie rule compares variances: std^2 (n - 1)
+            score = projection.std(dim=0).double().square() * (data.shape[0] - 1)
+        else:
+            score = projection.square().sum(0).double() / norms.double().square()
+        top_n = int(_first_best(score[None], (norms >= min_norm)[None], torch.tensor([floor]))[0])
         text_norm = text_features[top_n] @ text_features[top_n]
         kappa = data @ text_features[top_n] / text_norm
         component = kappa[:, None] * text_features[top_n][None, :]
@@ -237,13 +407,29 @@ def _reference_head(data, text_features, vh, iters, criterion, min_norm):
     return indices, explained, mean_data[0], torch.stack(directions), total, reconstruction
 
 
-class _HeadStatistics(NamedTuple):
-    """What the greedy loop needs from each head's outputs (all float64).
+def _first_best(score: torch.Tensor, valid: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """[head] lowest index whose score ties with the best valid one; score, valid [head, text], floor [head].
+
+    A score ties when it is within TIE_RTOL of the best (relative) or within the noise floor of it.
+    """
+    score = score.masked_fill(~valid, -math.inf)
+    best = score.amax(dim=1, keepdim=True)
+    margin = TIE_RTOL * best.abs() + floor.to(score.dtype)[:, None]
+    tied = score >= torch.where(torch.isfinite(best), best - margin, best)
+    positions = torch.arange(score.shape[1], device=score.device)
+    return torch.where(tied, positions, score.shape[1]).amin(dim=1).clamp_max(score.shape[1] - 1)
+
+
+class _SpanState(NamedTuple):
+    """What the greedy loop needs from each head's statistics (all float64).
 
     mean [head, d_out]; total [head] (sum of squared centred outputs);
-    basis [head, rank, d_out] orthonormal span; span_gram [head, rank, rank]
-    centred Gram matrix in span coordinates; captured [head, text] ||C u||^2
-    and sq_norm [head, text] ||u||^2 of every text u projected on the span.
+    basis [head, rank, d_out] orthonormal span, rows beyond the head's own
+    rank zero; span_gram [head, rank, rank] centred Gram matrix in span
+    coordinates; captured [head, text] u^T C u and sq_norm [head, text]
+    ||u||^2 of every text u projected on the span; ranks [head] (long) the
+    span rank of each head; floor [head] the noise floor of a variance,
+    (RANK_RTOL * largest singular value)^2.
     """
 
     mean: torch.Tensor
@@ -252,31 +438,41 @@ class _HeadStatistics(NamedTuple):
     span_gram: torch.Tensor
     captured: torch.Tensor
     sq_norm: torch.Tensor
+    ranks: torch.Tensor
+    floor: torch.Tensor
 
 
-def _head_statistics(outputs, texts, span_bases, rank) -> _HeadStatistics:
-    """Statistics of a chunk of heads; outputs [head, image, d_out], texts [text, d_out] float64."""
-    centred = outputs.to(torch.float64)
-    mean = centred.mean(dim=1)
-    centred = centred.sub_(mean[:, None, :]) if centred is not outputs else centred - mean[:, None, :]
-    gram = centred.mT @ centred
-    del centred
+def _span_state(stats: HeadStatistics, texts, span_bases, rank) -> _SpanState:
+    """Span, statistics in span coordinates and initial scores of a chunk of heads; texts [text, d_out] float64."""
+    centred = stats.centred_gram()
     if span_bases is None:
-        basis = _top_right_singular_vectors(gram, mean, outputs.shape[1], rank)
+        basis, ranks, largest = _numerical_span(stats.gram, rank)
     else:
-        basis = _orthonormal_rows(span_bases.to(outputs.device, torch.float64))
-    span_gram = basis @ gram @ basis.mT
+        basis = _orthonormal_rows(span_bases.to(stats.gram.device, torch.float64))
+        ranks = torch.full((len(basis),), basis.shape[1], dtype=torch.long, device=basis.device)
+        largest = torch.linalg.eigvalsh(stats.gram)[:, -1]
+    span_gram = basis @ centred @ basis.mT
     coords = texts @ basis.mT  # [head, text, rank], only while this chunk is processed
     captured = ((coords @ span_gram) * coords).sum(-1)
-    total = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return _HeadStatistics(mean, total, basis, span_gram, captured, coords.square().sum(-1))
+    total = centred.diagonal(dim1=-2, dim2=-1).sum(-1)
+    floor = RANK_RTOL**2 * largest.clamp_min(0)
+    return _SpanState(stats.mean, total, basis, span_gram, captured, coords.square().sum(-1), ranks, floor)
 
 
-def _top_right_singular_vectors(centred_gram, mean, n_image, rank):
-    """[head, rank, d_out] top right singular vectors of the uncentred outputs, via the Gram matrix."""
-    uncentred_gram = centred_gram + n_image * mean[:, :, None] * mean[:, None, :]
-    _, eigenvectors = torch.linalg.eigh(uncentred_gram)
-    return eigenvectors[..., -rank:].mT
+def _numerical_span(uncentred_gram, rank):
+    """Top right singular vectors of the uncentred outputs, capped at their numerical rank.
+
+    Returns basis [head, rank, d_out] (rows beyond a head's numerical rank are zero), ranks [head]
+    and the largest eigenvalue of the Gram matrix (largest singular value squared) [head].
+    A singular value s counts when s > RANK_RTOL * s_max, i.e. eigenvalue > RANK_RTOL^2 * its largest.
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh(uncentred_gram)
+    largest = eigenvalues[:, -1]
+    numerical = (eigenvalues > RANK_RTOL**2 * largest.clamp_min(0)[:, None]).sum(-1)
+    ranks = numerical.clamp(max=rank)
+    basis = eigenvectors[..., -rank:].flip(-1).mT
+    keep = torch.arange(rank, device=basis.device) < ranks[:, None]
+    return basis * keep[:, :, None], ranks, largest
 
 
 def _orthonormal_rows(bases):
@@ -288,7 +484,7 @@ def _orthonormal_rows(bases):
     return vh
 
 
-def _greedy_select(texts, stats: _HeadStatistics, n_texts, criterion, min_norm):
+def _greedy_select(texts, state: _SpanState, n_texts, criterion, min_norm):
     """The greedy loop, all heads at once, in span coordinates.
 
     texts: [text, d_out] float64, shared by all heads: the deflated dictionary
@@ -299,21 +495,20 @@ def _greedy_select(texts, stats: _HeadStatistics, n_texts, criterion, min_norm):
     (a sum over images, not a fraction) and the picked deflated texts
     [head, n_texts, rank].
     """
-    n_head, rank, _ = stats.basis.shape
-    heads = torch.arange(n_head, device=texts.device)
-    captured, sq_norm, span_gram = stats.captured, stats.sq_norm, stats.span_gram
+    n_head, rank, _ = state.basis.shape
+    captured, sq_norm, span_gram = state.captured, state.sq_norm, state.span_gram
     units = texts.new_zeros(n_head, n_texts, rank)
     indices, captured_by_pick, picked = [], [], []
     for step in range(n_texts):
         score = captured if criterion == "std" else captured / sq_norm.clamp_min(min_norm**2)
-        pick = score.masked_fill(sq_norm < min_norm**2, -math.inf).argmax(dim=1)
-        chosen = _deflated_texts(texts[pick], stats.basis, units)
+        pick = _first_best(score, sq_norm >= min_norm**2, state.floor)
+        chosen = _deflated_texts(texts[pick], state.basis, units)
         chosen_sq_norm = chosen.square().sum(-1).clamp_min(min_norm**2)
         indices.append(pick)
         picked.append(chosen)
         captured_by_pick.append(_quadratic_form(span_gram, chosen) / chosen_sq_norm)
         units[:, step] = chosen / chosen_sq_norm.sqrt()[:, None]
-        captured, sq_norm, span_gram = _deflate(texts, stats.basis, captured, sq_norm, span_gram, units[:, step])
+        captured, sq_norm, span_gram = _deflate(texts, state.basis, captured, sq_norm, span_gram, units[:, step])
     return torch.stack(indices, 1), torch.stack(captured_by_pick, 1), torch.stack(picked, 1)
 
 
@@ -356,21 +551,47 @@ def _check_no_degenerate_pick(picked, min_norm):
         )
 
 
+def _check_ranks(ranks, n_texts, span) -> None:
+    """Raise unless every head's span holds n_texts directions; ranks [head] long."""
+    low = [(head, rank) for head, rank in enumerate(ranks.tolist()) if rank < n_texts]
+    if low:
+        head, rank = low[0]
+        what = ("numerical rank of its outputs (singular values above " f"{RANK_RTOL:g} of the largest)"
+                if span == "data" else "rank of its span")
+        raise ConfigError(
+            f"n_texts ({n_texts}) exceeds the {what} of {len(low)} head(s), e.g. row {head}: {rank}; "
+            f"beyond it the picks would be rounding noise; lower n_texts to at most {min(r for _, r in low)}"
+        )
+
+
 def _default_chunk_heads(n_image, n_text, d_out, rank):
     """Heads per chunk so the float64 workspace stays under WORKSPACE_BYTES."""
-    per_head = 8 * (n_image * d_out + 3 * d_out * d_out + 3 * n_text * rank)
+    per_head = 8 * (n_image * d_out + 4 * d_out * d_out + 3 * n_text * rank)
     return max(1, WORKSPACE_BYTES // per_head)
 
 
-def _validate(head_outputs, text_embeddings, n_texts, rank, criterion, span, span_bases, chunk_heads) -> int:
-    """Check every argument; return the effective rank."""
+def _check_statistics(stats) -> tuple[int, int]:
+    """(head, d_out) of valid HeadStatistics."""
+    if not isinstance(stats, HeadStatistics):
+        raise ConfigError(f"stats must be HeadStatistics, got {type(stats).__name__}")
+    _check_tensor("stats.sum", stats.sum, "[head, d_out]", 2)
+    _check_tensor("stats.gram", stats.gram, "[head, d_out, d_out]", 3)
+    n_head, d_out = stats.sum.shape
+    if stats.gram.shape != (n_head, d_out, d_out):
+        raise ConfigError(f"stats.gram must have shape [head={n_head}, {d_out}, {d_out}], got {tuple(stats.gram.shape)}")
+    if not isinstance(stats.count, int) or isinstance(stats.count, bool) or stats.count < 0:
+        raise ConfigError(f"stats.count must be a non-negative integer, got {stats.count!r}")
+    return n_head, d_out
+
+
+def _validate(shape, text_embeddings, n_texts, rank, criterion, span, span_bases, chunk_heads) -> int:
+    """Check every argument against outputs of shape [head, image, d_out]; return the requested rank."""
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if span not in SPANS:
         raise ConfigError(f"unknown span {span!r}; choose one of {', '.join(SPANS)}")
-    _check_tensor("head_outputs", head_outputs, "[head, image, d_out]", 3)
     _check_tensor("text_embeddings", text_embeddings, "[text, d_out]", 2)
-    n_head, n_image, d_out = head_outputs.shape
+    n_head, n_image, d_out = shape
     n_text = text_embeddings.shape[0]
     if text_embeddings.shape[1] != d_out:
         raise TextError(
@@ -381,7 +602,7 @@ def _validate(head_outputs, text_embeddings, n_texts, rank, criterion, span, spa
         raise ConfigError(f"need at least one head and one text, got {n_head} heads and {n_text} texts")
     if n_image < 2:
         raise ConfigError(f"need at least 2 images to measure variance, got {n_image}")
-    rank = _check_span(span, span_bases, rank, head_outputs.shape)
+    rank = _check_span(span, span_bases, rank, shape)
     _check_positive_int("n_texts", n_texts)
     if n_texts > n_text:
         raise ConfigError(f"n_texts ({n_texts}) exceeds the number of texts in the pool ({n_text}); lower n_texts")

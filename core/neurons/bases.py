@@ -20,20 +20,19 @@ The manifest's `algorithms["neurons"]` records k, terms, dictionary mode, mode, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-from core.world import scenes as world
 from core.artifacts.store import Artifact, ArtifactWriter, check_text_pool, load_artifact, text_pool_identity
-from core.errors import BasesError, ConfigError, check_index
-from core.engine.images import image_files, iter_image_batches, load_image
+from core.errors import BasesError, ConfigError
+from core.engine.imagesets import ImageSet  # noqa: F401  (the image-set type, named here for existing callers)
 from core.engine.models import ClipBundle
-from core.neurons.stats import (DEFAULT_K, NeuronStats, Progress, check_k, neuron_means, neuron_top_deviations,
+from core.neurons.stats import (DEFAULT_K, NeuronStats, Progress, check_k, first_principal_components,
+                                neuron_means, neuron_top_deviations,
                                 stats_from_tensors)
 from core.neurons.texts import (ABLATIONS, DEFAULT_DICTIONARY, SPARSE_ABLATION, NeuronTexts, check_dictionary_mode,
                           decompose_neurons, default_terms, neuron_ablation_accuracies, text_dictionary)
@@ -41,82 +40,8 @@ from core.neurons.second_order import COEFFICIENT, check_layer
 from core.engine.text import encode_texts
 
 ALGORITHM = "neurons"
-WORLD_IMAGE_SIZE = 64
 BUILD_COMMAND = ("python -m core neurons --model {spec} --layer L --images DIR --texts FILE --out DIR "
                  "(then pass --bases DIR, or set CLIPSCOPE_BASES={spec}=DIR)")
-
-
-# ---------------------------------------------------------------- image sets
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Images that statistics are computed over; ids are positions in the set.
-
-    kind "world": `count` generated scenes (core.world.scenes) of one split and seed, re-rendered on demand.
-    kind "folder": the image files under `root`, sorted (paths stored relative to root).
-    """
-
-    kind: str
-    description: str
-    count: int
-    params: dict = field(default_factory=dict)
-
-    @classmethod
-    def world(cls, n: int, seed: int = 0, split: str = "train") -> "ImageSet":
-        world.sample_scenes(1, seed, split=split)  # validates split and seed early
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"the number of world scenes must be a positive integer, got {n!r}")
-        return cls("world", f"{n} generated world scenes ({split} split, seed {seed}, world v{world.WORLD_VERSION})",
-                   n, {"n": n, "seed": seed, "split": split, "world_version": world.WORLD_VERSION})
-
-    @classmethod
-    def folder(cls, root: str | Path) -> "ImageSet":
-        root = Path(root).resolve()
-        files = [p.relative_to(root).as_posix() for p in image_files(root)]
-        return cls("folder", f"{len(files)} images under {root}", len(files), {"root": str(root), "files": files})
-
-    @classmethod
-    def from_record(cls, record: dict) -> "ImageSet":
-        try:
-            return cls(record["kind"], record["description"], int(record["count"]), dict(record["params"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise BasesError(f"the bases' image set record is malformed ({err}): rebuild the bases") from err
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": self.kind, "description": self.description, "count": self.count, "params": self.params}
-
-    def identity(self) -> dict[str, Any]:
-        """The `image_set` entry of the artifact manifest."""
-        return {"description": self.description, "count": self.count}
-
-    def _scenes(self):
-        return world.sample_scenes(self.params["n"], self.params["seed"], split=self.params["split"])
-
-    def batches(self, preprocess: Callable, batch_size: int = 32, skipped: list[str] | None = None,
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(ids [batch], pixels [batch, 3, H, W]) through the model's own preprocessing."""
-        if self.kind == "folder":
-            paths = [Path(self.params["root"]) / name for name in self.params["files"]]
-            for ids, pixels in iter_image_batches(paths, preprocess, batch_size, skipped=skipped):
-                yield torch.tensor(ids), pixels
-            return
-        scenes = self._scenes()
-        for start in range(0, len(scenes), batch_size):
-            chunk = scenes[start:start + batch_size]
-            images, _ = world.render_batch(chunk, WORLD_IMAGE_SIZE)
-            pixels = torch.stack([preprocess(Image.fromarray(image)) for image in images])
-            yield torch.arange(start, start + len(chunk)), pixels
-
-    def n_batches(self, batch_size: int) -> int:
-        return -(-self.count // batch_size)
-
-    def image(self, index: int) -> Image.Image:
-        """The image with id `index` (a world scene is re-rendered; a file must still exist)."""
-        check_index("image id", index, self.count)
-        if self.kind == "folder":
-            return load_image(Path(self.params["root"]) / self.params["files"][index])
-        scene = world.sample_scenes(index + 1, self.params["seed"], split=self.params["split"])[index]
-        return Image.fromarray(world.render(scene, WORLD_IMAGE_SIZE)[0])
 
 
 # ---------------------------------------------------------------- one layer's basis
@@ -146,23 +71,49 @@ def neuron_layers(artifact: Artifact) -> list[int]:
     if not params:
         raise BasesError(f"the bases at {artifact.path} hold no neuron statistics; build them with "
                          + BUILD_COMMAND.format(spec=artifact.manifest["model"]["spec"]))
-    return [int(layer) for layer in params["layers"]]
+    layers = params.get("layers") if isinstance(params, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(layer, int) and not isinstance(layer, bool)
+                                               for layer in layers):
+        raise BasesError(f"the bases at {artifact.path} record neuron layers {layers!r}, not a list of integers: "
+                         "the manifest was edited; rebuild the bases")
+    return list(layers)
 
 
-def load_neuron_basis(artifact: Artifact, layer: int) -> NeuronBasis:
-    """Layer `layer` of a verified artifact; the stored texts must match the manifest's text pool."""
+_NEURON_SHAPES = {"pcs": ("neuron", "d_out"), "thresholds": ("neuron",), "top_images": ("neuron", "k"),
+                  "top_norms": ("neuron", "k"), "pc_variance": ("neuron",)}
+_SPARSE_SHAPES = {"indices": ("neuron", "terms"), "coefficients": ("neuron", "terms"),
+                  "reconstruction_cosine": ("neuron",)}
+
+
+def load_neuron_basis(artifact: Artifact, layer: int, model_info=None) -> NeuronBasis:
+    """Layer `layer` of a verified artifact; the stored texts must match the manifest's text pool.
+
+    Every tensor's shape (against `model_info`'s d_mlp and d_out when given) and every stored index is
+    checked, so a tampered file whose hashes were recomputed fails here with a BasesError.
+    """
     layers = neuron_layers(artifact)
     if layer not in layers:
         raise ConfigError(f"the bases at {artifact.path} have neuron statistics for layer(s) "
                           f"{', '.join(map(str, layers))}, not layer {layer}")
     params = artifact.manifest["algorithms"][ALGORITHM]
     texts = artifact.json("texts")
+    if not isinstance(texts, list):
+        raise BasesError(f"extra/texts.json in {artifact.path} is not a list of texts: rebuild the bases")
     check_text_pool(artifact, texts)
+    missing = [key for key in ("mode", "coefficient", "dictionary", "terms", "k") if key not in params]
+    if missing:
+        raise BasesError(f"the bases at {artifact.path} lack neuron parameters {', '.join(missing)}: rebuild them")
     image_set = ImageSet.from_record(artifact.json("image_set"))
-    stats = _stats_from_store(layer, artifact.tensors(f"neurons_L{layer}"),
-                              artifact.tensors(f"neuron_means_L{layer}")["mean"], n_images=image_set.count,
+    sizes = {"neuron": model_info.d_mlp, "d_out": model_info.d_out} if model_info is not None else {}
+    stored = artifact.tensors(f"neurons_L{layer}", _NEURON_SHAPES, sizes, integer=("top_images",),
+                              below={"top_images": image_set.count})
+    sizes = {"neuron": stored["pcs"].shape[0], "d_out": stored["pcs"].shape[1]}
+    means = artifact.tensors(f"neuron_means_L{layer}", {"mean": ("neuron", "d_out")}, sizes)
+    stats = _stats_from_store(layer, stored, means["mean"], n_images=image_set.count,
                               mode=params["mode"], coefficient=params["coefficient"])
-    words = _words_from_store(artifact.tensors(f"sparse_L{layer}"), params["dictionary"])
+    sparse = artifact.tensors(f"sparse_L{layer}", _SPARSE_SHAPES, {"neuron": sizes["neuron"]}, integer=("indices",),
+                              below={"indices": len(texts)})
+    words = _words_from_store(sparse, params["dictionary"])
     provenance = {"model": artifact.manifest["model"]["spec"], "random_init": artifact.manifest["model"]["random_init"],
                   "layer": layer, "image_set": image_set.description,
                   "text_pool": artifact.manifest["text_pool"]["name"], "text_count": len(texts),
@@ -174,14 +125,14 @@ def load_neuron_basis(artifact: Artifact, layer: int) -> NeuronBasis:
 
 def find_neuron_bases(bundle: ClipBundle, source: str | None = None) -> Artifact:
     """The neuron bases for this model: `source`, else $CLIPSCOPE_BASES / the shipped default."""
-    from core.artifacts.hub import resolve_bases_source
+    from core.artifacts.hub import load_bases, resolve_bases_source
 
     spec = bundle.info.spec
     resolved = resolve_bases_source(spec, source)
     if resolved is None:
         raise BasesError(f"no neuron bases are configured for model {spec}: build them with "
                          + BUILD_COMMAND.format(spec=spec))
-    artifact = load_artifact(resolved, expect_model=bundle.info.identity())
+    artifact = load_bases(resolved, expect_model=bundle.info.identity())
     neuron_layers(artifact)
     return artifact
 
@@ -295,6 +246,50 @@ def _write_once(writer: ArtifactWriter, name: str, write: Callable[[], None]) ->
 
 def _read_tensors(writer: ArtifactWriter, group: str) -> dict[str, torch.Tensor]:
     return load_file(writer.path / "tensors" / f"{group}.safetensors")
+
+
+def write_neuron_layer(
+    writer: ArtifactWriter, layer: int, *, mean: torch.Tensor, count: int, top_norms: torch.Tensor,
+    top_images: torch.Tensor, top_vectors: torch.Tensor, embeddings: torch.Tensor, n_terms: int,
+    options: BuildOptions = BuildOptions(), progress: Progress | None = None,
+) -> tuple[NeuronStats, NeuronTexts]:
+    """Write one layer's groups from merged statistics (the sharded build's last step).
+
+    mean [neuron, d_out] as stored (STORED_FLOAT values); top_norms, top_images [neuron, k] and
+    top_vectors [neuron, k, d_out] best first. The first PCs are computed here, once, in float64.
+    """
+    means_group, stats_group, sparse_group = f"neuron_means_L{layer}", f"neurons_L{layer}", f"sparse_L{layer}"
+    writer.add_tensors(means_group, {"mean": mean.to(STORED_FLOAT), "count": torch.tensor(count)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # LAPACK's last bits depend on the thread count; the k x k eigh is cheap
+    try:
+        pcs, share = first_principal_components(top_vectors)
+    finally:
+        torch.set_num_threads(threads)
+    stats = NeuronStats(layer=layer, mean=mean.float(), pcs=pcs, thresholds=top_norms[:, -1].clone(),
+                        top_images=top_images, top_norms=top_norms, pc_variance=share, n_images=count,
+                        mode=options.mode, coefficient=options.coefficient)
+    writer.add_tensors(stats_group, _stats_to_store(stats))
+    stats = _stats_from_store(layer, _read_tensors(writer, stats_group), mean.float(), n_images=count,
+                              mode=options.mode, coefficient=options.coefficient)
+    if not writer.has(sparse_group):
+        words = decompose_neurons(stats.pcs.cpu(), embeddings.cpu(), n_terms=n_terms,
+                                  dictionary_mode=options.dictionary, progress=progress)
+        writer.add_tensors(sparse_group, _words_to_store(words))
+    return stats, _words_from_store(_read_tensors(writer, sparse_group), options.dictionary)
+
+
+def write_neuron_tables(writer: ArtifactWriter, layers: list[int], texts: list[str], image_set: ImageSet,
+                        layer_results: dict[int, tuple[NeuronStats, NeuronTexts]]) -> dict[str, float]:
+    """The text pool, image set and terms table of a build whose layers are written; returns metrics."""
+    _write_once(writer, "texts", lambda: writer.add_json("texts", texts))
+    _write_once(writer, "image_set", lambda: writer.add_json("image_set", image_set.record()))
+    writer.add_table("neuron_terms", _terms_rows(writer, layers, texts))
+    metrics: dict[str, float] = {}
+    for layer, (stats, words) in layer_results.items():
+        metrics[f"L{layer}_reconstruction_cosine_mean"] = float(words.reconstruction_cosine.mean())
+        metrics[f"L{layer}_pc_variance_mean"] = float(stats.pc_variance.mean())
+    return metrics
 
 
 def _build_layer(bundle, writer, layer, image_set, embeddings, n_terms, options, progress, log):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.engine.labels import neuron_label
 from core.errors import ConfigError
 from core.neurons.stats import NeuronStats
 from core.neurons.texts import NeuronTexts
@@ -35,7 +36,7 @@ class Concepts:
 
     def as_dict(self) -> dict:
         return {"layer": self.layer,
-                "activated": [{"neuron": n, "norm": v, "threshold": t}
+                "activated": [{"neuron": n, "label": neuron_label(self.layer, n), "norm": v, "threshold": t}
                               for n, v, t in zip(self.neurons, self.norms, self.thresholds)],
                 "words": [{"text": text, "score": score} for text, score in self.words]}
 
@@ -50,16 +51,27 @@ def word_scores(norms: torch.Tensor, active: torch.Tensor, words: NeuronTexts, n
     return scores
 
 
-def discover_concepts(phi: torch.Tensor, stats: NeuronStats, words: NeuronTexts, texts: list[str], *,
-                      top: int = 10) -> Concepts:
-    """Concepts of one image from its effects phi [neuron, d_out] (same convention as `stats`)."""
+def effect_sizes(phi: torch.Tensor, stats: NeuronStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|Delta_n(I)| [neuron], tau_n [neuron]) on the CPU for one image's effects phi [neuron, d_out]."""
     if phi.ndim != 2 or phi.shape != stats.mean.shape:
         raise ConfigError(f"phi must be one image's effects [neuron, d_out] = {list(stats.mean.shape)}, "
                           f"got {list(phi.shape)}")
+    norms = (phi.float() - stats.mean.to(phi.device).float()).norm(dim=-1).cpu()
+    return norms, stats.thresholds.float().cpu()
+
+
+def discover_concepts(phi: torch.Tensor, stats: NeuronStats, words: NeuronTexts, texts: list[str], *,
+                      top: int = 10, scale: float = 1.0) -> Concepts:
+    """Concepts of one image from its effects phi [neuron, d_out] (same convention as `stats`).
+
+    `scale` multiplies every threshold (1: the paper's rule; above 1 keeps only stronger activations).
+    """
     if top < 1:
         raise ConfigError(f"top must be at least 1, got {top}")
-    norms = (phi.float() - stats.mean).norm(dim=-1).cpu()
-    thresholds = stats.thresholds.float().cpu()
+    if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise ConfigError(f"the threshold scale must be a positive number, got {scale!r}")
+    norms, thresholds = effect_sizes(phi, stats)
+    thresholds = thresholds * scale
     active = norms > thresholds
     scores = word_scores(norms, active, words, len(texts))
     order = scores.argsort(descending=True)[:top]
@@ -69,11 +81,11 @@ def discover_concepts(phi: torch.Tensor, stats: NeuronStats, words: NeuronTexts,
     return Concepts(stats.layer, neurons.tolist(), norms[neurons].tolist(), thresholds[neurons].tolist(), ranked)
 
 
-def image_concepts(bundle, basis, image, *, top: int = 10) -> Concepts:
+def image_concepts(bundle, basis, image, *, top: int = 10, scale: float = 1.0) -> Concepts:
     """Concepts of a PIL image for one layer's `core.neurons.bases.NeuronBasis`."""
     from core.neurons.texts import image_effects
 
     pixels = bundle.preprocess(image)[None]
     phi, _ = image_effects(bundle.model.visual, basis.stats.layer, pixels, mode=basis.stats.mode,
                            coefficient=basis.stats.coefficient)
-    return discover_concepts(phi[0], basis.stats, basis.words, basis.texts, top=top)
+    return discover_concepts(phi[0], basis.stats, basis.words, basis.texts, top=top, scale=scale)

@@ -7,9 +7,17 @@ For every neuron n of one MLP layer, over D images:
     top-k       the k images with the largest |Delta_n(I)| (default 100)   ids, norms [neuron, k]
     tau_n       the k-th largest |Delta_n| (the "significant" threshold)   [neuron]
     r_n         first right singular vector of the k x d_out matrix of those deviations,
-                uncentred; signed so that MORE than k/2 of them project positively (ties:
-                so that their projections sum positive)
+                uncentred; signed so that MORE than k/2 of them project positively (rows at
+                zero abstain; ties: so that their projections sum positive; then: its largest
+                entry positive)
     pc_variance sigma_1^2 / sum sigma_i^2 of that matrix (its share of the top-k energy)
+
+Reproducible whatever the image order, batch size or thread count: images are ranked by the strict
+total order (norm descending, then image id ascending), so equal norms never leave the choice of the
+top k to the sort (torch.topk and unstable sorts do not define which tied element wins); the PCs are
+computed in float64 from the top-k rows in that order; a projection within SIGN_RTOL of zero (relative
+to the largest) counts as zero in the sign vote, so rounding noise on a row orthogonal to r_n cannot
+flip it.
 
 Two passes over the images (means, then deviations), never holding [image, neuron, d_out]:
 memory is one batch of effects plus the kept [neuron, k, d_out] deviations (ViT-B-32, k = 100:
@@ -33,6 +41,7 @@ from core.engine.trace import trace_vit
 
 DEFAULT_K = 100
 _PCA_CHUNK = 256  # neurons per float64 Gram/eigh batch (bounds the temporary memory)
+SIGN_RTOL = 1e-6  # projections (and their sum) within this fraction of the largest count as zero
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # -> (ids [batch], pixels [batch, 3, H, W])
 Progress = Callable[..., Iterable]  # tqdm-like: progress(iterable, desc=..., total=...)
@@ -111,33 +120,60 @@ class TopDeviations:
         """Merge one batch: ids [batch], deviations [batch, neuron, d_out], norms [batch, neuron]."""
         k = self.norms.shape[1]
         incoming_norms = norms.T  # [neuron, batch]
+        incoming_ids = ids.to(self.ids.device)
         combined = torch.cat([self.norms, incoming_norms], 1)
+        combined_ids = torch.cat([self.ids, incoming_ids.expand(len(combined), -1)], 1)
         chosen = torch.zeros_like(combined, dtype=torch.bool)
-        chosen.scatter_(1, combined.topk(k, dim=1).indices, True)
+        chosen.scatter_(1, rank_order(combined, combined_ids)[:, :k], True)
         # Per neuron, as many slots are freed as new entries are chosen; nonzero() lists both
         # neuron by neuron, so the two lists pair up row for row.
         neuron, slot = (~chosen[:, :k]).nonzero(as_tuple=True)
         _, image = chosen[:, k:].nonzero(as_tuple=True)
         self.norms[neuron, slot] = incoming_norms[neuron, image]
-        self.ids[neuron, slot] = ids.to(self.ids.device)[image]
+        self.ids[neuron, slot] = incoming_ids[image]
         self.vectors[neuron, slot] = deviations[image, neuron].to(self.vectors.dtype)
+
+    def order(self) -> torch.Tensor:
+        """[neuron, k] slots of each neuron by norm, descending, then by image id, ascending."""
+        return rank_order(self.norms, self.ids)
 
     def ranking(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(norms, ids) [neuron, k], each neuron's by norm, descending (`vectors` stay in slot order)."""
-        order = self.norms.argsort(dim=1, descending=True)
+        order = self.order()
         return self.norms.gather(1, order), self.ids.gather(1, order)
 
 
-def first_principal_components(deviations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_order(norms: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[neuron, n] positions sorting each row by norm descending, ties by id ascending (a strict total order).
+
+    Two stable sorts: under a total order the top k of a union is the top k of the parts' top k, so
+    streaming merges give the same images whatever their order.
+    """
+    by_id = ids.argsort(dim=1, stable=True)
+    by_norm = norms.gather(1, by_id).argsort(dim=1, descending=True, stable=True)
+    return by_id.gather(1, by_norm)
+
+
+def first_principal_components(deviations: torch.Tensor, order: torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """deviations [neuron, k, d_out] -> (r [neuron, d_out], variance share [neuron]).
 
     r_n is the first right singular vector of the uncentred k x d_out matrix (via the k x k Gram
-    matrix, in float64), signed so that MORE than k/2 rows project positively (the paper code's
-    "> 50 of 100"); when exactly k/2 do, so that the projections sum to a positive number.
+    matrix, in float64), signed so that more rows project positively than negatively (the paper
+    code's "> 50 of 100" when no projection is zero); on a tie, so that the projections sum to a
+    positive number; when that sum is zero too, so that r_n's largest-magnitude entry (the first,
+    among equal ones) is positive. Projections within SIGN_RTOL of the largest count as zero (they
+    abstain). The rule gives the same r_n whichever sign the solver returned. order [neuron, k], optional:
+    the rows of each neuron in this order (the top-k ranking), so the float sums do not depend on
+    the order the images arrived in.
     """
     pcs, shares = [], []
     for start in range(0, deviations.shape[0], _PCA_CHUNK):
-        pc, share = _chunk_components(deviations[start:start + _PCA_CHUNK].double())
+        chunk = deviations[start:start + _PCA_CHUNK]
+        if order is not None:
+            rows = order[start:start + _PCA_CHUNK, :, None].expand(-1, -1, chunk.shape[-1])
+            chunk = chunk.gather(1, rows)
+        pc, share = _chunk_components(chunk.double())
         pcs.append(pc)
         shares.append(share)
     return torch.cat(pcs).float(), torch.cat(shares).float()
@@ -149,12 +185,25 @@ def _chunk_components(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pcs = torch.nn.functional.normalize(torch.einsum("nk,nkd->nd", eigenvectors[..., -1], x), dim=-1)
     energy = gram.diagonal(dim1=1, dim2=2).sum(-1)
     share = torch.where(energy > 0, eigenvalues[:, -1].clamp(min=0) / energy.clamp(min=1e-300), 0.0)
-    projections = torch.einsum("nkd,nd->nk", x, pcs)
-    votes = 2 * (projections > 0).sum(1) - x.shape[1]  # positive minus non-positive
+    return pcs * _signs(torch.einsum("nkd,nd->nk", x, pcs), pcs)[:, None], share
+
+
+def _signs(projections: torch.Tensor, pcs: torch.Tensor) -> torch.Tensor:
+    """[neuron] +1/-1: the sign rule of first_principal_components, on projections [neuron, k] of the rows."""
+    zero = SIGN_RTOL * projections.abs().amax(1)
+    # Positive minus negative rows: with no zero projection, positive when more than k/2 are (the paper's rule);
+    # rows at zero abstain, so the result does not depend on the solver's sign (the paper's count of
+    # "non-positive" rows does when some are zero).
+    votes = (projections > zero[:, None]).sum(1) - (projections < -zero[:, None]).sum(1)
     # A tie (possible for even k) is left to the SVD's arbitrary sign by the paper code; we break it
-    # by the sign of the summed projections, so the result does not depend on the solver.
-    keep = (votes > 0) | ((votes == 0) & (projections.sum(1) > 0))
-    return pcs * torch.where(keep, 1.0, -1.0).to(x.dtype)[:, None], share
+    # by the sign of the summed projections, then by the largest entry, so it does not depend on the solver.
+    total = projections.sum(1)
+    total_sign = torch.where(total.abs() > SIGN_RTOL * projections.abs().sum(1), total.sign(), 0.0)
+    magnitude = pcs.abs()
+    largest = (magnitude >= magnitude.amax(1, keepdim=True) * (1 - SIGN_RTOL)).to(torch.int8).argmax(1)
+    entry_sign = pcs.gather(1, largest[:, None])[:, 0].sign()
+    sign = torch.where(votes != 0, votes.sign().to(pcs.dtype), torch.where(total_sign != 0, total_sign, entry_sign))
+    return torch.where(sign == 0, 1.0, sign).to(pcs.dtype)
 
 
 def check_k(k: int, n_images: int) -> int:
@@ -185,8 +234,9 @@ def neuron_top_deviations(
     if seen != n_images:
         raise DatasetError(f"the image set changed between the two passes ({n_images} images, then {seen}); "
                            "keep the folder unchanged while statistics are computed")
-    norms, ids = top.ranking()
-    pcs, share = first_principal_components(top.vectors)  # row order does not matter: no sorted copy
+    order = top.order()
+    norms, ids = top.norms.gather(1, order), top.ids.gather(1, order)
+    pcs, share = first_principal_components(top.vectors, order)  # rows gathered in ranking order, chunk by chunk
     return NeuronStats(layer=layer, mean=mean, pcs=pcs, thresholds=norms[:, -1].clone(), top_images=ids,
                        top_norms=norms, pc_variance=share, n_images=n_images, mode=mode, coefficient=coefficient)
 

@@ -182,7 +182,7 @@ def group_accuracy_table(bundle, bias: PlantedBias, *, n_per_group: int = 200, s
     import torch
 
     from core.engine.text import prompt_classifier
-    from core.world.toy import to_pixels
+    from core.world.pixels import to_pixels
 
     task = world.ZERO_SHOT["shape"]
     prompts = [task.prompts()[task.classnames.index(s)] for s in bias.shapes]

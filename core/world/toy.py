@@ -23,13 +23,11 @@ import torch
 from safetensors.torch import save_file
 
 from core.world import scenes as world
-from core.errors import ConfigError
+from core.errors import ConfigError, OutputError
 from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle, register_model_configs
 from core.engine.text import prompt_classifier
 
-# The toy model uses open_clip's default (OpenAI) normalisation; training feeds tensors directly.
-MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+from core.world.pixels import MEAN, STD, to_pixels  # noqa: F401  (re-exported)
 IMAGE_SIZE = 64
 EVAL_SEED = 2024  # held-out scenes for the model card; tests use other seeds
 
@@ -95,12 +93,6 @@ class TrainConfig:
         bias = self.planted_bias
         return tuple(s for s in world.SHAPES if bias is None or self.bias_groups == "backgrounds"
                      or s not in bias.shapes)
-
-
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 [batch, H, W, 3] -> normalised float [batch, 3, H, W], as the model's preprocess does."""
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return (pixels - MEAN) / STD
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -207,14 +199,73 @@ def train_toy(
 
 
 def _save(model: torch.nn.Module, path: Path, config: TrainConfig, steps: int, wall: float) -> None:
+    import os
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not is_toy_weights(path):
+        raise OutputError(f"{path} exists and is not a toy checkpoint clipscope wrote; it is never replaced")
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {"arch": TOY_ARCH, "steps": str(steps), "seed": str(config.seed), "batch_size": str(config.batch_size),
                 "world_version": str(getattr(world, "WORLD_VERSION", 1)), "wall_seconds": f"{wall:.0f}",
                 "config": json.dumps(asdict(config), sort_keys=True)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata=metadata)
-    tmp.replace(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+CARD_FILES = ("card.json", "MODEL_CARD.md")
+
+
+def is_toy_weights(path: Path) -> bool:
+    """True if `path` is a toy checkpoint written by `train_toy` (its safetensors metadata says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # not a safetensors file at all
+        return False
+    return metadata.get("arch") == TOY_ARCH and "steps" in metadata and "world_version" in metadata
+
+
+def _is_toy_card(folder: Path, name: str) -> bool:
+    import json
+
+    path = folder / name
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > 10_000_000:
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if name == "MODEL_CARD.md":
+        return text.split("\n", 1)[0].endswith(": clipscope's small CLIP trained on a generated world")
+    try:
+        card = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(card, dict) and card.get("arch") == TOY_ARCH and "zero_shot" in card
+
+
+def check_training_outputs(out: Path, *, overwrite: bool, card: bool = True) -> None:
+    """Refuse, before training, to replace a weights file or model card that `train_toy` did not write, or one it
+    did without `overwrite`."""
+    out = Path(out)
+    targets = [(out, is_toy_weights(out) if out.exists() else True)]
+    if card:
+        targets += [(out.parent / name, _is_toy_card(out.parent, name)) for name in CARD_FILES
+                    if (out.parent / name).exists() or (out.parent / name).is_symlink()]
+    for path, ours in targets:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not ours:
+            raise OutputError(f"{path} exists and was not written by `python -m core toy train`; it is never "
+                              "replaced: choose another --out folder")
+        if not overwrite:
+            raise ConfigError(f"{path} exists; pass --overwrite to replace it (or choose another --out).")
 
 
 def attribute_classifiers(bundle: ClipBundle) -> dict[str, torch.Tensor]:
@@ -224,7 +275,13 @@ def attribute_classifiers(bundle: ClipBundle) -> dict[str, torch.Tensor]:
 
 @torch.inference_mode()
 def evaluate_toy(bundle: ClipBundle, *, n: int = 1000, seed: int = EVAL_SEED, batch_size: int = 250) -> dict[str, float]:
-    """Zero-shot accuracy per attribute (shape, colour, position, background, count) on fresh held-out scenes."""
+    """Zero-shot accuracy per attribute (shape, colour, position, background, count) on fresh held-out scenes.
+
+    `n` must be at least 1 (no scenes would report 0% for everything) and within core.guards' scene bound.
+    """
+    from core import guards
+
+    n = guards.check_count(n, "scenes", "the number of held-out scenes")
     classifiers = attribute_classifiers(bundle)
     scenes = world.sample_scenes(n, seed=seed, split="heldout")
     correct = {name: 0 for name in classifiers}
@@ -240,7 +297,10 @@ def evaluate_toy(bundle: ClipBundle, *, n: int = 1000, seed: int = EVAL_SEED, ba
                 if task.applies_to(labels):
                     total[name] += 1
                     correct[name] += int(task.labels[predicted] == labels[task.attribute])
-    return {name: correct[name] / max(total[name], 1) for name in classifiers}
+    empty = [name for name in classifiers if total[name] == 0]
+    if empty:  # 0 of 0 is no accuracy, not 0%
+        raise ConfigError(f"{n} held-out scenes hold none that {', '.join(empty)} applies to: evaluate on more scenes")
+    return {name: correct[name] / total[name] for name in classifiers}
 
 
 def _scene_batches(n: int, seed: int, batch_size: int, image_size: int, with_labels: bool):
@@ -301,7 +361,10 @@ def _grouping_sentence(card: dict) -> str:
 
 
 def write_model_card(folder: Path, card: dict) -> Path:
-    """Write MODEL_CARD.md and card.json (the numbers tests check against) next to the weights."""
+    """Write MODEL_CARD.md and card.json (the numbers tests check against) next to the weights.
+
+    Long because most of it is the card's text, one template filled from `card`.
+    """
     import json
 
     folder = Path(folder)

@@ -1,6 +1,6 @@
-"""Decomposition tab: an image's similarity to texts, split into layers, heads, MLPs and tokens.
+"""Decomposition tab: an image's similarity to texts, split into the embedding, layers, heads, MLPs and tokens.
 
-Runs alone (`python spaces/decomposition/app.py`) or as a tab of the root app.py.
+Runs alone (`python spaces/decomposition/app.py [--port P] [--public]`) or as a tab of the root app.py.
 """
 
 from __future__ import annotations
@@ -8,128 +8,151 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1] if (HERE.parents[1] / "core").is_dir() else HERE  # the repository, or a deployed Space
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from core.gpu import gpu, request_seconds  # noqa: E402  (before torch: ZeroGPU)
+
 import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from core.engine.contributions import CONVENTIONS  # noqa: E402
-from core.engine.decomposition import ImageDecomposition, decompose_image  # noqa: E402
-from core.errors import CoreError  # noqa: E402
-from core.world.examples import example_images  # noqa: E402
-from core.gpu import gpu  # noqa: E402
-from core.engine.images import load_image  # noqa: E402
-from core.engine.models import default_spec, load_clip  # noqa: E402
-from core.engine.viz import heat_grid, overlay  # noqa: E402
-
-ALL = "all"
-DEFAULT_TEXTS = "a red circle\na blue square\na striped background"
+from core.explorer import decomposition as explorer  # noqa: E402
+from core.links.images import default_texts, image_from_ref  # noqa: E402
 
 
-def _texts(raw: str) -> list[str]:
-    texts = [line.strip() for line in (raw or "").splitlines() if line.strip()]
-    if not texts:
-        raise gr.Error("Type at least one text (one per line).")
-    return texts
+
+def _load_ui():
+    """spaces/ui_common.py (beside this file in a deployed Space), loaded by path: spaces/ is not a package."""
+    import importlib.util
+
+    if "clipscope_ui_common" not in sys.modules:
+        path = next(p for p in (HERE / "ui_common.py", HERE.parent / "ui_common.py") if p.is_file())
+        spec = importlib.util.spec_from_file_location("clipscope_ui_common", path)
+        sys.modules["clipscope_ui_common"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["clipscope_ui_common"]
 
 
-@gpu
-def run_decomposition(spec: str, image_path: str | None, raw_texts: str, convention: str):
-    """Decompose the image's cosine similarity to each text; returns the result and its views."""
-    if not image_path:
-        raise gr.Error("Upload an image or pick an example first.")
-    try:
-        bundle = load_clip((spec or "").strip() or default_spec())
-        image = load_image(image_path, name="the uploaded image")
-        result = decompose_image(bundle, image, _texts(raw_texts), convention=convention)
-    except CoreError as err:
-        raise gr.Error(str(err)) from err
-    layers = [ALL] + [str(i) for i in range(result.heads.shape[0])]
-    heads = [ALL] + [str(i) for i in range(result.heads.shape[1])]
-    views = render_views(result, image_path, result.texts[0], ALL, ALL)
-    return (
-        result,
-        provenance(result),
-        gr.Dropdown(choices=result.texts, value=result.texts[0]),
-        gr.Dropdown(choices=layers, value=ALL),
-        gr.Dropdown(choices=heads, value=ALL),
-        *views,
-    )
+ui = _load_ui()
+TAB = "decomposition"
+ALONE = False  # True when this file is the whole app (then links to other tabs are refused with a notice)
+BAR_COLUMNS, TABLE_COLUMNS = ["layer", "part", "contribution"], ["component", "layer", "head", "contribution (cosine x100)"]
 
 
-def provenance(result: ImageDecomposition) -> str:
-    model = result.model
-    warning = "\n\n**Random weights**: this model is not trained; numbers are for testing only." if model["random_init"] else ""
-    rows = "\n".join(f"| {text} | {float(cos):+.4f} |" for text, cos in zip(result.texts, result.cosine))
-    return (
-        f"**Model:** {model['display_name']} (`{model['spec']}`, open_clip {model['open_clip_version']})  \n"
-        f"**Convention:** {result.convention}  ·  **Reconstruction error:** {result.reconstruction_error:.1e} "
-        f"(relative, sum of components vs `encode_image`)  ·  scores are cosine contributions{warning}\n\n"
-        f"| text | cosine similarity |\n|---|---|\n{rows}"
-    )
+def _views(view: explorer.DecompositionView):
+    """The view as component values (the order of VIEW_OUTPUTS)."""
+    return (view, view.info, gr.Dropdown(choices=view.texts, value=view.texts[view.shown]),
+            gr.Dropdown(choices=view.layer_choices(), value=str(view.layer) if view.layer is not None else explorer.ALL),
+            gr.Dropdown(choices=view.head_choices(), value=str(view.head) if view.head is not None else explorer.ALL),
+            ui.picture(view.grid), ui.picture(view.token_map), gr.BarPlot(value=ui.frame(view.bars, BAR_COLUMNS), sort=view.bar_order),
+            ui.frame(view.table, TABLE_COLUMNS), view.link.query, view.link.markdown)
 
 
-def render_views(result: ImageDecomposition | None, image_path: str | None, text: str, layer: str, head: str):
-    """The heat grid, the token map, the per-layer bars and the table for one text and head choice."""
-    if result is None or text not in result.texts:
-        return None, None, None, None
-    t = result.texts.index(text)
-    layer_index = None if layer in (None, ALL) else int(layer)
-    head_index = None if head in (None, ALL) else int(head)
-    grid = heat_grid(result.heads[:, :, t], title=f"contribution to cos(image, '{text[:40]}') x100")
-    token_map = result.token_map(t, layer_index, head_index)
-    picture = overlay(load_image(image_path), token_map, image_size=result.model["image_size"])
-    bars = pd.DataFrame(
-        [{"layer": str(l), "part": "attention", "contribution": float(result.heads[l, :, t].sum())} for l in range(result.heads.shape[0])]
-        + [{"layer": str(l), "part": "MLP", "contribution": float(result.mlps[l, t])} for l in range(result.mlps.shape[0])]
-    )
-    table = pd.DataFrame(
-        [{"layer": l, "head": h, "contribution": round(float(result.heads[l, h, t]), 6)}
-         for l in range(result.heads.shape[0]) for h in range(result.heads.shape[1])]
-    ).sort_values("contribution", ascending=False, key=abs)
-    return grid, picture, bars, table
+def _cleared():
+    return (None, "", gr.Dropdown(choices=[], value=None), gr.skip(), gr.skip(), None, None,
+            None, ui.frame([], TABLE_COLUMNS), gr.skip(), gr.skip())
+
+
+def _duration(spec, image, image_id, texts, *args, **kwargs) -> int:
+    return request_seconds(images=1, texts=len((texts or "").splitlines()))
+
+
+@gpu(duration=_duration)
+@ui.guard
+def run_decomposition(spec: str, image: str | None, image_id: str, texts: str, convention: str,
+                      progress=gr.Progress()):
+    """Decompose cos(image, text) for each text into the embedding, MLP, head and token terms."""
+    return _views(explorer.decompose(spec, image, image_id, texts, convention, progress=progress))
+
+
+@ui.guard
+def change_view(view, text: str, layer: str, head: str, scale: str):
+    """Another text, layer, head or colour scale of the same decomposition (no recomputation)."""
+    return _views(explorer.rerender(view, text, layer, head, scale))
+
+
+@ui.guard(model=False)
+def show_image_id(image_id: str):
+    """The picture an image id names (empty: keep the upload)."""
+    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
+
+
+@ui.guard
+def restore(query: str, request: gr.Request):
+    """The view a link names: its controls, its first answer, and a notice for what was ignored."""
+    linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    if not linked.applies:
+        return [gr.skip()] * (len(CONTROLS) + len(VIEW_OUTPUTS)) + [linked.notice or gr.skip()]
+    s = linked.state
+    controls = [s.model or gr.skip(), ui.picture(linked.picture) or gr.skip(), s.image if linked.picture else gr.skip(),
+                "\n".join(s.texts) or gr.skip(), s.convention or gr.skip()]
+    views = _views(linked.view) if linked.view is not None else [gr.skip()] * len(VIEW_OUTPUTS)
+    return controls + list(views) + [linked.notice]
+
+
+def _default_texts() -> str:
+    return "\n".join(default_texts("example:0"))
 
 
 def build() -> gr.Blocks:
+    global CONTROLS, VIEW_OUTPUTS
     with gr.Blocks(title="Decomposition") as demo:
-        gr.Markdown(
-            "### Decomposition\nThe image representation is an exact sum of direct effects of the embedding, "
-            "every MLP and every (layer, head, token). Upload an image, type texts, and see each part's share of "
-            "the cosine similarity."
-        )
-        state = gr.State(None)
+        gr.Markdown("### Decomposition\nThe image representation is an exact sum of direct effects of the embedding, "
+                    "every MLP and every (layer, head, token). Pick an example or upload an image, type texts, and see "
+                    "each part's share of the cosine similarity (all scores are cosine x100).")
+        links = ui.LinkBar(TAB)
+        state = gr.State(None, time_to_live=3600)
         with gr.Row():
             with gr.Column(scale=1):
-                model = gr.Textbox(label="Model spec", value=default_spec(),
-                                   info="toy (offline default), ARCH/TAG, hf-hub:ORG/NAME, ARCH/path.safetensors, ARCH/none")
-                image = gr.Image(type="filepath", label="Image", height=256, elem_id="decomposition-image")
-                gr.Examples(examples=[[p] for p in example_images()], inputs=[image], label="Generated-world examples")
-                texts = gr.Textbox(label="Texts (one per line)", value=DEFAULT_TEXTS, lines=3)
-                convention = gr.Radio(list(CONVENTIONS), value="paper", label="Convention")
+                model = ui.model_box("decomposition-model")
+                image = ui.image_input("decomposition-image")
+                image_id = ui.image_id_box("decomposition-image-id")
+                ui.examples(image, image_id)
+                texts = gr.Textbox(label="Texts (one per line)", value=_default_texts(), lines=3,
+                                   elem_id="decomposition-texts")
+                convention = gr.Radio(list(CONVENTIONS), value="paper", label="Convention",
+                                      elem_id="decomposition-convention")
                 button = gr.Button("Decompose", variant="primary", elem_id="decomposition-run")
             with gr.Column(scale=2):
                 info = gr.Markdown(elem_id="decomposition-info")
                 with gr.Row():
-                    text_pick = gr.Dropdown(label="Text", choices=[], interactive=True)
-                    layer_pick = gr.Dropdown(label="Layer (token map)", choices=[ALL], value=ALL, interactive=True)
-                    head_pick = gr.Dropdown(label="Head (token map)", choices=[ALL], value=ALL, interactive=True,
-                                            elem_id="decomposition-head")
+                    text_pick = gr.Dropdown(label="Text shown", choices=[], interactive=True, elem_id="decomposition-text")
+                    layer_pick = gr.Dropdown(label="Layer (token map)", choices=[explorer.ALL], value=explorer.ALL,
+                                             interactive=True, elem_id="decomposition-layer")
+                    head_pick = gr.Dropdown(label="Head (token map)", choices=[explorer.ALL], value=explorer.ALL,
+                                            interactive=True, elem_id="decomposition-head")
+                    scale = gr.Radio(list(explorer.SCALES), value="shared", label="Colour scale of the token maps",
+                                     info="shared: one scale for every text, so maps compare", elem_id="decomposition-scale")
                 with gr.Row():
-                    grid = gr.Image(label="Layer x head contributions", elem_id="decomposition-grid")
-                    token_map = gr.Image(label="Token map (red: towards the text)", elem_id="decomposition-map")
-                bars = gr.BarPlot(x="layer", y="contribution", color="part", label="Per-layer contributions")
-                table = gr.Dataframe(label="Heads ranked by |contribution|", max_height=300)
-        views = [grid, token_map, bars, table]
-        button.click(run_decomposition, [model, image, texts, convention],
-                     [state, info, text_pick, layer_pick, head_pick, *views], api_name="decompose")
-        for pick in (text_pick, layer_pick, head_pick):
-            pick.input(render_views, [state, image, text_pick, layer_pick, head_pick], views, api_name="render_view", api_visibility="private")
+                    grid = gr.Image(show_label=False, elem_id="decomposition-grid", buttons=["download"])
+                    token_map = gr.Image(show_label=False, elem_id="decomposition-map", buttons=["download"])
+                bars = gr.BarPlot(value=None, x="layer", y="contribution", color="part",
+                                  label="Per-layer contributions (cosine x100; embedding + attention + MLP bars add up "
+                                        "to the cosine)", elem_id="decomposition-bars")
+                table = ui.table("Heads ranked by |contribution|", TABLE_COLUMNS, "decomposition-table", max_height=300)
+        CONTROLS = [model, image, image_id, texts, convention]
+        VIEW_OUTPUTS = [state, info, text_pick, layer_pick, head_pick, grid, token_map, bars, table, *links.outputs]
+        button.click(_cleared, None, VIEW_OUTPUTS, queue=False, api_visibility="private").then(
+            run_decomposition, [model, image, image_id, texts, convention], VIEW_OUTPUTS, api_name="decompose",
+            **ui.MODEL_QUEUE)
+        for pick in (text_pick, layer_pick, head_pick, scale):
+            pick.input(change_view, [state, text_pick, layer_pick, head_pick, scale], VIEW_OUTPUTS,
+                       api_visibility="private")
+        image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
+        image_id.submit(show_image_id, image_id, image, api_visibility="private")
+        demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],
+                  api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
 
 
-demo = build()
+CONTROLS: list = []
+VIEW_OUTPUTS: list = []
 
 if __name__ == "__main__":
-    demo.launch()
+    host, port = ui.configure(ui.parse_args(__doc__))
+    ALONE = True
+    ui.launch(build(), host, port)
+else:
+    demo = build()

@@ -304,9 +304,9 @@ def test_unpinned_revision_and_bad_sources_fail_before_any_download(artifact_dir
     with pytest.raises(BasesError, match="not a pinned 40-hex commit sha"):
         hub.pull_artifact("org/name", "main")
     with pytest.raises(BasesError, match="not a Hub repo id"):
-        load_artifact(tmp_path / "no" / "such" / "folder")
+        hub.load_bases(tmp_path / "no" / "such" / "folder")
     with pytest.raises(BasesError, match="applies only to Hub repos"):
-        load_artifact(artifact_dir, revision=SHA)
+        hub.load_bases(artifact_dir, revision=SHA)
     flip_byte(artifact_dir / "tables/head_texts.parquet")
     with pytest.raises(BasesError, match="refusing to push.*head_texts"):
         hub.push_artifact(artifact_dir, "org/name")
@@ -336,13 +336,14 @@ def populate_hub_cache(cache: Path, repo_id: str, artifact: Path, skip: str | No
 OFFLINE_SCRIPT = """
 import warnings, torch, pytest
 from core.artifacts import hub
+from core.artifacts.hub import load_bases
 from core.artifacts.store import load_artifact
 from core.errors import BasesError
 
 assert str(hub.pull_artifact("org/bases", SHA)) == SNAPSHOT
 local = load_artifact(LOCAL)
 for source in (dict(source="org/bases", revision=SHA), dict(source="org/bases@" + SHA)):
-    pulled = load_artifact(**source, expect_model=local.manifest["model"])
+    pulled = load_bases(**source, expect_model=local.manifest["model"])
     assert str(pulled.path) == SNAPSHOT
     for group in local.names("tensors"):
         got, want = pulled.tensors(group), local.tensors(group)
@@ -351,9 +352,9 @@ for source in (dict(source="org/bases", revision=SHA), dict(source="org/bases@" 
 with pytest.warns(UserWarning, match="not pinned"):
     assert str(hub.pull_artifact("org/bases", "main", allow_unpinned=True)) == SNAPSHOT
 with pytest.raises(BasesError, match="tensors/neurons.safetensors: missing"):
-    load_artifact("org/partial@" + SHA)
+    load_bases("org/partial@" + SHA)
 with pytest.raises(BasesError) as caught:
-    load_artifact("org/uncached@" + SHA)
+    load_bases("org/uncached@" + SHA)
 message = str(caught.value)
 for part in ("not in the local Hugging Face cache", "HF_HUB_OFFLINE=1", "python -m core bases build"):
     assert part in message, message

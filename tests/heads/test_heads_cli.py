@@ -12,6 +12,7 @@ import pytest
 from core.artifacts.store import load_artifact, verify_artifact
 from core.cli import main
 from core.heads.bases import artifact_result, group_name, head_text_rows
+from core.heads.textspan import RANK_RTOL
 from core.world.scenes import write_scenes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,8 @@ def test_textspan_writes_a_verifiable_artifact_and_resumes(world, tmp_path, caps
     assert verify_artifact(out) == []
     artifact = load_artifact(out, expect_model={"spec": MODEL, "arch": "Tiny-ViT", "pretrained": "none",
                                                 "weights_sha256": None, "random_init": True})
-    assert artifact.manifest["algorithms"]["textspan"] == {"n_texts": 4, "rank": 12, "criterion": "std", "span": "data"}
+    assert artifact.manifest["algorithms"]["textspan"] == {"n_texts": 4, "rank": 12, "criterion": "std", "span": "data",
+                                                           "rank_rtol": RANK_RTOL}
     assert artifact.manifest["text_pool"]["count"] == 60 and artifact.manifest["image_set"]["count"] == 30
     heads, result = artifact_result(artifact)
     assert heads == [(l, h) for l in (1, 2) for h in range(4)] and result.text_indices.shape == (8, 4)

@@ -6,10 +6,13 @@ import torch
 from core.errors import ConfigError, IndexRangeError, TextError
 from core.heads.textspan import (
     CRITERIA,
+    RANK_RTOL,
     SPANS,
+    HeadStatistics,
     head_texts,
     reconstruct,
     text_span,
+    text_span_from_stats,
     text_span_reference,
 )
 
@@ -74,7 +77,8 @@ def test_matches_literal_paper_loop(criterion, span):
         torch.testing.assert_close(getattr(ours, field).double(), getattr(literal, field).double(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.total_variance.double(), literal.total_variance.double(), atol=0, rtol=1e-5)
     torch.testing.assert_close(reconstruct(outputs, ours), literal_reconstruction, atol=1e-5, rtol=1e-5)
-    assert ours.params == {"criterion": criterion, "span": span, "rank": 10, "n_texts": 8}
+    assert ours.params == {"criterion": criterion, "span": span, "rank": 10, "n_texts": 8, "ranks": [10, 10, 10],
+                           "rank_rtol": RANK_RTOL}
 
 
 def test_chunking_over_heads_does_not_change_the_result():
@@ -248,3 +252,123 @@ def test_reconstruct_rejects_mismatched_inputs():
         reconstruct(torch.zeros(2, 5, 20), result)
     with pytest.raises(ConfigError, match="n_terms must be between 0 and 4"):
         reconstruct(_structured_outputs(), result, n_terms=5)
+
+
+# ---------------------------------------------------------------- sufficient statistics
+
+def test_statistics_of_shards_merge_into_those_of_all_images():
+    outputs = _structured_outputs(n_image=60).double()
+    whole = HeadStatistics.from_outputs(outputs)
+    parts = [HeadStatistics.from_outputs(outputs[:, lo:hi]) for lo, hi in ((0, 25), (25, 26), (26, 60))]
+    merged = HeadStatistics.zeros(3, 20)
+    for part in parts:
+        merged = merged.merge(part)
+    assert merged.count == whole.count == 60
+    torch.testing.assert_close(merged.sum, whole.sum, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(merged.gram, whole.gram, atol=1e-12, rtol=1e-12)
+    centred = outputs - outputs.mean(1, keepdim=True)
+    torch.testing.assert_close(merged.centred_gram(), centred.mT @ centred, atol=1e-10, rtol=1e-10)
+    back = HeadStatistics.from_tensors(merged.tensors())
+    assert back.count == 60 and torch.equal(back.gram, merged.gram)
+    with pytest.raises(ConfigError, match="same heads"):
+        merged.merge(HeadStatistics.zeros(2, 20))
+
+
+@pytest.mark.parametrize("span", SPANS)
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_text_span_from_statistics_is_text_span(criterion, span):
+    outputs, texts = _structured_outputs(n_head=5, n_image=60), _texts()
+    kwargs = dict(n_texts=8, criterion=criterion, **_span_kwargs(span, n_head=5))
+    direct = text_span(outputs, texts, **kwargs)
+    from_stats = text_span_from_stats(HeadStatistics.from_outputs(outputs), texts, chunk_heads=2, **kwargs)
+    assert torch.equal(direct.text_indices, from_stats.text_indices)
+    assert direct.params == from_stats.params
+    for field in ("variance_explained", "mean", "directions", "total_variance"):
+        torch.testing.assert_close(getattr(direct, field), getattr(from_stats, field), atol=1e-6, rtol=1e-6)
+    # statistics merged from two shards give the same texts
+    halves = HeadStatistics.from_outputs(outputs[:, :23]).merge(HeadStatistics.from_outputs(outputs[:, 23:]))
+    assert torch.equal(text_span_from_stats(halves, texts, **kwargs).text_indices, direct.text_indices)
+
+
+def test_invalid_statistics_raise_clear_errors():
+    stats = HeadStatistics.from_outputs(_structured_outputs())
+    with pytest.raises(ConfigError, match="HeadStatistics"):
+        text_span_from_stats(_structured_outputs(), _texts(), n_texts=4, rank=10)
+    with pytest.raises(ConfigError, match=r"need at least 2 images"):
+        text_span_from_stats(HeadStatistics(1, stats.sum, stats.gram), _texts(), n_texts=4, rank=10)
+    with pytest.raises(ConfigError, match=r"stats.gram must have shape"):
+        text_span_from_stats(HeadStatistics(50, stats.sum, stats.gram[:, :4]), _texts(), n_texts=4, rank=10)
+    with pytest.raises(ConfigError, match="NaN"):
+        text_span_from_stats(HeadStatistics(50, stats.sum * float("nan"), stats.gram), _texts(), n_texts=4, rank=10)
+
+
+# ---------------------------------------------------------------- numerical rank and ties
+
+def _low_rank_outputs(n_head=2, n_image=120, d_out=24, centred_rank=5, seed=8):
+    """float32 outputs whose centred part spans `centred_rank` dims, plus a mean: numerical rank centred_rank + 1."""
+    gen = torch.Generator().manual_seed(seed)
+    subspace = torch.linalg.qr(torch.randn(n_head, d_out, centred_rank, generator=gen))[0].mT
+    scales = torch.linspace(1.0, 0.05, centred_rank)[:, None]
+    latent = torch.randn(n_head, n_image, centred_rank, generator=gen)
+    return (latent @ (scales * subspace) + torch.randn(n_head, 1, d_out, generator=gen)).float()
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_span_rank_is_capped_at_the_numerical_rank(criterion):
+    outputs, texts = _low_rank_outputs(), _texts(n_text=60, d_out=24)
+    result = text_span(outputs, texts, n_texts=5, rank=16, criterion=criterion)
+    assert result.params["rank"] == 16 and result.params["ranks"] == [6, 6]
+    singular = torch.linalg.svdvals(outputs.double())
+    assert ((singular > RANK_RTOL * singular[:, :1]).sum(1) == 6).all()  # what "numerical rank" means
+    # Literal port at the same rank: the same texts; at rank 16 it projects on rounding noise.
+    literal, _ = text_span_reference(outputs, texts, n_texts=5, rank=result.params["ranks"], criterion=criterion)
+    assert torch.equal(result.text_indices, literal.text_indices)
+    torch.testing.assert_close(result.variance_explained, literal.variance_explained, atol=1e-5, rtol=0)
+    # The directions lie in the outputs' span: with as many texts as its rank the reconstruction is exact.
+    full = text_span(outputs, texts, n_texts=6, rank=16, criterion=criterion)
+    torch.testing.assert_close(reconstruct(outputs, full), outputs, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_chosen_texts_do_not_depend_on_image_order(criterion):
+    outputs, texts = _low_rank_outputs(n_head=3), _texts(n_text=60, d_out=24)
+    reference = text_span(outputs, texts, n_texts=5, rank=16, criterion=criterion)
+    for seed in range(3):
+        order = torch.randperm(outputs.shape[1], generator=torch.Generator().manual_seed(seed))
+        permuted = text_span(outputs[:, order], texts, n_texts=5, rank=16, criterion=criterion)
+        assert torch.equal(permuted.text_indices, reference.text_indices)
+        torch.testing.assert_close(permuted.variance_explained, reference.variance_explained, atol=1e-6, rtol=0)
+
+
+def test_more_texts_than_the_numerical_rank_is_refused():
+    outputs, texts = _low_rank_outputs(), _texts(n_text=60, d_out=24)
+    with pytest.raises(ConfigError, match=r"numerical rank .* row 0: 6; .* at most 6"):
+        text_span(outputs, texts, n_texts=7, rank=16)
+
+
+def test_ties_go_to_the_lowest_pool_index():
+    outputs, texts, positions, _ = _planted([2.0, 1.0], n_random=10)
+    first = int(positions[0])
+    # A copy of the first planted text appended after it, and one put before it: the earlier copy wins.
+    pool = torch.cat([texts[first][None], texts, texts[first][None]])
+    result = text_span(outputs, pool, n_texts=2, rank=16)
+    assert int(result.text_indices[0, 0]) == 0
+    literal, _ = text_span_reference(outputs, pool, n_texts=2, rank=16)
+    assert torch.equal(result.text_indices, literal.text_indices)
+    # Copies that differ by float32 rounding of their embedding (1e-7) still tie.
+    nudged = pool.clone()
+    nudged[0] = nudged[0] * (1 - 1e-7)
+    assert int(text_span(outputs, nudged, n_texts=2, rank=16).text_indices[0, 0]) == 0
+
+
+def test_picks_among_pure_noise_go_to_the_lowest_valid_index():
+    # Centred outputs along e0 only (plus a mean along e1): after e0 every score is rounding noise.
+    n_image, d_out = 40, 6
+    latent = _centred_orthonormal(n_image, 1, seed=9)
+    outputs = (latent @ torch.eye(d_out, dtype=torch.float64)[:1] + torch.eye(d_out, dtype=torch.float64)[1])[None]
+    texts = _unit(torch.randn(12, d_out, generator=torch.Generator().manual_seed(10), dtype=torch.float64))
+    texts[3] = torch.eye(d_out, dtype=torch.float64)[0]
+    result = text_span(outputs.float(), texts.float(), n_texts=2, rank=2)
+    assert result.params["ranks"] == [2]
+    assert result.text_indices[0].tolist() == [3, 0]
+    assert result.variance_explained[0, 1] < 1e-6

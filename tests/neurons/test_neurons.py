@@ -10,7 +10,7 @@ import torch
 from core.neurons.concepts import discover_concepts
 from core.errors import ConfigError, IndexRangeError
 from core.engine.models import load_clip
-from core.neurons.stats import NeuronStats, TopDeviations, first_principal_components, neuron_stats
+from core.neurons.stats import NeuronStats, TopDeviations, first_principal_components, neuron_stats, rank_order
 from core.neurons.texts import (
     NeuronTexts,
     ablated_representations,
@@ -49,7 +49,7 @@ def _literal_stats(phi, k):
     norms = deviations.norm(dim=-1)
     out = {"mean": mean, "pcs": [], "thresholds": [], "top_images": [], "top_norms": [], "pc_variance": []}
     for n in range(phi.shape[1]):
-        order = norms[:, n].argsort(descending=True)[:k]
+        order = norms[:, n].argsort(descending=True, stable=True)[:k]  # ties: lower image id first
         rows = deviations[order, n].double()
         _, s, vh = torch.linalg.svd(rows, full_matrices=False)
         pc = vh[0]
@@ -131,6 +131,72 @@ def test_pca_sign_rule_and_variance_share():
     # a neuron that never deviates has no direction
     pcs, share = first_principal_components(torch.zeros(1, 10, 4))
     assert torch.equal(pcs, torch.zeros(1, 4)) and float(share[0]) == 0.0
+
+
+def _top_ids(norms, k, arrival, batch):
+    """Stream norms [image, neuron] in the given arrival order and batch size; the kept (norms, ids)."""
+    n_images, neurons = norms.shape
+    top = TopDeviations(neurons, k, 2, dtype=torch.float32, device=torch.device("cpu"))
+    for start in range(0, n_images, batch):
+        ids = arrival[start:start + batch]
+        top.update(ids, torch.zeros(len(ids), neurons, 2), norms[ids])
+    return top.ranking()
+
+
+def test_top_k_ties_go_to_the_lowest_image_id_whatever_the_arrival_order():
+    # Norms from 3 values only: ties everywhere, including across the k-th place.
+    generator = torch.Generator().manual_seed(1)
+    norms = torch.randint(1, 4, (30, 5), generator=generator).float()
+    k = 7
+    expected_norms, expected_ids = [], []
+    for n in range(5):  # the strict total order, written out: norm descending, then id ascending
+        ranked = sorted(range(30), key=lambda i: (-float(norms[i, n]), i))[:k]
+        expected_ids.append(ranked)
+        expected_norms.append([float(norms[i, n]) for i in ranked])
+    for seed, batch in ((0, 1), (1, 4), (2, 30), (3, 11)):
+        arrival = torch.randperm(30, generator=torch.Generator().manual_seed(seed))
+        kept_norms, ids = _top_ids(norms, k, arrival, batch)
+        assert ids.tolist() == expected_ids and kept_norms.tolist() == expected_norms
+    order = rank_order(torch.tensor([[1.0, 2.0, 2.0, 1.0]]), torch.tensor([[9, 7, 3, 0]]))
+    assert order.tolist() == [[2, 1, 3, 0]]
+
+
+def test_pca_sign_does_not_depend_on_the_solver_or_on_rows_at_zero():
+    v = torch.nn.functional.normalize(torch.tensor([1.0, -3.0, 2.0, 0.5]), dim=0)
+    w = torch.nn.functional.normalize(torch.tensor([3.0, 1.0, 0.0, 0.0]), dim=0)  # orthogonal to v
+    # One row along v, one against it, two orthogonal to it (projections are rounding noise): a tie.
+    rows = torch.stack([2.0 * v, -1.0 * v, 1e-3 * w, -1e-3 * w])
+    pcs, _ = first_principal_components(rows[None])
+    torch.testing.assert_close(pcs[0], v)  # the summed projections (2 - 1) are positive
+    flipped, _ = first_principal_components(-rows[None])
+    torch.testing.assert_close(flipped[0], -v)
+    # Votes and sum both tie: the largest-magnitude entry of r (-3 along v) is made positive.
+    symmetric = torch.stack([v, -v, 2 * v, -2 * v])
+    pcs, _ = first_principal_components(torch.stack([symmetric, -symmetric]))
+    torch.testing.assert_close(pcs, torch.stack([-v, -v]))
+    # Row order does not change the result beyond float64 rounding; with `order` it is the same bits.
+    generator = torch.Generator().manual_seed(5)
+    deviations = torch.randn(6, 10, 8, generator=generator)
+    shuffle = torch.stack([torch.randperm(10, generator=generator) for _ in range(6)])
+    shuffled = deviations.gather(1, shuffle[:, :, None].expand(-1, -1, 8))
+    back = shuffle.argsort(dim=1)
+    assert torch.equal(first_principal_components(shuffled, back)[0], first_principal_components(deviations)[0])
+
+
+def test_neuron_stats_do_not_depend_on_image_order_batch_size_or_threads(tiny_set):
+    visual, pixels, _ = tiny_set
+    stats = neuron_stats(visual, LAYER, _batches(pixels, 7), k=8)
+    order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(2))
+    chunks = [(order[start:start + 16], pixels[order[start:start + 16]]) for start in range(0, len(pixels), 16)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        shuffled = neuron_stats(visual, LAYER, lambda: iter(chunks), k=8)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(shuffled.top_images, stats.top_images)
+    for name in ("mean", "pcs", "top_norms", "pc_variance"):
+        torch.testing.assert_close(getattr(shuffled, name), getattr(stats, name), atol=1e-6, rtol=1e-6)
 
 
 def _plant_text(visual, layer, neuron, head, target, scale):

@@ -62,7 +62,7 @@ def test_heads_and_neurons_tabs_answer_from_the_shipped_bases(app_url):
         page.wait_for_function("document.querySelector('#heads-texts').innerText.split('\\n').length > 15",
                                timeout=30_000)
         page.get_by_role("tab", name="Neurons").click()
-        page.locator("#neurons-status").get_by_text("Loaded bases").wait_for(timeout=60_000)
+        page.locator("#neurons-status").get_by_text("Neuron statistics (bases").wait_for(timeout=60_000)
         page.click("#neurons-show")
         page.locator("#neurons-neuron-info").get_by_text("threshold").wait_for(timeout=60_000)
         page.wait_for_function("document.querySelector('#neurons-terms').innerText.split('\\n').length > 6",

@@ -38,11 +38,12 @@ def _wait_rows(page, element: str, at_least: int) -> None:
 def test_neurons_tab_end_to_end(app_url, scene_png):
     with browser_page() as page:
         page.goto(app_url)
-        page.wait_for_selector("#neurons-compute", timeout=60_000)
+        page.wait_for_selector("#neurons-show", timeout=60_000)
         page.locator("#neurons-status").get_by_text("Compute statistics below").wait_for(timeout=60_000)
-        # nothing loaded yet: a clear error, and the app keeps serving
+        # no bases for this model yet: a clear error, and the app keeps serving
         page.click("#neurons-show")
-        page.get_by_text("No neuron statistics loaded").first.wait_for(timeout=30_000)
+        page.get_by_text("No neuron statistics for model").first.wait_for(timeout=30_000)
+        page.get_by_text("Compute statistics (your session only)").click()
         _fill(page, "#neurons-scenes", "150")
         _fill(page, "#neurons-k", "10")
         page.click("#neurons-compute")

@@ -53,3 +53,16 @@ def test_staged_decomposition_space_runs_from_its_own_folder(tmp_path):
                               "GRADIO_ANALYTICS_ENABLED": "False", "CLIPSCOPE_MODEL": "ViT-B-32/none"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("Blocks") and str(folder) in out.stdout
+
+
+def test_a_tab_alone_honours_port_and_the_upload_limit():
+    """`python spaces/decomposition/app.py --port N` used to ignore --port and the 50 MB upload limit."""
+    import json
+    import urllib.request
+
+    from tests.browser import app_server
+
+    with app_server(ROOT / "spaces" / "decomposition" / "app.py", {"CLIPSCOPE_MODEL": "toy"}) as url:
+        config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+        assert config["max_file_size"] == 50 * 1024 * 1024
+        assert {d.get("api_name") for d in config["dependencies"]} >= {"decompose"}

@@ -1,0 +1,83 @@
+"""The `python -m core ...` lines that give a linked view's numbers, for the "Cite / reproduce" panel.
+
+Each line spells out the model, convention, text pool and image set. Generated-world images are written first
+with `python -m core toy scenes` (same seed, same pixels as the link's `world:SEED:INDEX` or `example:N`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Callable
+
+from core.links.codec import ViewState
+from core.links.images import UPLOAD, parse_image_ref
+
+CITATIONS = (
+    "Gandelsman, Efros, Steinhardt. Interpreting CLIP's Image Representation via Text-Based Decomposition. "
+    "ICLR 2024. https://arxiv.org/abs/2310.05916",
+    "Gandelsman, Efros, Steinhardt. Interpreting the Second-Order Effects of Neurons in CLIP. ICLR 2025. "
+    "https://arxiv.org/abs/2406.04341",
+)
+
+
+def _q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def image_argument(ref: str | None) -> tuple[list[str], str]:
+    """(lines that write the image, its path) for an image reference."""
+    if not ref or ref == UPLOAD:
+        return [], "YOUR_IMAGE.png"
+    parsed = parse_image_ref(ref)
+    folder = f"scenes-seed{parsed.seed}"
+    setup = f"python -m core toy scenes --n {parsed.index + 1} --seed {parsed.seed} --split heldout --out {folder}"
+    return [setup], f"{folder}/images/{parsed.index:06d}.png"
+
+
+def _decomposition(state: ViewState, **_) -> list[str]:
+    setup, image = image_argument(state.image)
+    texts = " ".join(f"--text {_q(t)}" for t in state.texts)
+    return setup + [f"python -m core decompose --model {_q(state.model)} --image {_q(image)} {texts} "
+                    f"--convention {state.convention or 'paper'}"]
+
+
+def _bases_lines(bases_source: str | None, recipe: str | None) -> list[str]:
+    lines = []
+    if recipe:
+        lines.append(f"{recipe}   # how the bases were built")
+    if bases_source:
+        lines.append(f"python -m core bases info {_q(bases_source)}")
+    return lines
+
+
+def _heads(state: ViewState, *, bases_source: str | None = None, recipe: str | None = None, **_) -> list[str]:
+    lines = _bases_lines(bases_source, recipe)
+    if state.image and state.texts:
+        setup, image = image_argument(state.image)
+        texts = " ".join(f"--text {_q(t)}" for t in state.texts)
+        lines += setup + [f"python -m core decompose --model {_q(state.model)} --image {_q(image)} {texts} "
+                          f"--convention {state.convention or 'paper'}   # per-head scores of the image"]
+        lines += ["python -m core toy scenes --n 48 --seed 7 --split heldout --out gallery-seed7",
+                  f"python -m core retrieve --model {_q(state.model)} --image {_q(image)} --gallery gallery-seed7/images "
+                  f"--layer {state.layer} --head {state.head} --metric {state.method or 'cosine'}   # retrieval"]
+    return lines
+
+
+def _neurons(state: ViewState, *, bases_source: str | None = None, recipe: str | None = None, **_) -> list[str]:
+    lines = _bases_lines(bases_source, recipe)
+    if state.image:
+        setup, image = image_argument(state.image)
+        bases = f" --bases {_q(bases_source)}" if bases_source else ""
+        note = "" if state.threshold in (None, 1.0) else f"   # the CLI uses threshold x1, this view x{state.threshold:g}"
+        lines += setup + [f"python -m core concepts --model {_q(state.model)} --image {_q(image)} --layer {state.layer}"
+                          f"{bases}{note}"]
+    return lines
+
+
+WRITERS: dict[str, Callable[..., list[str]]] = {"decomposition": _decomposition, "heads": _heads, "neurons": _neurons}
+
+
+def reproduce_commands(state: ViewState, **context) -> list[str]:
+    """Shell lines for a state whose model (and other defaults) are filled in; [] for a tab without a writer."""
+    writer = WRITERS.get(state.tab)
+    return writer(state, **context) if writer else []

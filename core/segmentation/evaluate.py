@@ -1,0 +1,318 @@
+"""Evaluate segmentation methods over a dataset with the papers' metrics; resumable, optionally saving every map.
+
+Per method, each finished image's metric terms are appended to a state file (JSON lines) under
+`state_dir` (default $CLIPSCOPE_CACHE/segeval), keyed by everything that changes the result: model
+identity, dataset, method and its options, protocol. Running the same evaluation again reads them back
+and computes only the missing images, so an interrupted run resumes where it stopped.
+
+`save_maps=DIR` writes, for image i, `DIR/METHOD/{i:05d}_map.npy` (float32 [H, W] in [0, 1], the exact
+scores the metrics used) and `DIR/{i:05d}_mask.png` (the exact ground truth the metrics used, 0/255),
+with `DIR/segeval.json` recording what produced them; anyone can recompute the metrics from the files.
+`method "oracle"` scores the ground truth averaged over each patch and upsampled: the best any
+patch-level map can do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core import guards
+from core.engine.models import ClipBundle
+from core.errors import ConfigError, DatasetError
+from core.segmentation.datasets import SegmentationDataset
+from core.segmentation.methods import METHODS, MethodOptions, Segmenter, Targets, check_method
+from core.segmentation.metrics import ImageScores, SegmentationMetrics, image_scores
+from core.segmentation.protocols import Protocol, binarise, mask_view, method_protocol, normalise_maps
+
+ORACLE = "oracle"
+EVAL_METHODS = METHODS + (ORACLE,)
+STATE_VERSION = 1
+MANIFEST = "segeval.json"
+Progress = Callable[..., Iterable]
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    description: str
+    protocol: Protocol
+    metrics: dict[str, float | int]
+    resumed: int  # images whose terms were read back from an earlier run
+    state_file: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "description": self.description, "protocol": self.protocol.record(),
+                **self.metrics, "resumed_images": self.resumed, "state_file": self.state_file}
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    model: dict[str, Any]
+    dataset: str
+    dataset_spec: str
+    classes: str | None
+    protocol: str
+    results: list[MethodResult]
+    class_accuracy: float | None  # zero-shot accuracy of the predicted class, when the dataset is labelled
+    maps_dir: str | None = None
+
+    def result(self, method: str) -> MethodResult:
+        return next(r for r in self.results if r.method == method)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model["spec"], "random_weights": bool(self.model["random_init"]),
+                "dataset": self.dataset, "dataset_spec": self.dataset_spec, "classes": self.classes,
+                "protocol": self.protocol, "class_accuracy": self.class_accuracy, "maps_dir": self.maps_dir,
+                "results": [r.as_dict() for r in self.results]}
+
+
+@dataclass
+class _MethodRun:
+    method: str
+    protocol: Protocol
+    segmenter: Segmenter | None
+    settings: dict[str, Any]
+    state_path: Path
+    records: dict[int, dict] = field(default_factory=dict)
+    resumed: int = 0
+
+    def pending(self, index: int, maps_dir: Path | None) -> bool:
+        if index not in self.records:
+            return True
+        return maps_dir is not None and not (maps_dir / self.method / f"{index:05d}_map.npy").is_file()
+
+
+def default_state_dir() -> Path:
+    from core.engine.text import cache_dir
+
+    return cache_dir() / "segeval"
+
+
+def _key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+
+
+def _read_state(path: Path, settings: dict[str, Any]) -> dict[int, dict]:
+    """Records of an earlier run with the same settings; a line cut short by an interruption is dropped."""
+    if not path.is_file():
+        return {}
+    records, valid_bytes = {}, 0
+    with open(path, "rb") as handle:
+        lines = handle.readlines()
+    for number, raw in enumerate(lines):
+        try:
+            entry = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if not raw.endswith(b"\n"):
+            break
+        if number == 0:
+            if entry.get("settings") != settings:
+                raise DatasetError(f"{path} belongs to another evaluation; remove it or choose another state folder")
+        else:
+            records[int(entry["index"])] = entry
+        valid_bytes += len(raw)
+    if valid_bytes < sum(len(raw) for raw in lines):
+        with open(path, "r+b") as handle:  # our own file: cut the partial last line
+            handle.truncate(valid_bytes)
+    return records
+
+
+def _append(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, allow_nan=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_MethodRun]) -> None:
+    """Refuse a folder with files we did not write, or maps of another run; record our settings."""
+    manifest_path = maps_dir / MANIFEST
+    if maps_dir.exists() and not maps_dir.is_dir():
+        raise ConfigError(f"--save-maps {maps_dir} exists and is not a folder")
+    manifest = {**header, "methods": {}}
+    if maps_dir.is_dir() and any(maps_dir.iterdir()):
+        if not manifest_path.is_file():
+            raise ConfigError(f"{maps_dir} is not empty and holds no {MANIFEST}: choose a new or empty folder for "
+                              "--save-maps (files this command did not write are never replaced)")
+        try:
+            earlier = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{manifest_path} is unreadable ({err}); choose a new folder for --save-maps") from err
+        if {k: earlier.get(k) for k in header} != header:
+            raise ConfigError(f"{maps_dir} holds maps of another model, dataset or protocol; choose a new folder")
+        for run in runs:
+            if run.method in earlier.get("methods", {}) and earlier["methods"][run.method] != run.settings:
+                raise ConfigError(f"{maps_dir} holds {run.method} maps made with other settings; choose a new folder")
+        manifest["methods"] = earlier.get("methods", {})
+    guards.output_folder(maps_dir, "--save-maps folder")
+    for run in runs:
+        manifest["methods"][run.method] = run.settings
+        (maps_dir / run.method).mkdir(exist_ok=True)
+    tmp = manifest_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, manifest_path)
+
+
+def oracle_grids(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[batch, 1, G, G]: the fraction of each patch that is foreground (masks: bool [batch, H, W])."""
+    return F.adaptive_avg_pool2d(masks.float()[:, None], grid)
+
+
+def evaluate(
+    bundle: ClipBundle, dataset: SegmentationDataset, methods: Sequence[str], *, protocol: str = "aligned",
+    options: MethodOptions = MethodOptions(), class_source: str | None = None, threshold: str | float | None = None,
+    clamp: bool | None = None, subtract_class_mean: bool | None = None, batch_size: int = 8,
+    state_dir: str | Path | None = None, save_maps: str | Path | None = None, progress: Progress | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> EvaluationReport:
+    """Score each method on every image of `dataset`; see the module docstring for state and saved maps.
+
+    class_source, threshold, clamp: aligned-protocol overrides for every method; subtract_class_mean: for heads.
+    """
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ConfigError("no method given")
+    for method in methods:
+        if method != ORACLE:
+            check_method(method)
+    if subtract_class_mean is not None and "heads" not in methods:
+        raise ConfigError("class-mean subtraction applies to the heads map only (it is linear in the class text); "
+                          "no heads method was asked for")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    info = bundle.info
+    if state_dir:
+        state_root = guards.output_folder(state_dir, "state folder")  # a user-named folder: checked, clear errors
+    else:
+        state_root = default_state_dir()
+        state_root.mkdir(parents=True, exist_ok=True)
+    prompts = dataset.class_prompts()
+    classes_key = hashlib.sha256(json.dumps(prompts.prompts).encode("utf-8")).hexdigest()[:20]
+    runs = []
+    for method in methods:
+        proto = method_protocol(protocol, method, has_labels=dataset.labelled, class_source=class_source,
+                                threshold=threshold, clamp=clamp,
+                                subtract_class_mean=subtract_class_mean if method == "heads" else None)
+        segmenter = None if method == ORACLE else Segmenter(bundle, method, options)
+        settings = {"version": STATE_VERSION, "model": info.identity(), "dataset": dataset.identity(),
+                    "method": method, "options": {} if method == ORACLE else options.record(method),
+                    "protocol": proto.record(), "classes": None if method == ORACLE else classes_key}
+        if segmenter is not None and segmenter.pool is not None:  # the bases and layers actually used
+            settings["neurons"] = {"source": segmenter.pool.source, "layers": list(segmenter.pool.layers)}
+        path = state_root / f"{method}-{_key(settings)}.jsonl"
+        run = _MethodRun(method, proto, segmenter, settings, path, _read_state(path, settings))
+        run.resumed = len(run.records)
+        if run.resumed:
+            log(f"{method}: {run.resumed} images read back from {path}")
+        else:
+            path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+        runs.append(run)
+    geometry = runs[0].protocol.geometry
+    maps_dir = Path(save_maps) if save_maps else None
+    if maps_dir is not None:
+        _prepare_maps_dir(maps_dir, {"tool": "python -m core segeval", "model": info.identity(),
+                                     "dataset": dataset.identity(), "protocol": protocol, "geometry": geometry}, runs)
+    classifier = None
+    if any(run.segmenter is not None for run in runs):
+        from core.engine.text import prompt_classifier
+
+        classifier = prompt_classifier(bundle, prompts.prompts)
+    size = info.image_size
+    starts = range(0, len(dataset), batch_size)
+    iterable = progress(starts, desc="segeval", total=len(starts)) if progress else starts
+    for start in iterable:
+        indices = range(start, min(start + batch_size, len(dataset)))
+        todo = {run.method: [i for i in indices if run.pending(i, maps_dir)] for run in runs}
+        needed = sorted({i for pending in todo.values() for i in pending})
+        if not needed:
+            continue
+        samples = {i: dataset.sample(i) for i in needed}
+        views = {i: mask_view(samples[i].mask, bundle.preprocess, size, geometry) for i in needed}
+        if maps_dir is not None:
+            for i in needed:
+                target = maps_dir / f"{i:05d}_mask.png"
+                if not target.is_file():
+                    Image.fromarray(views[i].astype(np.uint8) * 255).save(target)
+        for run in runs:
+            if todo[run.method]:
+                _score_batch(run, bundle, [samples[i] for i in todo[run.method]], [views[i] for i in todo[run.method]],
+                             classifier, maps_dir)
+    results = []
+    for run in runs:
+        metrics = SegmentationMetrics()
+        for index in range(len(dataset)):
+            metrics.add(ImageScores.from_dict(run.records[index]))
+        description = "oracle: the mask averaged over each patch, upsampled" if run.segmenter is None \
+            else run.segmenter.describe()
+        results.append(MethodResult(run.method, description, run.protocol, metrics.summary(), run.resumed,
+                                    str(run.state_path)))
+    return EvaluationReport(info.as_dict(), dataset.description, dataset.spec, prompts.description, protocol, results,
+                            _class_accuracy(runs, dataset), str(maps_dir) if maps_dir else None)
+
+
+def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, classifier, maps_dir: Path | None) -> None:
+    proto = run.protocol
+    masks = torch.from_numpy(np.stack(views))
+    chosen = predicted = None
+    if run.segmenter is None:
+        grids = oracle_grids(masks, bundle.info.grid)
+    else:
+        pixels = torch.stack([bundle.preprocess(s.image) for s in samples])
+        given = None
+        if proto.class_source == "given":
+            given = torch.tensor([[s.label] for s in samples])
+        output = run.segmenter(pixels, Targets(classifier, given, proto.subtract_class_mean))
+        grids, chosen, predicted = output.grids, output.chosen[:, 0], output.predicted
+    maps = normalise_maps(grids[:, 0], bundle.info.image_size, clamp=proto.clamp).numpy().astype(np.float32)
+    predictions = binarise(maps, proto.threshold)
+    for row, sample in enumerate(samples):
+        scores = image_scores(maps[row], predictions[row], views[row])
+        entry = {"index": sample.index, "name": sample.name, "label": sample.label,
+                 "chosen": None if chosen is None else int(chosen[row]),
+                 "predicted": None if predicted is None else int(predicted[row]), **scores.as_dict()}
+        if maps_dir is not None:
+            target = maps_dir / run.method / f"{sample.index:05d}_map.npy"
+            tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, maps[row])
+            os.replace(tmp, target)
+        _append(run.state_path, entry)
+        run.records[sample.index] = entry
+
+
+def _class_accuracy(runs: list[_MethodRun], dataset: SegmentationDataset) -> float | None:
+    if not dataset.labelled:
+        return None
+    for run in runs:
+        if run.segmenter is not None:
+            hits = [r["predicted"] == r["label"] for r in run.records.values()]
+            return float(np.mean(hits)) if hits else None
+    return None
+
+
+def recompute_from_maps(maps_dir: str | Path, method: str) -> dict[str, float | int]:
+    """The metrics of `method` from the files `--save-maps` wrote (thresholds from segeval.json)."""
+    maps_dir = Path(maps_dir)
+    manifest = json.loads((maps_dir / MANIFEST).read_text(encoding="utf-8"))
+    if method not in manifest["methods"]:
+        raise ConfigError(f"{maps_dir} holds no maps of {method}")
+    threshold = manifest["methods"][method]["protocol"]["threshold"]
+    metrics = SegmentationMetrics()
+    files = sorted((maps_dir / method).glob("*_map.npy"))
+    if not files:
+        raise DatasetError(f"no maps in {maps_dir / method}")
+    for path in files:
+        scores = np.load(path)
+        mask = np.asarray(Image.open(maps_dir / path.name.replace("_map.npy", "_mask.png"))) > 127
+        metrics.add(image_scores(scores, binarise(scores, threshold), mask))
+    return metrics.summary()
