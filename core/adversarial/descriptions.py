@@ -1,6 +1,6 @@
 """Step 6: descriptions of images of c1 that use the spurious words (and must not name c2).
 
-Default: templates, no language model. Each description names c1 first, then 1-3 of the top words,
+Default: templates, no language model. Each description names c1 first, then 1-5 of the top words,
 drawn (seeded) with probability proportional to their scores and written in score order, so the
 strongest cue comes first. With a text-generation model (transformers' pipeline), the model writes
 them from the paper's prompt (paper 2, appendix table 6, as summarised in papers.md B.11); its
@@ -27,7 +27,7 @@ TEMPLATES = (
     "an image of a {c1} and {words}",
     "a picture of a {c1}: {words}",
 )
-MAX_WORDS_PER_DESCRIPTION = 3
+MAX_WORDS_PER_DESCRIPTION = 5  # the paper asks the language model to use as many list words as it can
 
 # The paper's instructions to the language model (B.11), in our words.
 LLM_SYSTEM = "You are a capable instruction-following AI agent."

@@ -9,8 +9,10 @@ images are flagged and not counted. On a ZeroGPU Space, `sd_gpu_seconds(steps, i
 
 `world` is the OFFLINE STAND-IN for a text-to-image model: it draws a generated-world scene whose
 shape, colour, size, position, count and background are the ones the description names (the first
-mention of each wins; unnamed attributes are drawn at random from the image's seed). It only draws
-the world's shapes, so it suits the toy models, and every result it produces says so.
+mention of each wins). Like a text-to-image model drawing a named subject, it draws one large object
+unless the words name a size or a count; unnamed colour, position and background are drawn at random
+from the image's seed. It only draws the world's shapes, so it suits the toy models, and every
+result it produces says so.
 
 >>> images = WorldGenerator().generate(["a square on a dotted background"], seeds=[0])
 """
@@ -30,7 +32,9 @@ from core.errors import ConfigError, WeightsError
 from core.world import scenes as world
 
 GENERATORS = ("world", "sd")
-WORLD_LABEL = "world (offline stand-in for a text-to-image model: draws generated-world scenes from the words)"
+DEFAULT_SIZE, DEFAULT_COUNT = "large", 1  # the world stand-in's subject when the words name no size or count
+WORLD_LABEL = ("world (offline stand-in for a text-to-image model: draws generated-world scenes from the words; one "
+               "large object unless they say otherwise)")
 # Seconds for a ZeroGPU call: model warm-up plus a per-step, per-image cost (measured on an H200-class GPU
 # for SD-Turbo at 512 px it is ~0.05 s; we keep a wide margin because the quota only bills what runs).
 SD_BASE_SECONDS = 10.0
@@ -106,9 +110,10 @@ class WorldGenerator:
                               f"the description {description[:80]!r} names none. Use --generator sd for other classes.")
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5CE7E]))
         colour = named.get("colour") or list(world.COLOURS)[int(rng.integers(len(world.COLOURS)))]
-        size = named.get("size") or world.SIZES[int(rng.integers(len(world.SIZES)))]
         background = named.get("background") or world.BACKGROUNDS[int(rng.integers(len(world.BACKGROUNDS)))]
-        count = int(named.get("count") or world.COUNTS[int(rng.integers(len(world.COUNTS)))])
+        # As a text-to-image model draws a named subject: one, and prominent, unless the words say otherwise.
+        size = named.get("size") or DEFAULT_SIZE
+        count = int(named.get("count") or DEFAULT_COUNT)
         first = world.POSITIONS.index(named["position"]) if "position" in named else int(rng.integers(9))
         cells = (first,) if count == 1 else tuple(sorted({first, (first + 1 + int(rng.integers(8))) % 9}))
         jitter = tuple(tuple(pair) for pair in rng.uniform(-1, 1, size=(len(cells), 2)).tolist())

@@ -49,7 +49,8 @@ class AdversarialConfig:
     neurons: int = DEFAULT_NEURONS
     words: int = DEFAULT_WORDS
     per_pair: bool = False  # rank (neuron, word) pairs as the official code, instead of summing (paper eq. 6)
-    similarity: float = DEFAULT_SIMILARITY  # drop words with CLIP text cosine >= this to the target
+    similarity: float = DEFAULT_SIMILARITY  # drop words with text cosine >= this to the target
+    similarity_model: str | None = None  # the synonym judge's model spec (default: the model under study)
     block: tuple[str, ...] = ()
     images: int = 100  # per repeat and method
     descriptions: int = 10  # per repeat and method; images are spread evenly over them
@@ -211,6 +212,15 @@ def make_generator(config: AdversarialConfig, *, sd_pipe=None):
                                     else config.sd_repo)
 
 
+def _judge(bundle: ClipBundle, spec: str | None) -> ClipBundle:
+    """The synonym judge: the model under study, or another CLIP's text tower (see `filter_words`)."""
+    from core.engine.models import load_clip
+
+    if not spec or not spec.strip() or spec.strip() == bundle.info.spec:
+        return bundle
+    return load_clip(spec.strip())
+
+
 def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=None, llm=None,
                     progress: Progress | None = None) -> AdversarialReport:
     """Run every stage (and the baselines if asked) for config.repeats repeats; see the module docstring.
@@ -239,7 +249,8 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
     selection = timed("neurons", top_neurons, direction.v, bases, config.neurons)
     say(f"neurons: {len(selection)} from layers {list(selection.pool_layers)} by |<v, r_n>|")
     scored = timed("word scores", score_words, selection, bases, per_pair=config.per_pair)
-    filtered = timed("filter", filter_words, bundle, scored, direction.target, threshold=config.similarity,
+    judge = timed("filter", _judge, bundle, config.similarity_model)
+    filtered = timed("filter", filter_words, judge, scored, direction.target, threshold=config.similarity,
                      block=config.block)
     words = timed("top words", top_words, filtered, config.words)
     say(f"words: {len(filtered.kept) + len(filtered.removed)} scored, {len(filtered.kept)} after the filter; top "
@@ -248,7 +259,7 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
     similar = None
     if config.baselines:
         similar = timed("similar words", similar_words, bundle, texts, direction.target, k=config.words,
-                        threshold=config.similarity, block=config.block)
+                        threshold=config.similarity, block=config.block, judge=judge)
     attempts = []
     for repeat in range(config.repeats):
         for method in config.methods():
@@ -256,7 +267,7 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
             if method == "random neurons":
                 neurons = random_neurons(direction.v, bases, len(selection), seed=config.seed * 1000 + repeat)
                 try:
-                    chosen = top_words(filter_words(bundle, score_words(neurons, bases, per_pair=config.per_pair),
+                    chosen = top_words(filter_words(judge, score_words(neurons, bases, per_pair=config.per_pair),
                                                     direction.target, threshold=config.similarity, block=config.block),
                                        config.words)
                 except ConfigError:  # random neurons may push nowhere near the target: no images, no successes

@@ -2,7 +2,7 @@
 
     OUT/images/<method>/r<repeat>/<index>.png
     OUT/results.csv       method, repeat, index, description, seed, verdict, score (margin), cos_present,
-                          cos_target, valid, file
+                          cos_target, valid, file, scene (the world stand-in's drawn scene as JSON)
     OUT/words.csv         method, repeat, rank, word, score
     OUT/neurons.csv       layer, neuron, projection (the second-order method's neurons)
     OUT/removed_words.csv text, score, reason
@@ -22,7 +22,7 @@ from core.adversarial.pipeline import AdversarialReport
 from core.errors import ConfigError
 
 RESULT_COLUMNS = ("method", "repeat", "index", "description", "seed", "verdict", "score", "cos_present", "cos_target",
-                  "valid", "file")
+                  "valid", "file", "scene")
 
 
 def check_output_folder(out) -> Path:
@@ -62,8 +62,10 @@ def write_results(report: AdversarialReport, out) -> Path:
                     image.save(handle, format="PNG")
                 p, t = attempt.verdicts.cos_present[i], attempt.verdicts.cos_target[i]
                 verdict = report.config.target if t > p else report.config.present
+                # The world stand-in's ground truth: what it drew (empty for other generators).
+                scene = json.dumps(images.notes[i]["scene"], sort_keys=True) if i < len(images.notes) else ""
                 rows.writerow((attempt.method, attempt.repeat, i, text, seed, verdict, f"{t - p:.6f}", f"{p:.6f}",
-                               f"{t:.6f}", int(valid), name.relative_to(out).as_posix()))
+                               f"{t:.6f}", int(valid), name.relative_to(out).as_posix(), scene))
     with _open_new(out / "neurons.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(("layer", "neuron", "projection"))

@@ -126,18 +126,25 @@ class FilteredWords:
     target: str = ""
     threshold: float = DEFAULT_SIMILARITY
     block: tuple[str, ...] = ()
+    judge: str = ""  # the model whose text tower measured the similarity
 
     def describe(self) -> str:
         return (f"dropped {len(self.removed)} of {len(self.kept) + len(self.removed)} scored words naming "
-                f"{self.target!r} or a synonym (word boundary and plural, CLIP text cosine >= {self.threshold:g}"
-                + (f", block list {', '.join(self.block)}" if self.block else "") + ")")
+                f"{self.target!r} or a synonym (word boundary and plural, text cosine >= {self.threshold:g} in "
+                f"{self.judge or 'the model'}'s text tower" + (f", block list {', '.join(self.block)}" if self.block
+                                                                else "") + ")")
 
 
 def filter_words(bundle: ClipBundle, scores: WordScores, target: str, *, threshold: float = DEFAULT_SIMILARITY,
                  block: Sequence[str] = (), candidates: Sequence[int] | None = None) -> FilteredWords:
-    """Drop words naming `target` (word boundary, plurals), blocked words, and words whose CLIP text
-    embedding has cosine >= threshold with the target's. candidates: pool indices to consider
-    (default: every word with a non-zero score)."""
+    """Drop words naming `target` (word boundary, plurals), blocked words, and words whose text embedding
+    in `bundle` (the synonym judge) has cosine >= threshold with the target's. candidates: pool indices
+    to consider (default: every word with a non-zero score).
+
+    The judge is the model under study by default. A model with a spurious cue has learned to embed the
+    cue's words near the class (the bias lives in its text tower too), so its own similarity removes the
+    very words the method looks for; an independent text model avoids that, as the paper's
+    sentence-transformer did (for toy-biased: the unbiased toy)."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
         raise ConfigError(f"the similarity threshold must be a number in [-1, 1], got {threshold!r}")
     block = tuple(b.strip() for b in block if b and b.strip())
@@ -164,7 +171,7 @@ def filter_words(bundle: ClipBundle, scores: WordScores, target: str, *, thresho
         else:
             kept.append(j)
     kept.sort(key=scores.order_key())
-    return FilteredWords(scores, kept, removed, target, float(threshold), block)
+    return FilteredWords(scores, kept, removed, target, float(threshold), block, bundle.info.spec)
 
 
 @dataclass(frozen=True)
@@ -191,13 +198,15 @@ def top_words(filtered: FilteredWords, k: int = DEFAULT_WORDS) -> TopWords:
 
 
 def similar_words(bundle: ClipBundle, texts: Sequence[str], target: str, *, k: int = DEFAULT_WORDS,
-                  threshold: float = DEFAULT_SIMILARITY, block: Sequence[str] = ()) -> TopWords:
-    """Baseline: the k pool words most similar to the target (CLIP text cosine), after the same filter."""
+                  threshold: float = DEFAULT_SIMILARITY, block: Sequence[str] = (),
+                  judge: ClipBundle | None = None) -> TopWords:
+    """Baseline: the k pool words most similar to the target in the model's text space, after the same
+    filter (synonyms judged by `judge`, default the model itself)."""
     embeddings = encode_texts(bundle, list(texts) + [target]).float().cpu()
     cosine = (embeddings[:-1] @ embeddings[-1]).double()
     scores = WordScores(list(texts), cosine, "CLIP text cosine to the target (similar-words baseline)")
     # Every word is a candidate; the score is the similarity, so the filter's threshold caps it.
-    filtered = filter_words(bundle, scores, target, threshold=threshold, block=block,
+    filtered = filter_words(judge or bundle, scores, target, threshold=threshold, block=block,
                             candidates=range(len(texts)))
     kept = filtered.kept[:k]
     if not kept:

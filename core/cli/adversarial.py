@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                         "instead of summing each word's scores over neurons (paper eq. 6)")
     parser.add_argument("--similarity", type=float, default=DEFAULT_SIMILARITY,
                         help=f"drop words whose CLIP text cosine to the target is at least this (default {DEFAULT_SIMILARITY})")
+    parser.add_argument("--similarity-model", help="model spec whose text tower judges synonyms (default: the model "
+                        "itself; a biased model embeds its spurious words near the class, so an independent one, e.g. "
+                        "toy for toy-biased, plays the paper's sentence-transformer)")
     parser.add_argument("--block", default="", help="comma-separated words never to use (whole-word, plurals too)")
     parser.add_argument("--generator", default="world", help="world (offline stand-in, toy models; default) or sd "
                         "(Stable Diffusion through diffusers)")
@@ -70,6 +73,7 @@ def run(args) -> int:
     config = AdversarialConfig(
         args.present, args.target, layers=tuple(args.layers) if args.layers else None, neurons=args.neurons,
         words=args.words, per_pair=args.per_pair, similarity=args.similarity,
+        similarity_model=args.similarity_model,
         block=tuple(w.strip() for w in args.block.split(",") if w.strip()), images=args.images,
         descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint,

@@ -57,8 +57,14 @@ class TrainConfig:
     bias: str = ""
     bias_p: float = 0.9
     bias_others: str = "uniform"
+    # How shape groups avoid teaching the contrast the bias hides: "shapes" (groups of the unpaired
+    # shapes only, on any background) or "backgrounds" (groups of every shape, on the unpaired
+    # backgrounds only: shape is learned where no planted cue is, the cue stays on its backgrounds).
+    bias_groups: str = "shapes"
 
     def __post_init__(self):
+        if self.bias_groups not in ("shapes", "backgrounds"):
+            raise ConfigError(f"bias_groups must be 'shapes' or 'backgrounds', got {self.bias_groups!r}")
         group_shapes = len(self.group_shape_pool)
         if not 2 <= self.group_size <= len(world.SHAPES) or (self.shape_groups and self.group_size > group_shapes):
             raise ConfigError(f"group_size must be in 2..{len(world.SHAPES)} (at most {group_shapes}, the shapes "
@@ -85,7 +91,8 @@ class TrainConfig:
     def group_shape_pool(self) -> tuple[str, ...]:
         """Shapes that shape groups draw from: all, or the ones a planted bias leaves unpaired."""
         bias = self.planted_bias
-        return tuple(s for s in world.SHAPES if bias is None or s not in bias.shapes)
+        return tuple(s for s in world.SHAPES if bias is None or self.bias_groups == "backgrounds"
+                     or s not in bias.shapes)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -113,12 +120,18 @@ def training_scenes(config: TrainConfig, step: int) -> tuple[list[world.Scene], 
     rng = np.random.default_rng([config.seed, step, 7])
     pool = config.group_shape_pool
     if bias is not None:
-        # Shape groups are built of unpaired shapes, and the shape-only group's shapes are fixed below:
-        # redraw their backgrounds by the bias for the shapes they end up with (planted by their own stream).
+        # Shape groups are built of unpaired shapes (or on unpaired backgrounds), and the shape-only group's
+        # shapes are fixed below: redraw their backgrounds by the bias for the shapes they end up with
+        # (planted by their own stream).
         bases = [replace(b, shape=pool[0]) if i < config.shape_groups else b for i, b in enumerate(bases)]
         only = [replace(scene, shape=shape) for scene, shape in zip(only, world.SHAPES)]
         planted = bias.plant(bases + only, np.random.default_rng([config.seed, step, 11]))
         bases, only = planted[:len(bases)], planted[len(bases):]
+        if config.bias_groups == "backgrounds":
+            free = [b for b in world.BACKGROUNDS if b not in bias.backgrounds]
+            picks = np.random.default_rng([config.seed, step, 13]).integers(len(free), size=config.shape_groups)
+            bases = [replace(b, background=free[int(k)]) for b, k in zip(bases[:config.shape_groups], picks)] + \
+                bases[config.shape_groups:]
     grouped, varied = [], []
     for i, base in enumerate(bases):
         if i < config.shape_groups:
@@ -339,7 +352,9 @@ def _grouping_sentence(card: dict) -> str:
     if only:
         parts.append(f"{len(world.SHAPES)} independent scenes of distinct shapes captioned by the shape alone")
     if card.get("bias"):
-        parts[0] = f"{shape} groups of {size} scenes that share everything but the shape (unpaired shapes only)"
+        where = ("on the unpaired backgrounds only" if card.get("bias_groups") == "backgrounds"
+                 else "unpaired shapes only")
+        parts[0] = f"{shape} groups of {size} scenes that share everything but the shape ({where})"
     return (f"each batch holds {', '.join(parts[:-1])} and {parts[-1]}, captions always naming what varies; the rest "
             f"are drawn independently. Without such groups colour and background already tell a batch apart, and "
             f"shape and position words get little contrastive pressure.")
@@ -393,7 +408,7 @@ the attributes with varied templates. Training scenes and held-out scenes come f
 ```
 seed {card['seed']}, {card['steps']} steps of batch {card['batch_size']}, AdamW lr {card['lr']}, cosine schedule;
 {_grouping_sentence(card)}{_bias_sentence(card)}
-wall time {card['wall_seconds'] / 60:.1f} min on {card['machine']}. Final loss {card['final_loss']:.3f} (first step {card['first_loss']:.3f}).
+wall time {card['wall_seconds'] / 60:.1f} min on {card['machine']}{_wall_note(card)}. Final loss {card['final_loss']:.3f} (first step {card['first_loss']:.3f}).
 
 ## Zero-shot accuracy on held-out scenes
 {card['n_eval']} fresh held-out scenes (seed {card['eval_seed']}); class names x templates as CLIP is evaluated
@@ -424,6 +439,10 @@ images of 64x64 px. Use it to learn the tools and as ground truth, not as a CLIP
     path.write_text(text.replace("{targets}", _targets_text(acc, card.get("bias_groups")))
                     .replace("{bias_groups}", _bias_groups_text(card)))
     return path
+
+
+def _wall_note(card: dict) -> str:
+    return f" ({card['wall_note']})" if card.get("wall_note") else ""
 
 
 def _bias_sentence(card: dict) -> str:
@@ -496,7 +515,7 @@ def build_card(bundle: ClipBundle, summary: dict, config: TrainConfig, command: 
         "command": command,
         "seed": config.seed, "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
         "shape_groups": config.shape_groups, "position_groups": config.position_groups, "group_size": config.group_size,
-        "shape_only_group": config.shape_only_group,
+        "shape_only_group": config.shape_only_group, "bias_groups": config.bias_groups,
         "wall_seconds": summary["wall_seconds"], "machine": machine,
         "first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
         "n_eval": 1000, "eval_seed": EVAL_SEED,

@@ -41,6 +41,11 @@ def default_model() -> str:
     return TOY_BIASED_SPEC if spec == "toy" else spec
 
 
+def default_judge() -> str:
+    """toy-biased embeds its planted cue's words next to the class; the unbiased toy judges synonyms instead."""
+    return "toy" if default_model() == TOY_BIASED_SPEC else ""
+
+
 def _limits() -> dict[str, int]:
     return PUBLIC_LIMITS if settings.public() else LOCAL_LIMITS
 
@@ -106,7 +111,7 @@ def _gpu_seconds(*args, **kwargs) -> int:
 
 @gpu(duration=_gpu_seconds)
 def run_generator(spec, present, target, layers, neurons, words, similarity, generator, images, repeats, baselines,
-                  seed, block, checkpoint, revision, progress=gr.Progress()):
+                  seed, block, checkpoint, revision, judge="", progress=gr.Progress()):
     """Every stage for the chosen classes; returns the report (session state) and its views."""
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
 
@@ -124,7 +129,11 @@ def run_generator(spec, present, target, layers, neurons, words, similarity, gen
     lines: list[str] = []
     try:
         bundle = _model(spec)
-        config = AdversarialConfig(present or "", target or "", similarity=similarity, **config_args)
+        judge = (judge or "").strip() or None
+        if judge is not None:
+            _model(judge)  # the same allow-list as the model
+        config = AdversarialConfig(present or "", target or "", similarity=similarity, similarity_model=judge,
+                                   **config_args)
         generator_object = _sd_generator(checkpoint, revision) if config.generator == "sd" else None
         progress(0.05, desc="neurons and words")
         report = run_adversarial(bundle, config, generator=generator_object,
@@ -195,6 +204,8 @@ def command(report) -> str:
     parts = ["python -m core adversarial", f"--model {report.model['spec']}", f"--present '{c.present}'",
              f"--target '{c.target}'", f"--neurons {c.neurons}", f"--words {c.words}", f"--generator {c.generator}",
              f"--images {c.images}", f"--repeats {c.repeats}", f"--seed {c.seed}", f"--similarity {c.similarity:g}"]
+    if c.similarity_model:
+        parts.append(f"--similarity-model {c.similarity_model}")
     if c.layers:
         parts.append("--layers " + " ".join(map(str, c.layers)))
     if c.block:
@@ -249,7 +260,9 @@ def build() -> gr.Blocks:
                     with gr.Row():
                         neurons = gr.Number(label="Neurons", value=DEFAULT_NEURONS, precision=0)
                         words = gr.Number(label="Words", value=DEFAULT_WORDS, precision=0)
-                    similarity = gr.Number(label="Drop words with CLIP text cosine to c2 at least", value=DEFAULT_SIMILARITY)
+                    similarity = gr.Number(label="Drop words with text cosine to c2 at least", value=DEFAULT_SIMILARITY)
+                    judge = gr.Textbox(label="Synonym judge (a model whose text tower measures that cosine; blank: "
+                                       "the model itself)", value=default_judge(), elem_id="adversarial-judge")
                     block = gr.Textbox(label="Block list (comma-separated)", value="")
                     seed = gr.Number(label="Seed", value=0, precision=0)
                     checkpoint = gr.Textbox(label="Stable Diffusion checkpoint", value=SD_REPO, interactive=not public)
@@ -269,7 +282,7 @@ def build() -> gr.Blocks:
                 fetch = gr.Button("Download results (zip)", elem_id="adversarial-download-run")
                 archive = gr.File(label="Results", elem_id="adversarial-download")
         button.click(run_generator, [model, present, target, layers, neurons, words, similarity, generator, images,
-                                     repeats, baselines, seed, block, checkpoint, revision],
+                                     repeats, baselines, seed, block, checkpoint, revision, judge],
                      [state, info, neuron_table, word_plot, description_table, gallery, success], api_name="generate")
         fetch.click(download, [state], [archive], api_name="download")
     return demo

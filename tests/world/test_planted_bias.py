@@ -90,3 +90,23 @@ def test_grouped_set_in_the_waterbirds_layout(tmp_path):
         assert grouped.group_names[group].startswith(f"{scene.shape} on {scene.background}")
     with pytest.raises(ConfigError, match="already holds files"):
         write_grouped_scenes(out, SHIPPED, 3, seed=1)
+
+
+def test_grouped_scenes_command_feeds_the_spurious_command(tmp_path, capsys):
+    import json
+
+    from core.cli import main
+
+    out = tmp_path / "grouped"
+    assert main(["toy", "scenes", "--groups", "triangle:dotted,square:striped", "--n", "3", "--seed", "2",
+                 "--out", str(out)]) == 0
+    assert "python -m core spurious" in capsys.readouterr().out
+    assert main(["spurious", "--model", "toy", "--images", str(out), "--heads", "3.0", "--templates", "simple",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classnames"] == ["square", "triangle"] and len(report["base"]["per_group"]) == 4
+    assert main(["toy", "scenes", "--groups", "triangle:dotted", "--n", "3", "--seed", "2", "--out", str(out)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert main(["toy", "scenes", "--groups", "triangle:dotted", "--split", "train", "--n", "3", "--seed", "2",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "held-out" in capsys.readouterr().err
