@@ -216,9 +216,9 @@ def _judge(bundle: ClipBundle, spec: str | None) -> ClipBundle:
     """The synonym judge: the model under study, or another CLIP's text tower (see `filter_words`)."""
     from core.engine.models import load_clip
 
-    if not spec or not spec.strip() or spec.strip() == bundle.info.spec:
+    if spec is None or spec.strip() == bundle.info.spec:
         return bundle
-    return load_clip(spec.strip())
+    return load_clip(spec.strip())  # an empty spec is refused there, like an empty --model
 
 
 def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=None, llm=None,

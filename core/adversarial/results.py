@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from core.adversarial.pipeline import AdversarialReport
+from core import guards
 from core.errors import ConfigError
 
 RESULT_COLUMNS = ("method", "repeat", "index", "description", "seed", "verdict", "score", "cos_present", "cos_target",
@@ -27,8 +28,8 @@ RESULT_COLUMNS = ("method", "repeat", "index", "description", "seed", "verdict",
 
 def check_output_folder(out) -> Path:
     """The folder, if it is new or empty; ConfigError if it holds anything (nothing is ever overwritten)."""
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = guards.check_output_path(Path(out).expanduser(), "output folder")
+    if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already holds files; choose a new or empty output folder (nothing is overwritten)")
     return out
 
@@ -43,8 +44,7 @@ def _open_new(path: Path):
 
 def write_results(report: AdversarialReport, out) -> Path:
     """Write the report into `out` (new or empty folder); returns the folder."""
-    out = check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = guards.output_folder(check_output_folder(out))
     with _open_new(out / "results.csv") as results, _open_new(out / "words.csv") as words:
         rows, word_rows = csv.writer(results), csv.writer(words)
         rows.writerow(RESULT_COLUMNS)

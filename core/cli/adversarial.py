@@ -69,12 +69,22 @@ def run(args) -> int:
     from core.adversarial.results import check_output_folder, write_results
     from core.cli.common import device_of, load_model, model_line, print_json
 
+    from core.artifacts.hub import check_user_source
+    from core.engine.text import check_texts
+
     out = check_output_folder(args.out)  # before any work
+    if args.bases is not None:
+        check_user_source(args.bases)
+    for name in ("present", "target"):
+        check_texts([getattr(args, name)], what=f"--{name}")
+    block = tuple(w.strip() for w in args.block.split(",") if w.strip())
+    if block:
+        check_texts(block, what="--block word")
     config = AdversarialConfig(
         args.present, args.target, layers=tuple(args.layers) if args.layers else None, neurons=args.neurons,
         words=args.words, per_pair=args.per_pair, similarity=args.similarity,
         similarity_model=args.similarity_model,
-        block=tuple(w.strip() for w in args.block.split(",") if w.strip()), images=args.images,
+        block=block, images=args.images,
         descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint,
         sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=str(device_of(args)))
