@@ -29,6 +29,9 @@ PAPERS = {
     "2310.05916": "Interpreting CLIP's Image Representation via Text-Based Decomposition (ICLR 2024)",
     "2406.04341": "Interpreting the Second-Order Effects of Neurons in CLIP (ICLR 2025)",
 }
+# ZeroGPU runs torch 2.8 to 2.11 only (huggingface.co/docs/hub/spaces-zerogpu); the root pins are newer, so a
+# ZeroGPU Space gets these (the CPU test suite passes under them: README, "Deploying a Space").
+ZEROGPU_PINS = {"torch": "2.11.0", "torchvision": "0.26.0"}
 TAGS = ["interpretability", "clip", "vision-transformer", "explainability", "mechanistic-interpretability"]
 
 
@@ -49,6 +52,11 @@ CARDS = {
                   ("2310.05916",), ("textspan", "attention-heads")),
     "neurons": Card("clipscope · Neurons", "🧠", "purple", "yellow", "What CLIP's MLP neurons write, in words",
                     ("2406.04341",), ("second-order-effects", "neurons")),
+    "segmentation": Card("clipscope · Segmentation", "🧩", "indigo", "green",
+                         "Zero-shot segmentation by CLIP's heads and neurons", ("2310.05916", "2406.04341"),
+                         ("zero-shot-segmentation", "second-order-effects")),
+    "adversarial": Card("clipscope · Adversarial", "🎭", "purple", "red", "Images that fool CLIP, from neurons' words",
+                        ("2406.04341",), ("adversarial-images", "second-order-effects", "stable-diffusion")),
     "suite": Card("clipscope", "🔭", "blue", "purple", "CLIP's heads and neurons explained in words",
                   ("2310.05916", "2406.04341"), ("textspan", "second-order-effects")),
 }
@@ -144,10 +152,22 @@ def stage(tab: str, out: Path, **options) -> Path:
     shutil.copytree(ROOT / "core", out / "core", ignore=SKIP)
     (out / "README.md").write_text(card_text(tab, front_matter(tab, **options), card_body(tab)), encoding="utf-8")
     # Spaces manage gradio and spaces themselves (sdk_version); everything else comes from the root pins.
-    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
-             if not line.startswith(("gradio", "spaces", "#"))]
-    (out / "requirements.txt").write_text("\n".join(lines) + "\n")
+    (out / "requirements.txt").write_text(space_requirements(front_matter(tab, **options)["suggested_hardware"]))
     return out
+
+
+def space_requirements(hardware: str) -> str:
+    """The root pins without what Spaces manage themselves (gradio via sdk_version, spaces); on ZeroGPU
+    hardware, torch and torchvision at the newest versions ZeroGPU supports."""
+    lines = []
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        name = line.split("==", 1)[0].strip()
+        if not line.strip() or line.startswith(("gradio", "spaces", "#")):
+            continue
+        if hardware.startswith("zero-") and name in ZEROGPU_PINS:
+            line = f"{name}=={ZEROGPU_PINS[name]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 

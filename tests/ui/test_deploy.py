@@ -53,7 +53,10 @@ def check(matter: dict) -> None:
     assert "suggested_storage" not in matter and "hardware" not in matter  # ignored by the Hub
 
 
-@pytest.mark.parametrize("tab", ["decomposition", "heads", "neurons", "suite"])
+TABS = ["decomposition", "heads", "neurons", "segmentation", "adversarial", "suite"]
+
+
+@pytest.mark.parametrize("tab", TABS)
 def test_front_matter_for_the_offline_default(deploy, tab):
     matter = deploy.front_matter(tab)
     check(matter)
@@ -80,7 +83,7 @@ def test_front_matter_for_a_real_clip_with_hub_bases(deploy):
 
 
 def test_committed_cards_are_the_generated_ones(deploy):
-    for tab in ("decomposition", "heads", "neurons"):
+    for tab in TABS[:-1]:
         committed = (ROOT / "spaces" / tab / "README.md").read_text(encoding="utf-8")
         assert committed == deploy.card_text(tab, deploy.front_matter(tab), deploy.card_body(tab)), (
             f"spaces/{tab}/README.md is stale: run python spaces/deploy.py --write-cards")
@@ -94,3 +97,29 @@ def test_the_whole_suite_stages_as_one_space(deploy, tmp_path):
     requirements = (folder / "requirements.txt").read_text()
     assert "gradio" not in requirements and "spaces" not in requirements and "torch==" in requirements
     check(yaml.safe_load((folder / "README.md").read_text(encoding="utf-8").split("---\n")[1]))
+
+
+@pytest.mark.parametrize("tab", TABS[:-1])
+def test_each_tab_stages_alone(deploy, tab, tmp_path):
+    folder = deploy.stage(tab, tmp_path / "space")
+    assert (folder / "app.py").is_file() and (folder / "ui_common.py").is_file() and (folder / "core").is_dir()
+    assert not (folder / "spaces").exists() and not (folder / "__init__.py").exists()
+    check(yaml.safe_load((folder / "README.md").read_text(encoding="utf-8").split("---\n")[1]))
+
+
+def _pin(requirements: str, name: str) -> tuple[int, ...]:
+    line = next(line for line in requirements.splitlines() if line.startswith(f"{name}=="))
+    return tuple(int(part) for part in line.split("==")[1].split(".")[:2])
+
+
+def test_a_zerogpu_space_pins_a_torch_that_zerogpu_runs(deploy, tmp_path):
+    root = (ROOT / "requirements.txt").read_text()
+    cpu = deploy.stage("heads", tmp_path / "cpu")
+    assert [l for l in (cpu / "requirements.txt").read_text().splitlines() if l.startswith("torch==")]
+    assert _pin((cpu / "requirements.txt").read_text(), "torch") == _pin(root, "torch")  # CPU Spaces keep the root pins
+    zero = deploy.stage("suite", tmp_path / "zero", model="ViT-B-16/laion2b_s34b_b88k", model_revision=SHA)
+    requirements = (zero / "requirements.txt").read_text()
+    assert (2, 8) <= _pin(requirements, "torch") <= (2, 11)  # huggingface.co/docs/hub/spaces-zerogpu
+    assert _pin(requirements, "torchvision") == (0, _pin(requirements, "torch")[1] + 15)  # torchvision 0.N+15 <-> torch 2.N
+    others = lambda text: sorted(l for l in text.splitlines() if not l.startswith(("torch", "gradio", "#")) and l)
+    assert others(requirements) == others(root)
