@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 from PIL import Image
 
-from core.errors import ConfigError, DatasetError, ImageError, check_index
+from core import guards, settings
+from core.errors import ConfigError, DatasetError, ImageError, PathNotAllowedError, check_index
 from core.engine.images import IMAGE_SUFFIXES, LabelledImages, image_files, image_folder, labelled_from_csv, load_image
 
 HF_PREFIX = "hf:"
@@ -392,13 +393,17 @@ def parse_image_set(spec: str, *, generator_split: str | None = None, labelled: 
     if spec.startswith(HF_PREFIX) or _generator_spec(spec):
         if labelled and not label_column:
             raise ConfigError(f"{spec} needs a label column (--label-column) to be used as a labelled set")
+    public = settings.public()
     if spec.startswith(HF_PREFIX):
+        if public:  # a Hub id is not a server path, but its download has no bound known before it is made
+            raise PathNotAllowedError("--images: this public server does not load hf: datasets; upload images or use "
+                                      "a generated set (world:N)")
         name, revision, split, column, streaming = _parse_hf(spec)
         if not allow_paths and _hf_source(name, revision).local:
             raise ConfigError("local datasets are not available here: name a Hub dataset")
         return ImageSet.huggingface(name, split, column, revision=revision, streaming=streaming,
                                     label_column=label_column)
-    generated = _generator_spec(spec)
+    generated = _generator_spec(spec, probe=not public)
     if generated:
         name, parts = generated
         if not 1 <= len(parts) <= 3:
@@ -415,13 +420,14 @@ def parse_image_set(spec: str, *, generator_split: str | None = None, labelled: 
         return image_set.with_labels(label_column) if label_column else image_set
     if not allow_paths:
         raise ConfigError("image folders are not available here: upload images or use a generated set")
+    guards.check_user_path(spec, "--images folder", hint="upload images or use a generated set (world:N)")
     return ImageSet.labelled(spec, label_column) if wants_labels else ImageSet.folder(spec)
 
 
-def _generator_spec(spec: str) -> tuple[str, list[str]] | None:
+def _generator_spec(spec: str, *, probe: bool = True) -> tuple[str, list[str]] | None:
     head, _, rest = spec.partition(":")
     if rest and re.fullmatch(r"[a-z][a-z0-9_]*", head) and (head in _GENERATORS or head == "world"):
-        if Path(spec).exists():
+        if probe and Path(spec).exists():  # never probed on a public server
             return None  # a folder that happens to be called world:3
         return head, rest.split(":")
     return None

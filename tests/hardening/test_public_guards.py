@@ -215,3 +215,25 @@ def test_every_refusal_is_a_core_error():
 
     for name in ("LimitError", "NotAllowedError", "ModelNotAllowedError", "PathNotAllowedError", "OutputError"):
         assert issubclass(getattr(errors, name), CoreError)
+
+
+@pytest.mark.parametrize("spec", ["hf:org/name@0123456789abcdef0123456789abcdef01234567:train", "/etc", "images/"])
+def test_public_image_sets_name_no_server_path_and_download_nothing(public, spec, monkeypatch):
+    from core.engine.imagesets import parse_image_set
+
+    touched = []
+    for name in ("stat", "lstat", "listdir", "scandir"):
+        original = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _o=original, _n=name, **k: touched.append(_n) or _o(*a, **k))
+    with pytest.raises(PathNotAllowedError, match="public server"):
+        parse_image_set(spec)
+    assert touched == []
+    assert parse_image_set("world:3:1").count == 3  # generated sets stay available
+
+
+def test_local_image_folders_obey_allowed_roots(tmp_path):
+    from core.engine.imagesets import parse_image_set
+
+    settings.configure(allowed_paths=[tmp_path / "inside"])
+    with pytest.raises(PathNotAllowedError):
+        parse_image_set(str(tmp_path / "outside"))
