@@ -130,6 +130,12 @@ def run(args) -> int:
                     "layers": {str(b.stats.layer): b.provenance for b in bases}, "ablations": ablations,
                     "evaluated_on": evaluation.description if evaluation else None}, device=bundle.device)
         return 0
+    _print_report(bundle, path, image_set, pool_name, texts, bases, evaluation, ablations, args)
+    return 0
+
+
+def _print_report(bundle, path, image_set, pool_name: str, texts, bases, evaluation, ablations, args) -> None:
+    """What was written, each layer's fit, and the ablation table when an evaluation set was given."""
     print(model_line(bundle))
     print(f"wrote {path}\nimage set: {image_set.description}\ntext pool: {pool_name} ({len(texts)} texts); "
           f"dictionary: {args.dictionary}; convention: {args.mode}")
@@ -143,4 +149,3 @@ def run(args) -> int:
               f"classifier: {evaluation.classifier_description}")
         for row in ablations:
             print(f"  layer {row['layer']}  {row['ablation']:38s} {100 * row['accuracy']:6.2f}%")
-    return 0

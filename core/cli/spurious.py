@@ -62,7 +62,7 @@ def run(args) -> int:
                                  model_spec, positive)
     from core.engine.images import image_files
     from core.heads.outputs import check_heads
-    from core.heads.spurious import describe_heads, grouped_folder, spurious_report
+    from core.heads.spurious import grouped_folder, spurious_report
 
     check_convention(args.convention)
     count(args.trials, "trials", "--trials")
@@ -92,6 +92,14 @@ def run(args) -> int:
     if args.json:
         print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()}, device=bundle.device)
         return 0
+    _print_report(bundle, report, heads, provenance, described, args)
+    return 0
+
+
+def _print_report(bundle, report, heads, provenance: str, described: str, args) -> None:
+    """The spurious-cue table: unmodified, chosen heads ablated, random heads; then each group."""
+    from core.heads.spurious import describe_heads
+
     print(model_line(bundle))
     print(f"evaluated on: {report.evaluated_on}; classes: {', '.join(report.classnames)}; classifier: {described}")
     flag = "  (WARNING: the evaluated set itself; pass --means-from for a held-out reference)" \
@@ -115,4 +123,3 @@ def run(args) -> int:
         print(f"  {name:12s}  " + "  ".join(f"{100 * v:6.2f}%" for v in result.per_group))
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable images, e.g. {report.skipped[0]}")
-    return 0

@@ -107,8 +107,7 @@ def _check_inputs(args):
 def run(args) -> int:
     import sys
 
-    from core.engine.labels import head_label
-    from core.heads.bases import build_textspan_bases, finish_textspan_bases, head_text_rows
+    from core.heads.bases import build_textspan_bases, finish_textspan_bases
 
     pool, paths, labelled = _check_inputs(args)
     texts, problems = pool.texts, pool.problems
@@ -132,12 +131,21 @@ def run(args) -> int:
                     "computed": [list(h) for h in build.computed], "skipped_images": build.skipped,
                     "text_pool_problems": problems, "completeness": completeness}, device=bundle.device)
         return 0
+    _print_report(bundle, build, path, pool, completeness, args)
+    return 0
+
+
+def _print_report(bundle, build, path, pool, completeness, args) -> None:
+    """Each head's chosen texts with their variance shares, and the completeness table if one was run."""
+    from core.artifacts.store import load_artifact
+    from core.engine.labels import head_label
+    from core.heads.bases import head_text_rows
+
+    texts, problems = pool.texts, pool.problems
     print(model_line(bundle))
     print(f"image set: {args.images} ({build.image_count} images); text pool: {pool.name} ({len(texts)} texts, "
           f"{len(problems)} lines skipped); convention: {args.convention}")
     print(f"fitted {len(build.computed)} heads, {len(build.heads) - len(build.computed)} already written")
-    from core.artifacts.store import load_artifact
-
     artifact = load_artifact(path)
     for head in build.heads:
         rows = head_text_rows(artifact, head)
@@ -148,7 +156,6 @@ def run(args) -> int:
     if completeness:
         _print_completeness(completeness)
     print(f"\nbases written to {path}")
-    return 0
 
 
 def _completeness(args, bundle, build, labelled) -> dict:
