@@ -74,7 +74,19 @@ def _neurons(state: ViewState, *, bases_source: str | None = None, recipe: str |
     return lines
 
 
-WRITERS: dict[str, Callable[..., list[str]]] = {"decomposition": _decomposition, "heads": _heads, "neurons": _neurons}
+def _segmentation(state: ViewState, **_) -> list[str]:
+    """One `segment` line per method shown (the side-by-side method writes its own folder)."""
+    setup, image = image_argument(state.image)
+    texts = " ".join(f"--text {_q(t)}" for t in state.texts)
+    background = f" --background {_q(state.background)}" if state.background else ""
+    threshold = f" --threshold {state.threshold!r}" if state.threshold is not None else ""
+    return setup + [f"python -m core segment --model {_q(state.model)} --image {_q(image)} {texts}{background} "
+                    f"--method {method}{threshold} --out seg-{method}"
+                    for method in (state.method or "heads",) + ((state.compare,) if state.compare else ())]
+
+
+WRITERS: dict[str, Callable[..., list[str]]] = {"decomposition": _decomposition, "heads": _heads, "neurons": _neurons,
+                                                "segmentation": _segmentation}
 
 
 def reproduce_commands(state: ViewState, **context) -> list[str]:
