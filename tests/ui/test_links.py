@@ -268,3 +268,58 @@ def test_the_segmentation_command_gives_the_views_numbers(tmp_path):
                 assert np.allclose(saved, result.maps[i], atol=1e-5)
                 mask = np.asarray(Image.open(next(folder.glob(f"{i:02d}_*_mask.png")))) > 0
                 assert np.array_equal(mask, result.masks(0.4)[i])
+
+
+ADVERSARIAL = dict(images=12, repeats=2, baselines=True, judge="toy", block="red, blue", layers="1 2", seed=3)
+
+
+def test_an_adversarial_link_restores_the_settings_that_give_the_same_run():
+    from core.explorer.adversarial import generate, open_link
+
+    view = generate("toy-biased", "square", "triangle", **ADVERSARIAL)
+    assert view.link.query == ("tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&neurons=100"
+                               "&words=25&images=12&repeats=2&seed=3&baselines=yes&similarity=0.9&judge=toy&layers=1,2"
+                               "&block=red,blue")
+    linked = open_link(view.link.query + "&zoom=2", default_tab="decomposition")
+    assert linked.applies and linked.view is None and linked.link == view.link  # restores, does not run
+    assert "press **Generate**" in linked.notice and "'zoom'" in linked.notice
+    s = linked.state
+    again = generate(s.model, *s.texts, layers=s.layers, neurons=s.neurons, words=s.words, similarity=s.similarity,
+                     judge=s.judge, generator=s.method, images=s.images, repeats=s.repeats, baselines=s.baselines,
+                     seed=s.seed, block=s.block)
+    assert again.success == view.success and again.words == view.words and again.link == view.link
+    # a link that leaves settings out gets the tab's defaults, spelled out in its canonical link
+    s = open_link("tab=adversarial&text=circle", default_tab="decomposition").state
+    assert (s.texts, s.images, s.repeats, s.baselines, s.neurons, s.method) == (("circle", "triangle"), 100, 3, True,
+                                                                                100, "world")
+
+
+def test_an_adversarial_link_in_public_mode(monkeypatch):
+    from core.explorer.adversarial import open_link
+
+    monkeypatch.setenv("CLIPSCOPE_PUBLIC", "1")
+    monkeypatch.setenv("CLIPSCOPE_MODELS", "toy")
+    linked = open_link("tab=adversarial&model=toy-biased&judge=ViT-B-32/openai&images=500&text=square&text=circle"
+                       "&text=cross", default_tab="decomposition")
+    assert linked.state.model == "toy-biased"  # the toy models are this tab's even off the allow-list
+    assert "'ViT-B-32/openai' is not offered" in linked.notice and linked.state.judge == "toy"
+    assert "Ignored images=500: this server allows at most 100" in linked.notice and linked.state.images == 100
+    assert "Kept the first two texts" in linked.notice and linked.state.texts == ("square", "circle")
+    linked = open_link("tab=adversarial&model=ViT-L-14/openai", default_tab="decomposition")
+    assert "not offered" in linked.notice and not linked.applies  # nothing left to restore: the notice only
+
+
+@pytest.mark.slow
+def test_the_adversarial_command_gives_the_views_numbers(tmp_path):
+    from core.explorer.adversarial import generate
+
+    view = generate("toy-biased", "square", "triangle", **ADVERSARIAL)
+    [line] = reproduce_commands(decode(view.link.query, tab="decomposition", public=False).state)
+    args = __import__("shlex").split(line)
+    assert args[:3] == ["python", "-m", "core"] and "--similarity-model" in args and "--baselines" in args
+    out = subprocess.run([sys.executable, "-m", "core", *args[3:], "--json"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                                                      "PYTHONPATH": str(ROOT), "CLIPSCOPE_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = json.loads(out.stdout)
+    assert printed["summary"] == view.report.summary()
