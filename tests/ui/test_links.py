@@ -240,6 +240,17 @@ def test_a_segmentation_link_restores_the_view_and_its_maps():
     assert "YOUR_IMAGE.png" in uploaded.link.markdown and "IoU heads" in uploaded.info
 
 
+def test_a_segmentation_link_in_public_mode_keeps_to_the_allow_list(monkeypatch):
+    from core.explorer.segmentation import open_link
+
+    monkeypatch.setenv("CLIPSCOPE_PUBLIC", "1")
+    monkeypatch.setenv("CLIPSCOPE_MODELS", "toy")
+    linked = open_link("tab=segmentation&model=Tiny-ViT/none&image=example:0&text=a+green+cross",
+                       default_tab="decomposition")
+    assert "'Tiny-ViT/none' is not offered on this public server" in linked.notice
+    assert linked.view.spec == "toy" and "model=toy" in linked.view.link.query  # the default model's view
+
+
 @pytest.mark.slow
 def test_the_segmentation_command_gives_the_views_numbers(tmp_path):
     from core.explorer.segmentation import segment
