@@ -68,12 +68,9 @@ def build_app():
             for title, folder, module in tabs:
                 with gr.Tab(title, id=folder, elem_id=f"tab-{folder}") as tab:
                     module.demo.render()
-                # Switching tabs shows that tab's view in the address bar (or just the tab, for a tab without links).
-                bar = getattr(getattr(module, "ui", None), "LinkBar", None)
-                if bar is not None and folder in bar.instances:
-                    tab.select(None, [bar.instances[folder].query], None, js=module.ui.REPLACE_JS)
-                else:
-                    tab.select(None, None, None, js=load_ui().REPLACE_JS.replace("(query) =>", f"(query = 'tab={folder}') =>"))
+                # Switching tabs shows that tab's view in the address bar; nothing before it shows one (writing `tab=` there
+                # on an empty query replaced a link in the address bar before the page had read it).
+                tab.select(None, [module.ui.LinkBar.instances[folder].query], None, js=load_ui().REPLACE_JS)
         page_query = gr.Textbox(visible="hidden", elem_id="app-query")
         demo.load(select_tab, [page_query], [tab_set], api_visibility="private", js=load_ui().PAGE_QUERY_JS)
     return demo

@@ -6,7 +6,8 @@
    loads it at start-up): the first call (nothing cached yet but the model) and the median of the repeats.
 2. End to end: the real app (`python app.py`) in headless Chromium; for each tab a new browser context opens the
    link, and the time runs from navigation to the linked view's numbers on screen (page load included).
-Prints each time and its ratio to the 2 s target.
+Prints each time and its ratio to the 2 s target. The adversarial tab's first answer is its restored settings and
+the notice to press Generate (a run draws hundreds of images: seconds, so a link never starts one by itself).
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ LINKS = {
     "heads": "tab=heads&model=toy&layer=3&head=1&text=a+white+cross&text=a+pink+background&image=example:2"
              "&convention=paper&method=cosine",
     "neurons": "tab=neurons&model=toy&layer=2&neuron=5&text=a+red+circle&image=example:0&threshold=1.0",
+    "segmentation": "tab=segmentation&model=toy&text=a+green+cross&text=a+red+circle&image=example:0&method=heads"
+                    "&threshold=0.5&background=a+pink+background&compare=rollout",
+    "adversarial": "tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&images=100&repeats=3"
+                   "&baselines=yes&judge=toy",
 }
 SHOWN = {"decomposition": ("#decomposition-info", "Reconstruction error"),
          "heads": ("#heads-image-info", "Heads ranked"),
-         "neurons": ("#neurons-concepts-info", "activated neurons")}
+         "neurons": ("#neurons-concepts-info", "activated neurons"),
+         "segmentation": ("#segmentation-info", "IoU rollout"),
+         "adversarial": ("#adversarial-notice", "press Generate")}
 
 
 def server_side(repeats: int) -> dict[str, tuple[float, float]]:
@@ -43,7 +50,7 @@ def server_side(repeats: int) -> dict[str, tuple[float, float]]:
             start = time.perf_counter()
             linked = module.open_link(query, default_tab=tab)
             runs.append(time.perf_counter() - start)
-            assert linked.view is not None, linked.notice
+            assert linked.view is not None or (tab == "adversarial" and linked.link is not None), linked.notice
         times[tab] = (runs[0], statistics.median(runs))
     return times
 

@@ -2,7 +2,7 @@
 
 `access` holds the checks for a public server (models, server paths, sizes), `common` the inputs every tab shares
 (model, texts, the image from an upload or a link reference, text pools, progress), and one module per tab
-(`decomposition`, `heads`, `neurons`) returns plain views: Markdown, table rows, PIL images and a link state.
+(`decomposition`, `heads`, `neurons`, `segmentation`, `adversarial`) returns plain views: Markdown, table rows, PIL images and a link state.
 Like `core.cli`, this is a front door: it may import every concept package, and nothing in core imports it.
 """
 
@@ -15,4 +15,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "heads": ["HeadTexts", "head_texts", "compute_text_span", "explain_image", "retrieve_similar", "remove_spurious"],
     "neurons": ["NeuronView", "show_neuron", "neuron_on_image", "search_neurons", "discover_concepts",
                 "compute_statistics"],
+    "segmentation": ["SegmentationView", "segment", "rerender"],
+    "adversarial": ["AdversarialView", "generate"],
 })

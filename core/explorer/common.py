@@ -253,11 +253,14 @@ class Linked:
     link: LinkPanel | None = None  # the canonical link of the restored view, and its commands
 
 
-def read_link(query, tab: str, *, default_tab: str, only_tab: bool) -> tuple[Linked, Callable[[str], "Linked"]]:
-    """Decode a link for `tab`: (Linked without a view, a function that adds a failure to its notice)."""
+def read_link(query, tab: str, *, default_tab: str, only_tab: bool, allowed_models: Iterable[str] | None = None
+              ) -> tuple[Linked, Callable[[str], "Linked"]]:
+    """Decode a link for `tab`: (Linked without a view, a function that adds a failure to its notice).
+
+    `allowed_models`: what the tab may load in public mode, when it differs from the server's allow-list."""
     from core.links.codec import decode
 
-    read = decode(query, tab=default_tab, only_tab=only_tab)
+    read = decode(query, tab=default_tab, only_tab=only_tab, allowed_models=allowed_models)
     applies = read.state.tab == tab and bool(read.given)
     picture = None
     if applies and read.state.image and read.state.image != "upload":

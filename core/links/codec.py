@@ -16,6 +16,15 @@ UI shows. Parameter names are stable (issue 13):
 | `convention`, `method` | names; which `method`s a tab accepts is part of its registration |
 | `threshold` | a positive number |
 | `shown` | which of the texts a view shows (0-based), where a tab shows one at a time |
+| `background` | a background text (segmentation: pixels it wins are background) |
+| `compare` | a second method shown side by side (one of the tab's `method`s) |
+| `neurons`, `words`, `images`, `repeats` | counts (adversarial: top neurons, top words, images per repeat, repeats) |
+| `seed` | a seed, 0 to 2**31-1 |
+| `baselines` | `yes` or `no` |
+| `similarity` | a cosine in [-1, 1] (adversarial: drop words at least this close to the target) |
+| `judge` | a model spec (adversarial: the synonym judge's text tower) |
+| `layers` | comma-separated indices, e.g. `8,9,10` |
+| `block` | comma-separated words never to use |
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ MAX_TEXT_CHARS = 200
 MAX_INDEX = 1_000_000
 MAX_SPEC_CHARS = 200
 MAX_QUERY_CHARS = 8_000
+MAX_SEED = 2**31 - 1
+MAX_LAYERS = 64
 SPEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]*")
 BASES = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*@[0-9a-f]{40}")
 
@@ -53,6 +64,18 @@ class ViewState:
     method: str | None = None
     threshold: float | None = None
     shown: int | None = None
+    background: str | None = None
+    compare: str | None = None
+    neurons: int | None = None
+    words: int | None = None
+    images: int | None = None
+    repeats: int | None = None
+    seed: int | None = None
+    baselines: bool | None = None
+    similarity: float | None = None
+    judge: str | None = None
+    layers: tuple[int, ...] | None = None
+    block: str | None = None
 
     def with_values(self, **values) -> "ViewState":
         """A copy with some fields replaced (texts given as any sequence)."""
@@ -151,17 +174,68 @@ def _threshold(value: str, name: str) -> float:
     return number
 
 
+def _count(high: int) -> Callable[[str, str], int]:
+    def parse(value: str, name: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,7}", value) or not 1 <= int(value) <= high:
+            raise ValueError(f"{name} must be a whole number from 1 to {high}")
+        return int(value)
+
+    return parse
+
+
+def _seed(value: str, name: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,10}", value) or int(value) > MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}")
+    return int(value)
+
+
+def _yes_no(value: str, name: str) -> bool:
+    if value not in ("yes", "no"):
+        raise ValueError(f"{name} must be yes or no")
+    return value == "yes"
+
+
+def _cosine(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and -1 <= number <= 1):
+        raise ValueError(f"{name} must be a number from -1 to 1")
+    return number
+
+
+def _layers(value: str, name: str) -> tuple[int, ...]:
+    parts = value.split(",")
+    if not 1 <= len(parts) <= MAX_LAYERS or not all(re.fullmatch(r"[0-9]{1,4}", p) for p in parts):
+        raise ValueError(f"layers must be up to {MAX_LAYERS} comma-separated layer indices, e.g. 8,9,10")
+    return tuple(int(p) for p in parts)
+
+
+def _words(value: str, name: str) -> str:
+    words = [w.strip() for w in value.split(",")]
+    if len(value) > MAX_TEXT_CHARS or not all(words) or any(ch in value for ch in "\r\n\x00"):
+        raise ValueError(f"{name} must be comma-separated words, at most {MAX_TEXT_CHARS} characters")
+    return ",".join(words)
+
+
 Parser = Callable[[str, str], object]
 # Query-string order; `text` is the field `texts`, repeated.
 PARAMS: dict[str, Parser] = {
     "tab": _name, "model": _model, "bases": _bases, "layer": _index, "head": _index, "neuron": _index,
     "text": _text, "image": _image, "convention": _convention, "method": _name, "threshold": _threshold,
-    "shown": _index,
+    "shown": _index, "background": _text, "compare": _name, "neurons": _count(100_000), "words": _count(10_000),
+    "images": _count(1_000), "repeats": _count(10), "seed": _seed, "baselines": _yes_no, "similarity": _cosine,
+    "judge": _model, "layers": _layers, "block": _words,
 }
 _FIELD = {"text": "texts"}
 
 
 def _format(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -179,7 +253,7 @@ def encode(state: ViewState) -> str:
             pairs += [("text", text) for text in value]
         elif value is not None:
             pairs.append((name, _format(value)))
-    return urlencode(pairs, safe=":/@")  # readable: image=example:0, model=ViT-B-16/openai
+    return urlencode(pairs, safe=":/@,")  # readable: image=example:0, model=ViT-B-16/openai, layers=8,9
 
 
 def _pairs(query) -> list[tuple[str, str]]:
@@ -245,12 +319,14 @@ def decode(query, *, tab: str, public: bool | None = None, allowed_models: Itera
         if name not in spec.params:
             notices.append(f"The {target} tab has no '{name}'; ignored.")
             values.pop(name)
-    if "method" in values and values["method"] not in spec.methods:
-        notices.append(f"Ignored method={values.pop('method')!r}: the {target} tab's methods are "
-                       f"{', '.join(spec.methods) or 'none'}.")
-    if public and "model" in values and values["model"] not in allowed:
-        notices.append(f"Model {values.pop('model')!r} is not offered on this public server "
-                       f"(allowed: {', '.join(allowed)}); showing the default model.")
+    for name in ("method", "compare"):
+        if name in values and values[name] not in spec.methods:
+            notices.append(f"Ignored {name}={values.pop(name)!r}: the {target} tab's methods are "
+                           f"{', '.join(spec.methods) or 'none'}.")
+    for name, fallback in (("model", "the default model"), ("judge", "the default judge")):
+        if public and name in values and values[name] not in allowed:
+            notices.append(f"Model {values.pop(name)!r} is not offered on this public server "
+                           f"(allowed: {', '.join(allowed)}); showing {fallback}.")
     if values.get("image") == "upload":
         notices.append("This link was made with an uploaded image, which cannot travel in a link: upload it again.")
     given = frozenset(values)
@@ -266,7 +342,8 @@ register_tab("decomposition", ("model", "text", "image", "convention", "shown", 
 register_tab("heads", ("model", "bases", "layer", "head", "text", "image", "convention", "method"),
              methods=("cosine", "centered", "dot"))
 register_tab("neurons", ("model", "bases", "layer", "neuron", "text", "image", "threshold"))
-# Tabs whose views do not read their links yet: `tab=` selects them, their parameters are kept for when they do.
-register_tab("segmentation", ("model", "image", "text", "method", "threshold"),
+register_tab("segmentation", ("model", "image", "text", "background", "method", "compare", "threshold"),
              methods=("heads", "neurons", "random-neurons", "raw-attention", "rollout", "gradcam", "chefer"))
-register_tab("adversarial", ("model", "text", "method"), methods=("world", "sd"))
+# Adversarial: `text` is the two classes (shown c1, target c2), `method` the image generator.
+register_tab("adversarial", ("model", "text", "method", "layers", "neurons", "words", "similarity", "judge", "block",
+                             "images", "repeats", "baselines", "seed"), methods=("world", "sd"))

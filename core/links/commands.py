@@ -74,7 +74,39 @@ def _neurons(state: ViewState, *, bases_source: str | None = None, recipe: str |
     return lines
 
 
-WRITERS: dict[str, Callable[..., list[str]]] = {"decomposition": _decomposition, "heads": _heads, "neurons": _neurons}
+def _segmentation(state: ViewState, **_) -> list[str]:
+    """One `segment` line per method shown (the side-by-side method writes its own folder)."""
+    setup, image = image_argument(state.image)
+    texts = " ".join(f"--text {_q(t)}" for t in state.texts)
+    background = f" --background {_q(state.background)}" if state.background else ""
+    threshold = f" --threshold {state.threshold!r}" if state.threshold is not None else ""
+    return setup + [f"python -m core segment --model {_q(state.model)} --image {_q(image)} {texts}{background} "
+                    f"--method {method}{threshold} --out seg-{method}"
+                    for method in (state.method or "heads",) + ((state.compare,) if state.compare else ())]
+
+
+def _adversarial(state: ViewState, *, checkpoint: str | None = None, revision: str | None = None, **_) -> list[str]:
+    """The `adversarial` line of a run's settings (a state whose settings are filled in; see the tab's defaults)."""
+    present, target = (list(state.texts) + ["PRESENT", "TARGET"][len(state.texts):])[:2]
+    parts = [f"python -m core adversarial --model {_q(state.model)} --present {_q(present)} --target {_q(target)}",
+             f"--neurons {state.neurons}", f"--words {state.words}", f"--generator {state.method or 'world'}",
+             f"--images {state.images}", f"--repeats {state.repeats}", f"--seed {state.seed}",
+             f"--similarity {state.similarity!r}"]
+    if state.judge and state.judge != state.model:
+        parts.append(f"--similarity-model {_q(state.judge)}")
+    if state.layers:
+        parts.append("--layers " + " ".join(map(str, state.layers)))
+    if state.block:
+        parts.append(f"--block {_q(state.block)}")
+    if state.baselines:
+        parts.append("--baselines")
+    if state.method == "sd" and checkpoint:
+        parts.append(f"--checkpoint {_q(checkpoint)}" + (f" --revision {_q(revision)}" if revision else ""))
+    return [" ".join(parts + ["--out adversarial-run"])]
+
+
+WRITERS: dict[str, Callable[..., list[str]]] = {"decomposition": _decomposition, "heads": _heads, "neurons": _neurons,
+                                                "segmentation": _segmentation, "adversarial": _adversarial}
 
 
 def reproduce_commands(state: ViewState, **context) -> list[str]:

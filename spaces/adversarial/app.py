@@ -14,9 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1] if (HERE.parents[1] / "core").is_dir() else HERE  # the repository, or a deployed Space
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from core.gpu import gpu  # noqa: E402  (before torch: ZeroGPU)
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -25,75 +28,25 @@ from core import settings  # noqa: E402
 from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO,  # noqa: E402
                                        SD_REVISION, SD_STEPS)
 from core.errors import CoreError  # noqa: E402
-from core.gpu import gpu  # noqa: E402
-from core.paths import TOY_BIASED_SPEC, TOY_MODELS  # noqa: E402
+from core.explorer import adversarial as explorer  # noqa: E402
 
+
+def _load_ui():
+    """spaces/ui_common.py (beside this file in a deployed Space), loaded by path: spaces/ is not a package."""
+    import importlib.util
+
+    if "clipscope_ui_common" not in sys.modules:
+        path = next(p for p in (HERE / "ui_common.py", HERE.parent / "ui_common.py") if p.is_file())
+        spec = importlib.util.spec_from_file_location("clipscope_ui_common", path)
+        sys.modules["clipscope_ui_common"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["clipscope_ui_common"]
+
+
+ui = _load_ui()
+TAB = "adversarial"
+ALONE = False  # True when this file is the whole app (then links to other tabs are refused with a notice)
 GENERATOR_CHOICES = [("world (offline stand-in, toy models)", "world"), ("Stable Diffusion (diffusers)", "sd")]
-PUBLIC_LIMITS = {"images": 100, "repeats": 3, "neurons": 500, "words": 50}
-LOCAL_LIMITS = {"images": 1000, "repeats": 10, "neurons": 100_000, "words": 1000}
-GALLERY_SIZE = 48
-_SD = {}  # one loaded pipeline per (repo, revision, device), shared: it holds no visitor state
-
-
-def default_model() -> str:
-    """toy-biased when the app runs on the toy model (the toy model has no spurious cue to find)."""
-    spec = settings.default_model()
-    return TOY_BIASED_SPEC if spec == "toy" else spec
-
-
-def default_judge() -> str:
-    """toy-biased embeds its planted cue's words next to the class; the unbiased toy judges synonyms instead."""
-    return "toy" if default_model() == TOY_BIASED_SPEC else ""
-
-
-def _limits() -> dict[str, int]:
-    return PUBLIC_LIMITS if settings.public() else LOCAL_LIMITS
-
-
-def _int(value, name: str, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a whole number, got {value!r}") from None
-    if not number.is_integer() or not low <= number <= high:
-        where = " on this public server" if settings.public() else ""
-        raise gr.Error(f"{name} must be a whole number between {low} and {high}{where}, got {value!r}")
-    return int(number)
-
-
-def _layers(raw: str) -> tuple[int, ...] | None:
-    parts = (raw or "").replace(",", " ").split()
-    if not parts:
-        return None
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise gr.Error(f"layers must be whole numbers separated by spaces, e.g. '1 2', got {raw!r}") from None
-
-
-def _model(spec: str):
-    from core.engine.models import load_clip
-
-    spec = (spec or "").strip() or default_model()
-    if settings.public() and spec not in (*settings.allowed_models(), *TOY_MODELS):
-        raise gr.Error(f"model {spec!r} is not offered on this server; choose one of "
-                       f"{', '.join(dict.fromkeys((*settings.allowed_models(), *TOY_MODELS)))}")
-    return load_clip(spec, device=settings.resolve_device() if spec not in TOY_MODELS else "cpu")
-
-
-def _sd_generator(checkpoint: str, revision: str):
-    from core.adversarial.generators import StableDiffusionGenerator, load_sd_pipeline
-
-    checkpoint, revision = (checkpoint or "").strip() or SD_REPO, (revision or "").strip() or None
-    if settings.public() and (checkpoint, revision) != (SD_REPO, SD_REVISION):
-        raise gr.Error(f"this public server draws only with {SD_REPO}@{SD_REVISION[:12]}")
-    device = str(settings.resolve_device())
-    key = (checkpoint, revision, device)
-    if key not in _SD:
-        _SD.clear()  # keep one pipeline in memory
-        _SD[key] = load_sd_pipeline(checkpoint, revision, device=device)
-    return StableDiffusionGenerator(_SD[key], steps=SD_STEPS, checkpoint=f"{checkpoint}@{revision}" if revision
-                                    else checkpoint)
 
 
 def _gpu_seconds(*args, **kwargs) -> int:
@@ -109,110 +62,35 @@ def _gpu_seconds(*args, **kwargs) -> int:
     return sd_gpu_seconds(SD_STEPS, images * repeats * (3 if baselines else 1))
 
 
+def _views(view: explorer.AdversarialView):
+    """The view as component values (the order of VIEW_OUTPUTS)."""
+    return (view.report, view.info, pd.DataFrame(view.neurons), pd.DataFrame(view.words),
+            pd.DataFrame(view.descriptions), ui.picture(view.gallery), pd.DataFrame(view.success),
+            *ui.link_values(view.link))
+
+
 @gpu(duration=_gpu_seconds)
+@ui.guard
 def run_generator(spec, present, target, layers, neurons, words, similarity, generator, images, repeats, baselines,
                   seed, block, checkpoint, revision, judge="", progress=gr.Progress()):
     """Every stage for the chosen classes; returns the report (session state) and its views."""
-    from core.adversarial.pipeline import AdversarialConfig, run_adversarial
-
-    limits = _limits()
-    config_args = dict(
-        layers=_layers(layers), neurons=_int(neurons, "neurons", 1, limits["neurons"]),
-        words=_int(words, "words", 1, limits["words"]), images=_int(images, "images", 1, limits["images"]),
-        repeats=_int(repeats, "repeats", 1, limits["repeats"]), seed=_int(seed, "seed", 0, 2**31 - 1),
-        baselines=bool(baselines), generator=generator if generator in ("world", "sd") else "world",
-        block=tuple(w.strip() for w in (block or "").split(",") if w.strip()))
-    try:
-        similarity = float(similarity)
-    except (TypeError, ValueError):
-        raise gr.Error(f"the similarity threshold must be a number, got {similarity!r}") from None
-    lines: list[str] = []
-    try:
-        bundle = _model(spec)
-        judge = (judge or "").strip() or None
-        if judge is not None:
-            _model(judge)  # the same allow-list as the model
-        config = AdversarialConfig(present or "", target or "", similarity=similarity, similarity_model=judge,
-                                   **config_args)
-        generator_object = _sd_generator(checkpoint, revision) if config.generator == "sd" else None
-        progress(0.05, desc="neurons and words")
-        report = run_adversarial(bundle, config, generator=generator_object,
-                                 progress=lambda line: (lines.append(line), progress(None, desc=line[:60])))
-    except CoreError as err:
-        raise gr.Error(str(err)) from err
-    return (report, *views(report))
+    return _views(explorer.generate(
+        spec, present, target, layers=layers, neurons=neurons, words=words, similarity=similarity, judge=judge,
+        generator=generator, images=images, repeats=repeats, baselines=baselines, seed=seed, block=block,
+        checkpoint=checkpoint, revision=revision, progress=progress))
 
 
-def views(report):
-    """info, neurons, words plot, descriptions, gallery, success table: the report's views."""
-    info = _info(report)
-    neurons = pd.DataFrame(report.selection.rows()).rename(columns={"projection": "<v, r_n>"}).round(5)
-    words = pd.DataFrame({"word": report.words.words, "score": [round(s, 5) for s in report.words.scores]})
-    descriptions = pd.DataFrame([
-        {"method": a.method, "repeat": a.repeat + 1, "description": text,
-         "images": sum(1 for d in a.images.descriptions if d == text),
-         "fooled": sum(f for d, f, v in zip(a.images.descriptions, a.verdicts.fooled, a.images.valid) if d == text and v)}
-        for a in report.attempts for text in a.descriptions.texts])
-    gallery = []
-    for attempt in report.attempts:
-        if attempt.method != "second-order":
-            continue
-        for image, text, seed, valid, margin, fooled in zip(attempt.images.images, attempt.images.descriptions,
-                                                            attempt.images.seeds, attempt.images.valid,
-                                                            attempt.verdicts.margins, attempt.verdicts.fooled):
-            verdict = report.config.target if fooled else report.config.present
-            note = "" if valid else " [blacked out by the safety checker]"
-            gallery.append((image, f"CLIP: {verdict} (margin {margin:+.3f}){note} | seed {seed} | {text}"))
-            if len(gallery) >= GALLERY_SIZE:
-                break
-    rows = []
-    for method, row in report.summary().items():
-        rows.append({"method": method, "success %": round(100 * row["success_mean"], 1),
-                     "std %": round(100 * row["success_std"], 1),
-                     "successes / valid images": ", ".join(f"{s}/{v}" for s, v in zip(row["successes"],
-                                                                                   row["valid_images"]))})
-    return info, neurons, words, descriptions, gallery, pd.DataFrame(rows)
-
-
-def _info(report) -> str:
-    counts = ", ".join(f"{k} {v}" for k, v in report.stage_counts().items())
-    model = report.model
-    stand_in = ("  \n**The world generator is an offline stand-in** for a text-to-image model: it draws generated-world "
-                "scenes with the shape, colour, position and background the description names.") \
-        if report.config.generator == "world" else ""
-    return (f"**Model:** {model['display_name']} (`{model['spec']}`)  \n"
-            f"**Direction:** {report.direction.describe()}  \n"
-            f"**Neurons:** top {len(report.selection)} by |<v, r_n>| from layers {list(report.selection.pool_layers)}, "
-            f"bases `{_short(report.bases)}`  \n"
-            f"**Words:** {report.words.how}; {report.filtered.describe()}  \n"
-            f"**Generator:** {report.generator}  \n"
-            f"**Success:** the binary classifier ({report.classifier.how}) picks {report.config.target!r} over "
-            f"{report.config.present!r}  \n**Counts (second-order, all repeats):** {counts}{stand_in}  \n"
-            f"Same run from the command line: `{command(report)}`")
-
-
-def _short(path: str) -> str:
-    """A shipped bases folder relative to the project; others by their last two parts (no server paths)."""
-    try:
-        return Path(path).resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return "/".join(Path(path).parts[-2:])
-
-
-def command(report) -> str:
-    c = report.config
-    parts = ["python -m core adversarial", f"--model {report.model['spec']}", f"--present '{c.present}'",
-             f"--target '{c.target}'", f"--neurons {c.neurons}", f"--words {c.words}", f"--generator {c.generator}",
-             f"--images {c.images}", f"--repeats {c.repeats}", f"--seed {c.seed}", f"--similarity {c.similarity:g}"]
-    if c.similarity_model:
-        parts.append(f"--similarity-model {c.similarity_model}")
-    if c.layers:
-        parts.append("--layers " + " ".join(map(str, c.layers)))
-    if c.block:
-        parts.append(f"--block '{','.join(c.block)}'")
-    if c.baselines:
-        parts.append("--baselines")
-    return " ".join(parts + ["--out DIR"])
+@ui.guard(model=False)
+def restore(query: str, request: gr.Request):
+    """The settings a link names, and a notice (a run takes seconds: the visitor presses Generate)."""
+    linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    if not linked.applies:
+        return [gr.skip()] * (len(CONTROLS) + 2) + [linked.notice or gr.skip()]
+    s = linked.state
+    controls = [s.model, s.texts[0], s.texts[1], s.method, s.images, s.repeats, s.baselines,
+                " ".join(map(str, s.layers or ())), s.neurons, s.words, s.similarity,
+                "" if s.judge == s.model else s.judge, (s.block or "").replace(",", ", "), s.seed]
+    return controls + list(ui.link_values(linked.link)) + [linked.notice]
 
 
 def download(report):
@@ -227,13 +105,14 @@ def download(report):
     try:
         write_results(report, folder / "results")
     except CoreError as err:
-        raise gr.Error(str(err)) from err
+        raise ui.message(err) from None
     archive = shutil.make_archive(str(folder / f"adversarial-{report.config.present}-to-{report.config.target}"),
                                   "zip", folder / "results")
     return archive
 
 
 def build() -> gr.Blocks:
+    global CONTROLS, VIEW_OUTPUTS
     public = settings.public()
     with gr.Blocks(title="Adversarial images") as demo:
         gr.Markdown(
@@ -241,10 +120,11 @@ def build() -> gr.Blocks:
             "decomposed into words; words naming c2 or a synonym are dropped; descriptions of c1 use the rest; the "
             "images drawn from them count when CLIP calls them c2 (paper 2, section 5.1). On `toy-biased` (trained "
             "with triangles on dotted and squares on striped backgrounds) the words should find the planted cue.")
-        state = gr.State(None)
+        links = ui.LinkBar(TAB)
+        state = gr.State(None, time_to_live=3600)
         with gr.Row():
             with gr.Column(scale=1):
-                model = gr.Textbox(label="Model spec", value=default_model(), elem_id="adversarial-model",
+                model = gr.Textbox(label="Model spec", value=explorer.default_model(), elem_id="adversarial-model",
                                    info="toy-biased (planted bias, offline), toy, or a real CLIP with neuron bases")
                 with gr.Row():
                     present = gr.Textbox(label="Shown class c1", value="square", elem_id="adversarial-present")
@@ -256,15 +136,17 @@ def build() -> gr.Blocks:
                 baselines = gr.Checkbox(label="Baselines (random neurons, similar words)", value=True,
                                         elem_id="adversarial-baselines")
                 with gr.Accordion("Settings", open=False):
-                    layers = gr.Textbox(label="Layers (blank: the last three the bases cover)", value="")
+                    layers = gr.Textbox(label="Layers (blank: the last three the bases cover)", value="",
+                                        elem_id="adversarial-layers")
                     with gr.Row():
-                        neurons = gr.Number(label="Neurons", value=DEFAULT_NEURONS, precision=0)
-                        words = gr.Number(label="Words", value=DEFAULT_WORDS, precision=0)
-                    similarity = gr.Number(label="Drop words with text cosine to c2 at least", value=DEFAULT_SIMILARITY)
+                        neurons = gr.Number(label="Neurons", value=DEFAULT_NEURONS, precision=0, elem_id="adversarial-n-neurons")
+                        words = gr.Number(label="Words", value=DEFAULT_WORDS, precision=0, elem_id="adversarial-n-words")
+                    similarity = gr.Number(label="Drop words with text cosine to c2 at least", value=DEFAULT_SIMILARITY,
+                                           elem_id="adversarial-similarity")
                     judge = gr.Textbox(label="Synonym judge (a model whose text tower measures that cosine; blank: "
-                                       "the model itself)", value=default_judge(), elem_id="adversarial-judge")
-                    block = gr.Textbox(label="Block list (comma-separated)", value="")
-                    seed = gr.Number(label="Seed", value=0, precision=0)
+                                       "the model itself)", value=explorer.default_judge(), elem_id="adversarial-judge")
+                    block = gr.Textbox(label="Block list (comma-separated)", value="", elem_id="adversarial-block")
+                    seed = gr.Number(label="Seed", value=0, precision=0, elem_id="adversarial-seed")
                     checkpoint = gr.Textbox(label="Stable Diffusion checkpoint", value=SD_REPO, interactive=not public)
                     revision = gr.Textbox(label="Pinned revision", value=SD_REVISION, interactive=not public)
                 button = gr.Button("Generate", variant="primary", elem_id="adversarial-run")
@@ -281,22 +163,24 @@ def build() -> gr.Blocks:
                                                      elem_id="adversarial-descriptions")
                 fetch = gr.Button("Download results (zip)", elem_id="adversarial-download-run")
                 archive = gr.File(label="Results", elem_id="adversarial-download")
+        CONTROLS = [model, present, target, generator, images, repeats, baselines, layers, neurons, words, similarity,
+                    judge, block, seed]
+        VIEW_OUTPUTS = [state, info, neuron_table, word_plot, description_table, gallery, success, *links.outputs]
         button.click(run_generator, [model, present, target, layers, neurons, words, similarity, generator, images,
                                      repeats, baselines, seed, block, checkpoint, revision, judge],
-                     [state, info, neuron_table, word_plot, description_table, gallery, success], api_name="generate")
+                     VIEW_OUTPUTS, api_name="generate", **ui.MODEL_QUEUE)
         fetch.click(download, [state], [archive], api_name="download")
+        demo.load(restore, [links.query], CONTROLS + links.outputs + [links.notice], api_visibility="private",
+                  js=ui.PAGE_QUERY_JS)
     return demo
 
 
-demo = build()
+CONTROLS: list = []
+VIEW_OUTPUTS: list = []
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="The Adversarial tab on its own.")
-    parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    args = parser.parse_args()
-    host, port = args.host or settings.server_host(), args.port or settings.server_port()
-    settings.configure(public=True if not settings.is_loopback(host) else None)
-    demo.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port, max_file_size="50mb")
+    host, port = ui.configure(ui.parse_args(__doc__))
+    ALONE = True
+    ui.launch(build(), host, port)
+else:
+    demo = build()

@@ -60,3 +60,19 @@ def test_adversarial_tab_end_to_end(app_url, tmp_path):
         assert "results.csv" in names and "summary.json" in names and sum(n.endswith(".png") for n in names) == 60
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "adversarial-tab.png"), full_page=True)
+
+
+def test_adversarial_tab_alone_opens_a_link(app_url):
+    """Alone, the tab reads a link without `tab=`: the settings come back, and Generate runs them."""
+    with browser_page() as page:
+        page.goto(app_url + "?text=circle&text=square&images=8&repeats=1&baselines=no&seed=2")
+        page.locator("#adversarial-notice").get_by_text("press Generate").wait_for(timeout=60_000)
+        values = [page.locator(f"#adversarial-{name} input, #adversarial-{name} textarea").first.input_value()
+                  for name in ("model", "present", "target", "images", "repeats")]
+        assert values == ["toy-biased", "circle", "square", "8", "1"]
+        assert not page.locator("#adversarial-baselines input").is_checked()
+        page.wait_for_function("() => location.search.startsWith('?tab=adversarial&model=toy-biased&text=circle"
+                               "&text=square&method=world')", timeout=30_000)
+        page.click("#adversarial-run")
+        page.locator("#adversarial-info").get_by_text("Counts (second-order").wait_for(timeout=120_000)
+        assert "images 8" in page.locator("#adversarial-info").inner_text()

@@ -76,3 +76,15 @@ def test_segmentation_tab_end_to_end(app_url):
         page.click("#segmentation-run")
         page.get_by_text("Type at least one class text").first.wait_for(timeout=30_000)
         assert first_iou is None or 0 <= first_iou <= 1
+
+
+def test_segmentation_tab_alone_opens_a_link(app_url):
+    """Alone, the tab reads a link without `tab=`; the address bar then holds the view's canonical link."""
+    with browser_page() as page:
+        page.goto(app_url + "?model=toy&image=world:4:2&text=a+red+circle&method=rollout&threshold=2")
+        info = page.locator("#segmentation-info")
+        info.get_by_text("world scene 2 of seed 4").wait_for(timeout=120_000)
+        assert "rollout" in info.inner_text() and "IoU rollout" in info.inner_text()
+        assert "Ignored threshold=2.0" in page.locator("#segmentation-notice").inner_text()
+        page.wait_for_function("() => location.search.startsWith('?tab=segmentation&model=toy&text=a+red+circle"
+                               "&image=world:4:2&method=rollout')", timeout=30_000)

@@ -34,13 +34,23 @@ def random_state(tab: str, rng: random.Random) -> ViewState:
         "method": rng.choice(TABS[tab].methods) if TABS[tab].methods else None,
         "threshold": rng.choice([1.0, 0.5, 2.25, 1e-3, 0.1 + 0.2]),
         "shown": rng.randrange(0, 4),
+        "background": rng.choice(TEXTS),
+        "compare": rng.choice(TABS[tab].methods) if TABS[tab].methods else None,
+        "neurons": rng.randrange(1, 100_001), "words": rng.randrange(1, 10_001), "images": rng.randrange(1, 1001),
+        "repeats": rng.randrange(1, 11), "seed": rng.choice([0, 7, 2**31 - 1]), "baselines": rng.random() < 0.5,
+        "similarity": rng.choice([0.9, -1.0, 1.0, 0.1 + 0.2, 0.0]),
+        "judge": rng.choice(["toy", "toy-biased", "ViT-B-32/openai"]),
+        "layers": tuple(rng.sample(range(24), rng.randrange(1, 4))),
+        "block": rng.choice(["red", "dotted,striped", "a b,c"]),
     }
     kept = {name: value for name, value in values.items()
             if (name if name != "texts" else "text") in params and rng.random() < 0.8}
+    if tab == "adversarial" and "texts" in kept:
+        kept["texts"] = tuple(rng.sample(["square", "triangle", "circle", "a red cross"], 2))  # present, target
     return ViewState(tab, **kept)
 
 
-@pytest.mark.parametrize("tab", ["decomposition", "heads", "neurons"])
+@pytest.mark.parametrize("tab", ["decomposition", "heads", "neurons", "segmentation", "adversarial"])
 def test_state_to_link_to_state_is_exact(tab):
     rng = random.Random(tab)
     for _ in range(200):
@@ -82,6 +92,24 @@ def test_links_are_readable_and_stable():
     ("tab=heads&text=", "Ignored text=''"),
     ("tab=heads&colour=red", "unknown link parameter 'colour'"),
     ("tab=heads&" + "x" * 9000, "longer than"),
+    ("tab=segmentation&compare=lrp", "Ignored compare='lrp'"),
+    ("tab=segmentation&method=sd", "Ignored method='sd'"),
+    ("tab=segmentation&background=", "Ignored background=''"),
+    ("tab=segmentation&neurons=5", "The segmentation tab has no 'neurons'"),
+    ("tab=adversarial&method=heads", "Ignored method='heads'"),
+    ("tab=adversarial&neurons=0", "Ignored neurons='0'"),
+    ("tab=adversarial&images=1001", "Ignored images='1001'"),
+    ("tab=adversarial&repeats=11", "Ignored repeats='11'"),
+    ("tab=adversarial&seed=2147483648", "Ignored seed='2147483648'"),
+    ("tab=adversarial&seed=-1", "Ignored seed='-1'"),
+    ("tab=adversarial&baselines=true", "Ignored baselines='true'"),
+    ("tab=adversarial&similarity=1.5", "Ignored similarity='1.5'"),
+    ("tab=adversarial&similarity=nan", "Ignored similarity='nan'"),
+    ("tab=adversarial&judge=../x", "Ignored judge="),
+    ("tab=adversarial&layers=1,,2", "Ignored layers='1,,2'"),
+    ("tab=adversarial&layers=a", "Ignored layers='a'"),
+    ("tab=adversarial&block=red,,blue", "Ignored block='red,,blue'"),
+    ("tab=adversarial&image=example:0", "The adversarial tab has no 'image'"),
 ])
 def test_invalid_parameters_are_ignored_with_a_notice(query, notice):
     read = decode(query, tab="decomposition", public=False)
@@ -109,6 +137,25 @@ def test_public_mode_refuses_models_outside_the_allow_list():
     assert read.state.model == "toy" and not read.notices
 
 
+def test_public_mode_refuses_a_judge_outside_the_allow_list():
+    read = decode("tab=adversarial&model=toy&judge=ViT-B-32/openai", tab="decomposition", public=True,
+                  allowed_models=["toy"])
+    assert read.state == ViewState("adversarial", model="toy") and "not offered" in read.notice_text()
+
+
+def test_segmentation_and_adversarial_links_are_readable():
+    state = ViewState("segmentation", model="toy", image="example:0", texts=("a green cross", "a red circle"),
+                      background="a pink background", method="heads", compare="rollout", threshold=0.5)
+    assert encode(state) == ("tab=segmentation&model=toy&text=a+green+cross&text=a+red+circle&image=example:0"
+                             "&method=heads&threshold=0.5&background=a+pink+background&compare=rollout")
+    state = ViewState("adversarial", model="toy-biased", texts=("square", "triangle"), method="world", neurons=100,
+                      words=25, images=20, repeats=1, seed=0, baselines=False, similarity=0.9, judge="toy",
+                      layers=(1, 2, 3), block="red,dotted")
+    assert encode(state) == ("tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&neurons=100"
+                             "&words=25&images=20&repeats=1&seed=0&baselines=no&similarity=0.9&judge=toy&layers=1,2,3"
+                             "&block=red,dotted")
+
+
 def test_a_tab_alone_refuses_links_to_other_tabs():
     read = decode("tab=heads&layer=1", tab="neurons", public=False, only_tab=True)
     assert read.state == ViewState("neurons") and "shows only the neurons tab" in read.notice_text()
@@ -116,14 +163,14 @@ def test_a_tab_alone_refuses_links_to_other_tabs():
 
 def test_adding_a_tab_is_one_registration():
     try:
-        register_tab("segmentation", ("model", "image", "text", "method", "threshold"), methods=("textspan", "lrp"))
-        state = ViewState("segmentation", model="toy", image="world:1:2", texts=("a circle",), method="lrp",
+        register_tab("scratch", ("model", "image", "text", "method", "threshold"), methods=("textspan", "lrp"))
+        state = ViewState("scratch", model="toy", image="world:1:2", texts=("a circle",), method="lrp",
                           threshold=0.5)
         assert decode(encode(state), tab="decomposition", public=False).state == state
         with pytest.raises(ValueError):
             register_tab("broken", ("colour",))
     finally:
-        TABS.pop("segmentation", None)
+        TABS.pop("scratch", None)
 
 
 def test_image_references_render_the_world_scenes(tmp_path):
@@ -165,3 +212,125 @@ def test_the_decomposition_command_gives_the_views_numbers(tmp_path):
     for i, row in enumerate(printed):
         assert row["cosine"] == pytest.approx(float(view.result.cosine[i]), abs=1e-6)
         assert np.allclose(row["heads"], view.result.heads[:, :, i].numpy(), atol=1e-6)
+
+
+def test_a_segmentation_link_restores_the_view_and_its_maps():
+    from core.explorer.segmentation import open_link, segment
+
+    view = segment("toy", None, "world:5:2", "a red circle\na blue square", "a striped background", "heads",
+                   "rollout", 0.4)
+    assert view.link.query == ("tab=segmentation&model=toy&text=a+red+circle&text=a+blue+square&image=world:5:2"
+                               "&method=heads&threshold=0.4&background=a+striped+background&compare=rollout")
+    linked = open_link(view.link.query, default_tab="decomposition")
+    assert linked.applies and linked.notice == "" and linked.view.link == view.link
+    assert linked.view.info == view.info and "IoU rollout" in view.info  # a world scene: its true mask is known
+    for method in ("heads", "rollout"):
+        assert np.array_equal(linked.view.results[method].maps, view.results[method].maps)
+    # an invalid threshold or an upload is dropped with a notice; the rest of the view still opens
+    linked = open_link("tab=segmentation&model=toy&image=example:1&threshold=7&colour=red", default_tab="decomposition")
+    assert "Ignored threshold=7.0" in linked.notice and "'colour'" in linked.notice
+    assert linked.view.threshold is None and linked.view.texts == default_texts("example:1")
+    linked = open_link("tab=segmentation&image=upload&text=a+cat", default_tab="decomposition")
+    assert linked.view is None and "uploaded image" in linked.notice and linked.state.texts == ("a cat",)
+    # an uploaded picture: the link says it cannot travel (an upload of an example still gets its true mask)
+    from core.world.examples import example_images
+
+    uploaded = segment("toy", example_images()[0], None, "a green cross", "", "heads")
+    assert "image=upload" in uploaded.link.query and "cannot travel in the link" in uploaded.link.markdown
+    assert "YOUR_IMAGE.png" in uploaded.link.markdown and "IoU heads" in uploaded.info
+
+
+def test_a_segmentation_link_in_public_mode_keeps_to_the_allow_list(monkeypatch):
+    from core.explorer.segmentation import open_link
+
+    monkeypatch.setenv("CLIPSCOPE_PUBLIC", "1")
+    monkeypatch.setenv("CLIPSCOPE_MODELS", "toy")
+    linked = open_link("tab=segmentation&model=Tiny-ViT/none&image=example:0&text=a+green+cross",
+                       default_tab="decomposition")
+    assert "'Tiny-ViT/none' is not offered on this public server" in linked.notice
+    assert linked.view.spec == "toy" and "model=toy" in linked.view.link.query  # the default model's view
+
+
+@pytest.mark.slow
+def test_the_segmentation_command_gives_the_views_numbers(tmp_path):
+    from core.explorer.segmentation import segment
+
+    view = segment("toy", None, "world:5:2", "a red circle\na blue square", "a striped background", "heads",
+                   "rollout", 0.4)
+    lines = reproduce_commands(decode(view.link.query, tab="decomposition", public=False).state)
+    assert lines[0].startswith("python -m core toy scenes") and len(lines) == 3  # the scene, then each method
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "CLIPSCOPE_CACHE": str(tmp_path / "cache")}
+    for line in lines:
+        args = __import__("shlex").split(line)
+        assert args[:3] == ["python", "-m", "core"]
+        out = subprocess.run([sys.executable, "-m", "core", *args[3:], *(["--json"] if "segment" in args else [])],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        if "segment" in args:
+            method = args[args.index("--method") + 1]
+            printed = json.loads(out.stdout)
+            result = view.results[method]
+            assert printed["texts"] == result.texts and printed["threshold"] == 0.4
+            assert [printed["cosine"][t] for t in result.texts] == pytest.approx(result.cosine, abs=1e-6)
+            for i in range(len(result.texts)):
+                folder = tmp_path / f"seg-{method}"
+                saved = np.load(next(folder.glob(f"{i:02d}_*_map.npy")))
+                assert np.allclose(saved, result.maps[i], atol=1e-5)
+                mask = np.asarray(Image.open(next(folder.glob(f"{i:02d}_*_mask.png")))) > 0
+                assert np.array_equal(mask, result.masks(0.4)[i])
+
+
+ADVERSARIAL = dict(images=12, repeats=2, baselines=True, judge="toy", block="red, blue", layers="1 2", seed=3)
+
+
+def test_an_adversarial_link_restores_the_settings_that_give_the_same_run():
+    from core.explorer.adversarial import generate, open_link
+
+    view = generate("toy-biased", "square", "triangle", **ADVERSARIAL)
+    assert view.link.query == ("tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&neurons=100"
+                               "&words=25&images=12&repeats=2&seed=3&baselines=yes&similarity=0.9&judge=toy&layers=1,2"
+                               "&block=red,blue")
+    linked = open_link(view.link.query + "&zoom=2", default_tab="decomposition")
+    assert linked.applies and linked.view is None and linked.link == view.link  # restores, does not run
+    assert "press **Generate**" in linked.notice and "'zoom'" in linked.notice
+    s = linked.state
+    again = generate(s.model, *s.texts, layers=s.layers, neurons=s.neurons, words=s.words, similarity=s.similarity,
+                     judge=s.judge, generator=s.method, images=s.images, repeats=s.repeats, baselines=s.baselines,
+                     seed=s.seed, block=s.block)
+    assert again.success == view.success and again.words == view.words and again.link == view.link
+    # a link that leaves settings out gets the tab's defaults, spelled out in its canonical link
+    s = open_link("tab=adversarial&text=circle", default_tab="decomposition").state
+    assert (s.texts, s.images, s.repeats, s.baselines, s.neurons, s.method) == (("circle", "triangle"), 100, 3, True,
+                                                                                100, "world")
+
+
+def test_an_adversarial_link_in_public_mode(monkeypatch):
+    from core.explorer.adversarial import open_link
+
+    monkeypatch.setenv("CLIPSCOPE_PUBLIC", "1")
+    monkeypatch.setenv("CLIPSCOPE_MODELS", "toy")
+    linked = open_link("tab=adversarial&model=toy-biased&judge=ViT-B-32/openai&images=500&text=square&text=circle"
+                       "&text=cross", default_tab="decomposition")
+    assert linked.state.model == "toy-biased"  # the toy models are this tab's even off the allow-list
+    assert "'ViT-B-32/openai' is not offered" in linked.notice and linked.state.judge == "toy"
+    assert "Ignored images=500: this server allows at most 100" in linked.notice and linked.state.images == 100
+    assert "Kept the first two texts" in linked.notice and linked.state.texts == ("square", "circle")
+    linked = open_link("tab=adversarial&model=ViT-L-14/openai", default_tab="decomposition")
+    assert "not offered" in linked.notice and not linked.applies  # nothing left to restore: the notice only
+
+
+@pytest.mark.slow
+def test_the_adversarial_command_gives_the_views_numbers(tmp_path):
+    from core.explorer.adversarial import generate
+
+    view = generate("toy-biased", "square", "triangle", **ADVERSARIAL)
+    [line] = reproduce_commands(decode(view.link.query, tab="decomposition", public=False).state)
+    args = __import__("shlex").split(line)
+    assert args[:3] == ["python", "-m", "core"] and "--similarity-model" in args and "--baselines" in args
+    out = subprocess.run([sys.executable, "-m", "core", *args[3:], "--json"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                                                      "PYTHONPATH": str(ROOT), "CLIPSCOPE_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = json.loads(out.stdout)
+    assert printed["summary"] == view.report.summary()

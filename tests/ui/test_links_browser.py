@@ -24,12 +24,18 @@ LINKS = {
     "heads": "?tab=heads&model=toy&layer=3&head=1&text=a+white+cross&text=a+pink+background&image=example:2"
              "&convention=paper&method=cosine&zoom=2",
     "neurons": "?tab=neurons&model=toy&layer=2&neuron=5&text=a+red+circle&image=example:0&threshold=1.0&x=1",
+    "segmentation": "?tab=segmentation&model=toy&text=a+green+cross&text=a+red+circle&image=example:0&method=heads"
+                    "&threshold=0.5&background=a+pink+background&compare=rollout&bogus=1",
+    "adversarial": "?tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&images=12&repeats=2"
+                   "&seed=3&baselines=yes&judge=toy&layers=1,2&block=red,blue&zzz=1",
 }
 # What each link must show (element, text), and the element whose text must be identical after a restart.
 EXPECT = {
     "decomposition": ("#decomposition-info", "Reconstruction error"),
     "heads": ("#heads-image-info", "Heads ranked"),
     "neurons": ("#neurons-concepts-info", "activated neurons in layer 2"),
+    "segmentation": ("#segmentation-info", "IoU rollout"),
+    "adversarial": ("#adversarial-notice", "press Generate"),  # a run takes seconds: the link restores settings
 }
 
 
@@ -92,6 +98,19 @@ def _open_link(browser, url: str, tab: str) -> dict:
         if tab == "neurons":
             shown["neuron"] = _wait(page, "#neurons-neuron-info", "neuron 5")
             shown["words"] = page.locator("#neurons-words").inner_text()
+        if tab == "segmentation":
+            shown["controls"] = [page.locator(f"#segmentation-{name} input").first.input_value()
+                                 for name in ("method", "compare", "image-id")]
+            shown["threshold"] = page.locator("#segmentation-threshold input[type=number]").input_value()
+            shown["rule"] = page.locator("#segmentation-rule input:checked").get_attribute("value")
+            page.locator("#segmentation-cite-panel").get_by_text("Cite / reproduce").click()
+            shown["cite"] = _wait(page, "#segmentation-cite", "python -m core segment", timeout=30_000)
+        if tab == "adversarial":
+            shown["controls"] = [page.locator(f"#adversarial-{name} input, #adversarial-{name} textarea").first.input_value()
+                                 for name in ("model", "present", "target", "images", "repeats")]
+            page.click("#adversarial-run")
+            shown["main"] = _wait(page, "#adversarial-info", "Counts (second-order")
+            shown["success"] = _wait(page, "#adversarial-success", "similar words")
         page.screenshot(path=str(ARTIFACTS / f"link-{tab}.png"), full_page=True)
         return shown
     finally:
@@ -113,7 +132,8 @@ def test_links_restore_every_tab_with_its_numbers_and_again_after_a_restart(app_
     assert (shown["layer"], shown["head"]) == ("3", "1") and "layer 3, head 1" in shown["main"]
     assert view.table[0]["component"] in shown["table"]
     assert "Ignored the unknown link parameter 'colour'" in shown["notice"]
-    for tab, bogus in (("decomposition", "colour"), ("heads", "zoom"), ("neurons", "x=")):
+    for tab, bogus in (("decomposition", "colour"), ("heads", "zoom"), ("neurons", "x="), ("segmentation", "bogus"),
+                       ("adversarial", "zzz")):
         assert bogus not in first[tab]["url"] and bogus.rstrip("=") in first[tab]["notice"], tab  # canonical link
     # heads: the shipped bases' texts of L3H1, and the image's heads
     texts = head_texts("toy", 3, 1)
@@ -122,11 +142,52 @@ def test_links_restore_every_tab_with_its_numbers_and_again_after_a_restart(app_
     # neurons: the concepts of example 0
     _, words, _ = discover_concepts("toy", None, 2, None, "example:0", 10)
     assert words[0]["word"] in first["neurons"]["words"]
+    _check_segmentation(first["segmentation"])
+    _check_adversarial(first["adversarial"])
     # a new server process: the state lived in the link, the numbers are identical
     with app_server(ROOT / "app.py", _env(cache)) as again:
         for tab in LINKS:
             second = _open_link(browser, again, tab)
             assert second["main"] == first[tab]["main"], tab
+
+
+def _check_segmentation(shown: dict) -> None:
+    """The linked segmentation's cosines and IoUs are the library's, computed here directly."""
+    from core.engine.models import load_clip
+    from core.links.images import image_from_ref
+    from core.segmentation.segment import iou, segment_image, world_truth
+
+    texts = ["a green cross", "a red circle", "a pink background"]
+    image = image_from_ref("example:0")
+    truth, name = world_truth(image)
+    assert name in shown["main"] and "Ignored the unknown link parameter 'bogus'" in shown["notice"]
+    assert shown["controls"] == ["heads", "rollout", "example:0"] and float(shown["threshold"]) == 0.5
+    assert shown["rule"] == "the slider" and "S > 0.5" in shown["main"]
+    rows = {cells[0].strip(): [c.strip() for c in cells[1:]]  # the IoU table: text, IoU heads, IoU rollout
+            for cells in (line.split("\t") for line in shown["main"].splitlines()) if len(cells) == 3}
+    for column, method in enumerate(("heads", "rollout")):
+        result = segment_image(load_clip("toy"), image, texts, method=method)
+        if method == "heads":
+            for text, cosine in zip(texts, result.cosine):
+                assert f"{text} {cosine:+.3f}" in shown["main"]
+        for i, text in enumerate(texts):
+            assert rows[text][column] == f"{iou(result.masks(0.5)[i], truth):.3f}", (method, text, rows)
+    assert "python -m core segment --model toy" in shown["cite"] and "--method rollout" in shown["cite"]
+
+
+def _check_adversarial(shown: dict) -> None:
+    """The restored settings, and Generate's success rates equal a direct run of the library."""
+    from core.adversarial.pipeline import AdversarialConfig, run_adversarial
+    from core.engine.models import load_clip
+
+    assert shown["controls"] == ["toy-biased", "square", "triangle", "12", "2"]
+    assert "Ignored the unknown link parameter 'zzz'" in shown["notice"]
+    report = run_adversarial(load_clip("toy-biased"), AdversarialConfig(
+        "square", "triangle", images=12, repeats=2, seed=3, baselines=True, similarity_model="toy", layers=(1, 2),
+        block=("red", "blue")))
+    for method, row in report.summary().items():
+        assert ", ".join(f"{s}/{v}" for s, v in zip(row["successes"], row["valid_images"])) in shown["success"], method
+    assert f"successes {report.stage_counts()['successes']}" in shown["main"]
 
 
 def test_copy_link_reopens_the_same_view(app_url, browser):
