@@ -244,7 +244,7 @@ def build() -> gr.Blocks:
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query],
                   CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + links.outputs + [links.notice],
-                  api_visibility="private", js=ui.PAGE_QUERY_JS)
+                  queue=False, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
 
 

@@ -236,7 +236,7 @@ def build() -> gr.Blocks:
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [status, links.notice],
-                  api_visibility="private", js=ui.PAGE_QUERY_JS)
+                  queue=False, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
 
 
