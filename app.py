@@ -72,7 +72,7 @@ def build_app():
                 # on an empty query replaced a link in the address bar before the page had read it).
                 tab.select(None, [module.ui.LinkBar.instances[folder].query], None, js=load_ui().REPLACE_JS)
         page_query = gr.Textbox(visible="hidden", elem_id="app-query")
-        demo.load(select_tab, [page_query], [tab_set], queue=False, api_visibility="private", js=load_ui().PAGE_QUERY_JS)
+        demo.load(select_tab, [page_query], [tab_set], queue=load_ui().LOAD_QUEUE, api_visibility="private", js=load_ui().PAGE_QUERY_JS)
     return demo
 
 

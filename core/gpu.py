@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - depends on the machine
     _spaces = None
 
 ZERO_GPU = _spaces if _spaces is not None and hasattr(_spaces, "GPU") else None
+# The package is installed in many places; this is whether we run on a ZeroGPU Space (the package's own setting).
+ON_ZERO_GPU = bool(ZERO_GPU is not None and getattr(getattr(getattr(ZERO_GPU, "config", None), "Config", None),
+                                                    "zero_gpu", False))
 MAX_SECONDS = 300
 
 

@@ -170,7 +170,7 @@ def build() -> gr.Blocks:
                                      repeats, baselines, seed, block, checkpoint, revision, judge],
                      VIEW_OUTPUTS, api_name="generate", **ui.MODEL_QUEUE)
         fetch.click(download, [state], [archive], api_name="download")
-        demo.load(restore, [links.query], CONTROLS + links.outputs + [links.notice], queue=False, api_visibility="private",
+        demo.load(restore, [links.query], CONTROLS + links.outputs + [links.notice], queue=ui.LOAD_QUEUE, api_visibility="private",
                   js=ui.PAGE_QUERY_JS)
     return demo
 

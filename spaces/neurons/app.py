@@ -103,10 +103,14 @@ def show_image_id(image_id: str):
     return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
 
 
+# A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
+open_link_on_gpu = gpu(duration=lambda *args, **kwargs: request_seconds(images=2, texts=16))(explorer.open_link)
+
+
 @ui.guard
 def restore(query: str, request: gr.Request):
     """The view a link names (controls and first answers); without a link, the bases status."""
-    linked = explorer.open_link(ui.query_of(query, request), default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    linked = ui.open_link(explorer.open_link, open_link_on_gpu, ui.query_of(query, request), TAB, ALONE)
     n_out = len(CONTROLS) + len(VIEW_OUTPUTS) + 2
     if not linked.applies:
         return [gr.skip()] * n_out + [first_status(), linked.notice or gr.skip()]
@@ -236,7 +240,7 @@ def build() -> gr.Blocks:
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [status, links.notice],
-                  queue=False, api_visibility="private", js=ui.PAGE_QUERY_JS)
+                  queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
 
 
