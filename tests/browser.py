@@ -66,3 +66,19 @@ def browser_page():
             yield page
         finally:
             browser.close()
+
+
+def fill_and_settle(box, value: str, *, settle_ms: int = 350, attempts: int = 5) -> None:
+    """Type into a Gradio input (a Playwright locator) and make sure the value stays: on a busy machine an input
+    that mounts as its accordion opens can take back its initial value just after the fill."""
+    box.wait_for(state="visible", timeout=60_000)
+    for _ in range(attempts):
+        box.fill(value)
+        box.press("Tab")
+        kept = True
+        for _ in range(3):  # the value must survive a whole second, checked three times
+            box.page.wait_for_timeout(settle_ms)
+            kept = kept and box.input_value() == value
+        if kept:
+            return
+    raise AssertionError(f"the input kept {box.input_value()!r}, not {value!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page
+from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page, fill_and_settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
 
@@ -20,9 +20,7 @@ def app_url(tmp_path_factory):
 
 
 def _fill(page, element: str, value: str) -> None:
-    box = page.locator(f"{element} input, {element} textarea").first
-    box.fill(value)
-    box.press("Tab")
+    fill_and_settle(page.locator(f"{element} input, {element} textarea").first, value)
 
 
 def test_adversarial_tab_end_to_end(app_url, tmp_path):

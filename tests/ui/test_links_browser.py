@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, app_server, free_port
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, app_server, fill_and_settle, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
@@ -264,8 +264,7 @@ def test_two_visitors_of_the_heads_tab_never_share_results(app_url, browser):
             page.goto(app_url + "?tab=heads")
             page.wait_for_selector("#heads-show", timeout=60_000)
         page_a.get_by_text("Compute TextSpan here").click()
-        page_a.locator("#heads-n-images input[type=number]").fill("20")
-        page_a.locator("#heads-n-images input[type=number]").press("Tab")
+        fill_and_settle(page_a.locator("#heads-n-images input[type=number]"), "20")
         page_a.click("#heads-compute")
         computed = _wait(page_a, "#heads-info", "computed here on 20 generated", timeout=300_000)
         assert "computed here on 20 generated" in computed and "200 generated" not in computed

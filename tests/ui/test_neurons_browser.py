@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page
+from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page, fill_and_settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
 
@@ -23,9 +23,7 @@ def app_url(tmp_path_factory):
 
 
 def _fill(page, element: str, value: str) -> None:
-    box = page.locator(f"{element} input").first
-    box.fill(value)
-    box.press("Tab")
+    fill_and_settle(page.locator(f"{element} input").first, value)
 
 
 def _wait_rows(page, element: str, at_least: int) -> None:
