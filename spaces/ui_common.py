@@ -28,7 +28,7 @@ import pandas as pd
 
 from core import settings
 from core.errors import CoreError
-from core.gpu import ON_ZERO_GPU
+from core.gpu import ON_ZERO_GPU, gpu, request_seconds
 
 log = logging.getLogger("clipscope.ui")
 FIRST_TAB = "decomposition"  # the tab a link without `tab=` opens in the whole suite
@@ -283,9 +283,23 @@ def default_tab(tab: str, alone: bool) -> str:
     return tab if alone else FIRST_TAB
 
 
+@guard(model=False)
+def show_image_id(image_id: str):
+    """The picture an image id names (empty: keep the upload)."""
+    from core.links.images import image_from_ref
+
+    return picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
+
+
 # A link's first answer is restored without Gradio's queue: its numbers are on screen 1.6-1.8 s after navigation
 # instead of 2.3 s (bench.links). On ZeroGPU the answer is computed by a GPU handler, which works through the queue.
 LOAD_QUEUE = ON_ZERO_GPU
+
+
+def gpu_link_opener(opener: Callable) -> Callable:
+    """A tab's `explorer.open_link` as a GPU handler (decorated when the tab loads, as ZeroGPU needs), sized for a
+    link's first answer (an image or two, a few texts)."""
+    return gpu(duration=lambda *args, **kwargs: request_seconds(images=2, texts=16))(opener)
 
 
 def open_link(opener: Callable, opener_on_gpu: Callable, query, tab: str, alone: bool):

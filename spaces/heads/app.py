@@ -20,7 +20,7 @@ import gradio as gr  # noqa: E402
 from core import settings  # noqa: E402
 from core.engine.contributions import CONVENTIONS  # noqa: E402
 from core.explorer import heads as explorer  # noqa: E402
-from core.links.images import default_texts, image_from_ref  # noqa: E402
+from core.links.images import default_texts  # noqa: E402
 
 
 def _load_ui():
@@ -100,13 +100,8 @@ def link(spec, bases, layer, head, texts, image_id, convention, metric):
     return ui.link_values(explorer.heads_link(spec, bases, layer, head, texts, image_id, convention, metric))
 
 
-@ui.guard(model=False)
-def show_image_id(image_id: str):
-    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
-
-
 # A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
-open_link_on_gpu = gpu(duration=lambda *args, **kwargs: request_seconds(images=2, texts=16))(explorer.open_link)
+open_link_on_gpu = ui.gpu_link_opener(explorer.open_link)
 
 
 @ui.guard
@@ -245,7 +240,7 @@ def build() -> gr.Blocks:
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query],
                   CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + links.outputs + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)

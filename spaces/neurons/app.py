@@ -21,7 +21,6 @@ import gradio as gr  # noqa: E402
 
 from core import settings  # noqa: E402
 from core.explorer import neurons as explorer  # noqa: E402
-from core.links.images import image_from_ref  # noqa: E402
 
 
 def _load_ui():
@@ -98,13 +97,8 @@ def link(spec, bases, layer, neuron, text, image_id, threshold):
     return ui.link_values(explorer.neurons_link(spec, bases, layer, neuron, text, image_id, threshold))
 
 
-@ui.guard(model=False)
-def show_image_id(image_id: str):
-    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
-
-
 # A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
-open_link_on_gpu = gpu(duration=lambda *args, **kwargs: request_seconds(images=2, texts=16))(explorer.open_link)
+open_link_on_gpu = ui.gpu_link_opener(explorer.open_link)
 
 
 @ui.guard
@@ -238,7 +232,7 @@ def build() -> gr.Blocks:
         chain(find.click, search, where + [query, search_top, session], [hits, search_info], "search_neurons",
               {hits: ui.frame([], SEARCH_COLUMNS), search_info: ""})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [status, links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo

@@ -21,7 +21,6 @@ from core.gpu import gpu, request_seconds  # noqa: E402  (before torch: ZeroGPU)
 import gradio as gr  # noqa: E402
 
 from core.explorer import segmentation as explorer  # noqa: E402
-from core.links.images import image_from_ref  # noqa: E402
 from core.segmentation.methods import METHODS  # noqa: E402
 
 
@@ -93,14 +92,8 @@ def slide(view, text: str, threshold: float):
     return change_view(view, text, SLIDER, threshold)
 
 
-@ui.guard(model=False)
-def show_image_id(image_id: str):
-    """The picture an image id names (empty: keep the upload)."""
-    return ui.picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
-
-
 # A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
-open_link_on_gpu = gpu(duration=lambda *args, **kwargs: request_seconds(images=2, texts=16))(explorer.open_link)
+open_link_on_gpu = ui.gpu_link_opener(explorer.open_link)
 
 
 @ui.guard
@@ -167,7 +160,7 @@ def build() -> gr.Blocks:
         for control in (rule, text_pick):
             control.input(change_view, [state, text_pick, rule, threshold], VIEW_OUTPUTS, api_visibility="private")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo
