@@ -46,7 +46,7 @@ from core.engine.text import cache_dir, encode_texts
 from core.engine.trace import trace_vit
 from core.errors import ConfigError, DatasetError
 from core.heads.bases import (MEANS_GROUP, TABLE, _check_sizes, group_name, result_tensors, table_rows,
-                              textspan_build_params)
+                              textspan_build_params, textspan_metrics)
 from core.heads.outputs import Head, check_heads
 from core.neurons.bases import (STORED_FLOAT, BuildOptions, neuron_build_params, write_neuron_layer,
                                 write_neuron_tables)
@@ -420,8 +420,7 @@ def _write_artifact(writer, bundle, image_set, texts, plan, totals, means, tops,
         writer.add_json("image_set", image_set.record())
     if report.skipped:
         writer.add_json("skipped_images", report.skipped)
-    metrics = {"images": count, "heads": len(plan.heads),
-               "mean_cumulative_variance": float(result.cumulative_variance[:, -1].mean()), **metrics,
+    metrics = {**textspan_metrics(result, count, len(plan.heads)), **metrics,
                "world_size": report.world_size, "shards": report.shards}
     return writer.finalize(metrics=metrics, notes=f"built over {report.shards} shard(s) of {plan.shard_size} images "
                            f"by {report.world_size} process(es); the result does not depend on the process count")

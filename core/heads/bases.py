@@ -210,13 +210,18 @@ def textspan_build_params(per_head: int, rank: int | None, criterion: str, span:
             "criterion": criterion, "span": span, "rank_rtol": RANK_RTOL if span == "data" else None}
 
 
+def textspan_metrics(result, image_count: int, n_heads: int) -> dict:
+    """What a TextSpan build records in its manifest's metrics: sizes, mean explained variance, effective ranks."""
+    ranks = result.params["ranks"]
+    return {"images": image_count, "heads": n_heads,
+            "mean_cumulative_variance": float(result.cumulative_variance[:, -1].mean()),
+            "textspan_rank_min": min(ranks), "textspan_rank_max": max(ranks)}
+
+
 def finish_textspan_bases(build: TextSpanBuild, completeness: dict | None = None,
                           extra_metrics: dict[str, float] | None = None) -> Path:
     """Write the optional completeness record, finalise the artifact and drop the cached head outputs."""
-    ranks = build.result.params["ranks"]
-    metrics = {"images": build.image_count, "heads": len(build.heads),
-               "mean_cumulative_variance": float(build.result.cumulative_variance[:, -1].mean()),
-               "textspan_rank_min": min(ranks), "textspan_rank_max": max(ranks)}
+    metrics = textspan_metrics(build.result, build.image_count, len(build.heads))
     if completeness is not None:
         build.writer.add_json(COMPLETENESS, completeness)
     if build.skipped:

@@ -1,4 +1,4 @@
-"""The toy model's shipped bases: verified, loaded for the right model, and equal to a fresh build."""
+"""The toy models' shipped bases: verified, loaded for the right model, and equal to a fresh build."""
 
 import pytest
 import torch
@@ -10,24 +10,34 @@ from core.artifacts.hub import resolve_bases_source
 from core.engine.models import load_clip
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return load_artifact(resolve_bases_source("toy"), expect_model=load_clip("toy").info.identity())
+# Each shipped model and the options of the command that built its bases (README), besides the image set and pool.
+BUILDS = {"toy": [], "toy-biased": ["--terms", "8"]}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def model(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
+def shipped(model):
+    return load_artifact(resolve_bases_source(model), expect_model=load_clip(model).info.identity())
+
+
+@pytest.fixture(scope="module")
+def fresh(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("fresh") / "bases"
-    assert main(["bases", "build", "--model", "toy", "--images", "world:2000:1", "--texts", "toy", "--out", str(out),
-                 "--layers", "3", "--neuron-layers", "2"]) == 0
+    assert main(["bases", "build", "--model", model, "--images", "world:2000:1", "--texts", "toy", "--out", str(out),
+                 "--layers", "3", "--neuron-layers", "2", *BUILDS[model]]) == 0
     return load_artifact(out)
 
 
-def test_shipped_bases_verify_and_describe_what_made_them(shipped):
+def test_shipped_bases_verify_and_describe_what_made_them(model, shipped):
     assert verify_artifact(shipped.path) == []
     manifest = shipped.manifest
-    assert manifest["model"]["spec"] == "toy" and manifest["text_pool"]["name"] == "toy"
-    assert set(manifest["algorithms"]) == {"textspan", "neurons"}
+    assert manifest["model"]["spec"] == model and manifest["text_pool"]["name"] == "toy"
+    assert set(manifest["algorithms"]) == {"textspan", "neurons", "sharding"}  # README's command (bases build)
+    assert manifest["metrics"]["textspan_rank_max"] <= 27  # 24-wide heads plus 3 offsets: the numerical rank
     assert "2000 generated world scenes" in manifest["image_set"]["description"]
 
 
@@ -76,6 +86,8 @@ def test_shipped_bases_equal_a_fresh_build(shipped, fresh):
     """What is deterministic compares exactly (chosen texts, their span ranks, the neurons' top images and
     text supports); floats to float32 or float16 rounding."""
     assert fresh.manifest["algorithms"]["textspan"] == shipped.manifest["algorithms"]["textspan"]
+    neurons = {**shipped.manifest["algorithms"]["neurons"], "layers": [2]}  # the fresh build has one layer
+    assert fresh.manifest["algorithms"]["neurons"] == neurons
     for head in range(4):
         a, b = shipped.tensors(f"textspan_L3H{head}"), fresh.tensors(f"textspan_L3H{head}")
         assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["rank"], b["rank"]), head
