@@ -76,9 +76,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     out = guards.check_output_path(args.out, "weights file --out", folder=False)
     check_training_outputs(out, overwrite=args.overwrite, card=not args.no_card)
+    if args.init is not None:
+        args.init = str(guards.check_user_path(args.init, "--init (toy weights)"))
     given = {name: getattr(args, name) for name in ("steps", "batch_size", "lr", "seed", "warmup", "threads",
                                                     "shape_groups", "position_groups", "group_size", "bias_p", "bias_others",
-                                                    "bias_groups")}
+                                                    "bias_groups", "init")}
     config = TrainConfig(**{name: value for name, value in given.items() if value is not None},
                          shape_only_group=args.shape_only_group, bias=args.bias or "")
     positive(config.steps, "--steps", maximum=10_000_000)
@@ -159,6 +161,9 @@ def _register_train(toy_subparsers) -> None:
     parser.add_argument("--bias-groups", default=None, choices=("shapes", "backgrounds"),
                         help="with --bias, shape groups use: shapes (the unpaired shapes only; default) or "
                         "backgrounds (every shape, on the unpaired backgrounds only)")
+    parser.add_argument("--init", default=None, metavar="WEIGHTS",
+                        help="start from this toy checkpoint instead of a random init (fine-tuning), e.g. "
+                        "core/data/toy/toy_clip.safetensors")
     parser.add_argument("--threads", type=int, help=f"torch CPU threads (default: {recipe})")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=0, help="also save OUT.stepN.safetensors every N steps")

@@ -61,6 +61,9 @@ class TrainConfig:
     # shapes only, on any background) or "backgrounds" (groups of every shape, on the unpaired
     # backgrounds only: shape is learned where no planted cue is, the cue stays on its backgrounds).
     bias_groups: str = "shapes"
+    # Start from these toy weights instead of a random init ("" for none): the planted-bias model is
+    # fine-tuned from `toy`, so it knows every shape and the planted background is its only shortcut.
+    init: str = ""
 
     def __post_init__(self):
         if self.bias_groups not in ("shapes", "backgrounds"):
@@ -161,11 +164,13 @@ def train_toy(
     log_every: int = 50,
     save_every: int = 0,
 ) -> dict:
-    """Train the toy CLIP from scratch and save it as float16 safetensors. Returns a summary."""
+    """Train the toy CLIP (from scratch, or from `config.init`) and save it as float16 safetensors. Returns a summary."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     register_model_configs()  # the toy architecture's config, which open_clip does not ship
     model = open_clip.create_model(TOY_ARCH, pretrained=None)
+    if config.init:
+        _load_init(model, Path(config.init))
     model.output_dict = False
     model.train()
     tokenizer = open_clip.get_tokenizer(TOY_ARCH)
@@ -196,6 +201,15 @@ def train_toy(
     _save(model, Path(out_path), config, config.steps, wall)
     return {"wall_seconds": wall, "first_loss": losses[0], "final_loss": float(np.mean(losses[-20:])),
             "losses": losses, "path": str(out_path)}
+
+
+def _load_init(model: torch.nn.Module, path: Path) -> None:
+    """Load a toy checkpoint `train_toy` wrote (float16 safetensors) into the float32 model."""
+    from safetensors.torch import load_file
+
+    if not path.is_file() or not is_toy_weights(path):
+        raise ConfigError(f"--init {path}: not a toy checkpoint written by `python -m core toy train`")
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
 
 
 def _save(model: torch.nn.Module, path: Path, config: TrainConfig, steps: int, wall: float) -> None:

@@ -189,6 +189,8 @@ COMMANDS = {
                   ("0", r"between 0 and 1"), ("abc", r"invalid float value")]),
         ("--warmup", [("0", r"at least 1"), ("-2", r"at least 1")]), ("--seed", SEEDS),
         ("--group-size", [("1", r"group_size"), ("9", r"group_size")]), ("--threads", [("0", r"at least 1")]),
+        ("--init", [("{missing}", r"not a toy checkpoint"), ("{pool}", r"not a toy checkpoint"),
+                    ("{folder}", r"not a toy checkpoint"), ("", r"empty path")]),
         ("--out", [("{pool}", r"not written by `python -m core toy train`"), ("{under_file}", r"is a file"),
                    ("{folder}", r"is a folder"), ("", r"empty")]))),
     "toy evaluate": Command(_base("toy", "evaluate", "--model", MODEL, "--n", "5"), 2, (

@@ -105,6 +105,16 @@ def test_training_smoke_loss_falls(tmp_path):
     assert (tmp_path / "smoke.safetensors").is_file()
 
 
+def test_training_can_start_from_toy_weights(tmp_path):
+    # Fine-tuning starts where the shipped model is: its first loss is the trained model's, not log(batch).
+    config = TrainConfig(steps=1, batch_size=32, warmup=1, lr=1e-8, shape_groups=2, position_groups=1)
+    fresh = train_toy(tmp_path / "fresh.safetensors", config, log=None)["first_loss"]
+    tuned = train_toy(tmp_path / "tuned.safetensors", replace(config, init=str(TOY_WEIGHTS)), log=None)["first_loss"]
+    assert tuned < 1.5 < math.log(32) - 0.5 < fresh, (tuned, fresh)
+    with pytest.raises(ConfigError, match="not a toy checkpoint"):
+        train_toy(tmp_path / "x.safetensors", replace(config, init=str(tmp_path / "fresh.safetensors.missing")), log=None)
+
+
 def test_corrupt_or_truncated_toy_weights_are_named(tmp_path):
     truncated = tmp_path / "toy_clip.safetensors"
     truncated.write_bytes(TOY_WEIGHTS.read_bytes()[:100_000])
