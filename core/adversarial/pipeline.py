@@ -221,6 +221,27 @@ def _judge(bundle: ClipBundle, spec: str | None) -> ClipBundle:
     return load_clip(spec.strip())  # an empty spec is refused there, like an empty --model
 
 
+def _method_words(method, repeat, config, direction, bases, judge, selection, words, similar):
+    """(neurons, top words) a method writes its descriptions from; words None when none are left."""
+    if method == "second-order":
+        return selection, words
+    if method == "similar words":
+        return None, similar
+    neurons = random_neurons(direction.v, bases, len(selection), seed=config.seed * 1000 + repeat)
+    try:
+        scored = score_words(neurons, bases, per_pair=config.per_pair)
+        filtered = filter_words(judge, scored, direction.target, threshold=config.similarity, block=config.block)
+        return neurons, top_words(filtered, config.words)
+    except ConfigError:  # random neurons may push nowhere near the target: no images, no successes
+        return neurons, None
+
+
+def _empty_attempt(method, repeat, config, neurons, generator_label) -> Attempt:
+    return Attempt(method, repeat, config.seed * 1000 + repeat, neurons, TopWords([], [], "none left"),
+                   Descriptions([], "no words with a positive score after the filter"),
+                   GeneratedImages([], [], [], [], generator_label), Verdicts([], []))
+
+
 def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=None, llm=None,
                     progress: Progress | None = None) -> AdversarialReport:
     """Run every stage (and the baselines if asked) for config.repeats repeats; see the module docstring.
@@ -263,21 +284,9 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
     attempts = []
     for repeat in range(config.repeats):
         for method in config.methods():
-            neurons, chosen = selection, words
-            if method == "random neurons":
-                neurons = random_neurons(direction.v, bases, len(selection), seed=config.seed * 1000 + repeat)
-                try:
-                    chosen = top_words(filter_words(judge, score_words(neurons, bases, per_pair=config.per_pair),
-                                                    direction.target, threshold=config.similarity, block=config.block),
-                                       config.words)
-                except ConfigError:  # random neurons may push nowhere near the target: no images, no successes
-                    chosen = None
-            elif method == "similar words":
-                neurons, chosen = None, similar
+            neurons, chosen = _method_words(method, repeat, config, direction, bases, judge, selection, words, similar)
             if chosen is None:
-                attempt = Attempt(method, repeat, config.seed * 1000 + repeat, neurons, TopWords([], [], "none left"),
-                                  Descriptions([], "no words with a positive score after the filter"),
-                                  GeneratedImages([], [], [], [], generator.label), Verdicts([], []))
+                attempt = _empty_attempt(method, repeat, config, neurons, generator.label)
             else:
                 attempt = _attempt(bundle, config, classifier, generator, method, repeat, neurons, chosen, llm, seconds)
             attempts.append(attempt)

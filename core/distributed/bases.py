@@ -112,18 +112,9 @@ def build_bases(
                 "image_set": {k: v for k, v in image_set.identity().items() if k != "description"},
                 "plan": _plan_record(plan)}
     rt.agree(runtime, identity)
-    writer, problem = None, None
-    if runtime.is_main:
-        try:
-            writer = ArtifactWriter(out, model=bundle.info.identity(), text_pool=identity["text_pool"],
-                                    image_set=image_set.identity(), convention=plan.convention,
-                                    algorithms=_algorithms(plan, count), overwrite=overwrite)
-        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
-            problem = str(err)
-            if runtime.distributed:
-                rt.raise_if_any(runtime, problem, "opening the output folder")
-            raise
-    rt.raise_if_any(runtime, problem, "opening the output folder")
+    writer = _on_main(runtime, "opening the output folder", lambda: ArtifactWriter(
+        out, model=bundle.info.identity(), text_pool=identity["text_pool"], image_set=image_set.identity(),
+        convention=plan.convention, algorithms=_algorithms(plan, count), overwrite=overwrite))
     work = Path(work_dir) if work_dir else cache_dir() / "bases-work" / _work_key(bundle, image_set, plan)
     n_shards = plan.n_shards(count)
     report = BuildReport(None, runtime.world_size, n_shards)
@@ -154,35 +145,12 @@ def build_bases(
     means = {layer: (totals[f"neuron_sum_L{layer}"] / report.images).float().to(STORED_FLOAT).float()
              for layer in plan.neuron_layers}  # pass 2 uses the stored (rounded) means, as a resumed build does
 
-    tops: dict[int, RunningTopK] = {}
-    if plan.neuron_layers:
-        started = time.perf_counter()
-        tops = {layer: RunningTopK.empty(means[layer].shape[0], plan.options.k, means[layer].shape[1],
-                                         dtype=torch.float16 if plan.options.half else torch.float32,
-                                         device=bundle.device) for layer in plan.neuron_layers}
-        device_means = {layer: mean.to(bundle.device) for layer, mean in means.items()}
-        _run_pass(2, bundle, image_set, plan, work, mine, runtime, report, progress,
-                  lambda shard: _pass2_shard(bundle, image_set, plan, layers, device_means, tops, shard,
-                                             per_shard_counts[shard]),
-                  resume=lambda shard, stored: _resume_pass2(tops, stored))
-        report.seconds["pass2"] = time.perf_counter() - started
-        started = time.perf_counter()
-        tops = {layer: merge_across_ranks(runtime, top, f"the top-k merge of layer {layer}")
-                for layer, top in tops.items()}
-        report.seconds["merge2"] = time.perf_counter() - started
+    tops = _pass2(bundle, image_set, plan, work, mine, runtime, report, progress, layers, means, per_shard_counts)
 
     started = time.perf_counter()
     report.skipped = [text for part in rt.gather_json(runtime, _skipped(work, mine)) for text in part]
-    problem = None
-    if runtime.is_main:
-        try:
-            report.path = _write_artifact(writer, bundle, image_set, texts, plan, totals, means, tops, report, progress)
-        except Exception as err:  # noqa: BLE001 - the other ranks must not wait for a barrier that never comes
-            problem = str(err)
-            if runtime.distributed:
-                rt.raise_if_any(runtime, problem, "writing the artifact")
-            raise
-    rt.raise_if_any(runtime, problem, "writing the artifact")
+    report.path = _on_main(runtime, "writing the artifact", lambda: _write_artifact(
+        writer, bundle, image_set, texts, plan, totals, means, tops, report, progress))
     report.seconds["finish"] = time.perf_counter() - started
     log("seconds (rank 0): " + json.dumps({k: round(v, 3) for k, v in report.seconds.items()}))
     _remove_partials(work, mine)
@@ -190,6 +158,42 @@ def build_bases(
     if runtime.is_main:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _on_main(runtime: rt.Runtime, what: str, make):
+    """`make()` on rank 0 (None elsewhere); its failure reaches every rank, so none waits at a barrier that never comes."""
+    result, problem = None, None
+    if runtime.is_main:
+        try:
+            result = make()
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            problem = str(err)
+            if runtime.distributed:
+                rt.raise_if_any(runtime, problem, what)
+            raise
+    rt.raise_if_any(runtime, problem, what)
+    return result
+
+
+def _pass2(bundle, image_set, plan, work, mine, runtime, report, progress, layers, means, per_shard_counts
+           ) -> dict[int, RunningTopK]:
+    """Pass 2 (each neuron's top-k second-order effects, per layer) over this rank's shards, merged across ranks."""
+    if not plan.neuron_layers:
+        return {}
+    started = time.perf_counter()
+    tops = {layer: RunningTopK.empty(means[layer].shape[0], plan.options.k, means[layer].shape[1],
+                                     dtype=torch.float16 if plan.options.half else torch.float32,
+                                     device=bundle.device) for layer in plan.neuron_layers}
+    device_means = {layer: mean.to(bundle.device) for layer, mean in means.items()}
+    _run_pass(2, bundle, image_set, plan, work, mine, runtime, report, progress,
+              lambda shard: _pass2_shard(bundle, image_set, plan, layers, device_means, tops, shard,
+                                         per_shard_counts[shard]),
+              resume=lambda shard, stored: _resume_pass2(tops, stored))
+    report.seconds["pass2"] = time.perf_counter() - started
+    started = time.perf_counter()
+    tops = {layer: merge_across_ranks(runtime, top, f"the top-k merge of layer {layer}") for layer, top in tops.items()}
+    report.seconds["merge2"] = time.perf_counter() - started
+    return tops
 
 
 # ---------------------------------------------------------------- checks and identity

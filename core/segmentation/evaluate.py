@@ -180,17 +180,7 @@ def evaluate(
 
     class_source, threshold, clamp: aligned-protocol overrides for every method; subtract_class_mean: for heads.
     """
-    methods = list(dict.fromkeys(methods))
-    if not methods:
-        raise ConfigError("no method given")
-    for method in methods:
-        if method != ORACLE:
-            check_method(method)
-    if subtract_class_mean is not None and "heads" not in methods:
-        raise ConfigError("class-mean subtraction applies to the heads map only (it is linear in the class text); "
-                          "no heads method was asked for")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    methods = _check_methods(methods, subtract_class_mean, batch_size)
     info = bundle.info
     if state_dir:
         state_root = guards.output_folder(state_dir, "state folder")  # a user-named folder: checked, clear errors
@@ -199,25 +189,10 @@ def evaluate(
         state_root.mkdir(parents=True, exist_ok=True)
     prompts = dataset.class_prompts()
     classes_key = hashlib.sha256(json.dumps(prompts.prompts).encode("utf-8")).hexdigest()[:20]
-    runs = []
-    for method in methods:
-        proto = method_protocol(protocol, method, has_labels=dataset.labelled, class_source=class_source,
-                                threshold=threshold, clamp=clamp,
-                                subtract_class_mean=subtract_class_mean if method == "heads" else None)
-        segmenter = None if method == ORACLE else Segmenter(bundle, method, options)
-        settings = {"version": STATE_VERSION, "model": info.identity(), "dataset": dataset.identity(),
-                    "method": method, "options": {} if method == ORACLE else options.record(method),
-                    "protocol": proto.record(), "classes": None if method == ORACLE else classes_key}
-        if segmenter is not None and segmenter.pool is not None:  # the bases and layers actually used
-            settings["neurons"] = {"source": segmenter.pool.source, "layers": list(segmenter.pool.layers)}
-        path = state_root / f"{method}-{_key(settings)}.jsonl"
-        run = _MethodRun(method, proto, segmenter, settings, path, _read_state(path, settings))
-        run.resumed = len(run.records)
-        if run.resumed:
-            log(f"{method}: {run.resumed} images read back from {path}")
-        else:
-            path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
-        runs.append(run)
+    overrides = {"class_source": class_source, "threshold": threshold, "clamp": clamp}
+    runs = [_open_run(bundle, dataset, method, protocol, options, overrides,
+                      subtract_class_mean if method == "heads" else None, classes_key, state_root, log)
+            for method in methods]
     geometry = runs[0].protocol.geometry
     maps_dir = Path(save_maps) if save_maps else None
     if maps_dir is not None:
@@ -248,17 +223,54 @@ def evaluate(
             if todo[run.method]:
                 _score_batch(run, bundle, [samples[i] for i in todo[run.method]], [views[i] for i in todo[run.method]],
                              classifier, maps_dir)
-    results = []
-    for run in runs:
-        metrics = SegmentationMetrics()
-        for index in range(len(dataset)):
-            metrics.add(ImageScores.from_dict(run.records[index]))
-        description = "oracle: the mask averaged over each patch, upsampled" if run.segmenter is None \
-            else run.segmenter.describe()
-        results.append(MethodResult(run.method, description, run.protocol, metrics.summary(), run.resumed,
-                                    str(run.state_path)))
+    results = [_method_result(run, len(dataset)) for run in runs]
     return EvaluationReport(info.as_dict(), dataset.description, dataset.spec, prompts.description, protocol, results,
                             _class_accuracy(runs, dataset), str(maps_dir) if maps_dir else None)
+
+
+def _check_methods(methods: Sequence[str], subtract_class_mean, batch_size) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ConfigError("no method given")
+    for method in methods:
+        if method != ORACLE:
+            check_method(method)
+    if subtract_class_mean is not None and "heads" not in methods:
+        raise ConfigError("class-mean subtraction applies to the heads map only (it is linear in the class text); "
+                          "no heads method was asked for")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    return methods
+
+
+def _open_run(bundle: ClipBundle, dataset: SegmentationDataset, method: str, protocol: str, options: MethodOptions,
+              overrides: dict, subtract_class_mean, classes_key: str, state_root: Path, log) -> _MethodRun:
+    """A method's protocol, segmenter and state file: read back when its settings match, else started afresh."""
+    proto = method_protocol(protocol, method, has_labels=dataset.labelled, subtract_class_mean=subtract_class_mean,
+                            **overrides)
+    segmenter = None if method == ORACLE else Segmenter(bundle, method, options)
+    settings = {"version": STATE_VERSION, "model": bundle.info.identity(), "dataset": dataset.identity(),
+                "method": method, "options": {} if method == ORACLE else options.record(method),
+                "protocol": proto.record(), "classes": None if method == ORACLE else classes_key}
+    if segmenter is not None and segmenter.pool is not None:  # the bases and layers actually used
+        settings["neurons"] = {"source": segmenter.pool.source, "layers": list(segmenter.pool.layers)}
+    path = state_root / f"{method}-{_key(settings)}.jsonl"
+    run = _MethodRun(method, proto, segmenter, settings, path, _read_state(path, settings))
+    run.resumed = len(run.records)
+    if run.resumed:
+        log(f"{method}: {run.resumed} images read back from {path}")
+    else:
+        path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+    return run
+
+
+def _method_result(run: _MethodRun, n_images: int) -> MethodResult:
+    metrics = SegmentationMetrics()
+    for index in range(n_images):
+        metrics.add(ImageScores.from_dict(run.records[index]))
+    description = "oracle: the mask averaged over each patch, upsampled" if run.segmenter is None \
+        else run.segmenter.describe()
+    return MethodResult(run.method, description, run.protocol, metrics.summary(), run.resumed, str(run.state_path))
 
 
 def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, classifier, maps_dir: Path | None) -> None:
