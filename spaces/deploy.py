@@ -8,8 +8,8 @@
 
 The repository keeps a single copy of core/; each Space gets its own at deploy time. The front-matter follows the
 Spaces configuration reference: consistent titles, `short_description` of at most 60 characters, the weights
-(`models`) and bases (`datasets`) the Space reads, `preload_from_hub` at pinned revisions, `suggested_hardware`,
-tags, and the papers' arXiv links in the card's text (which is what links a Space to its papers).
+(`models`) and bases (`datasets`) the Space reads, `preload_from_hub` for the weights at a pinned revision,
+`suggested_hardware`, tags, and the papers' arXiv links in the card's text (which is what links a Space to its papers).
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def front_matter(tab: str, *, model: str = "toy", model_revision: str | None = N
         repo, _, revision = bases.partition("@")
         if not SHA.fullmatch(revision):
             raise SystemExit("--bases must be ORG/NAME@<40-hex commit> (bases are pinned)")
+        # The configuration reference documents preloading for model repos only ("repo file1,file2 sha"), so
+        # the bases are listed, and the app fetches them at their pinned revision on first use (a few MB).
         datasets.append(repo)
-        preload.append(f"datasets/{repo} * {revision}")
     if models:
         matter["models"] = models
     if datasets:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", type=Path, help="only write the Space's files to this folder")
     parser.add_argument("--model", default="toy", help="the Space's default model (CLIPSCOPE_MODEL), default toy")
     parser.add_argument("--model-revision", help="40-hex commit of the model's Hub repo (preloaded, pinned)")
-    parser.add_argument("--bases", help="ORG/NAME@SHA of the bases dataset (preloaded, pinned)")
+    parser.add_argument("--bases", help="ORG/NAME@SHA of the bases dataset (pinned; fetched on first use)")
     parser.add_argument("--hardware", help="suggested_hardware (default: zero-a10g for Hub weights, else cpu-basic)")
     parser.add_argument("--write-cards", action="store_true", help="refresh spaces/*/README.md and exit")
     args = parser.parse_args(argv)
