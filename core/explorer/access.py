@@ -60,7 +60,10 @@ def check_count(value, name: str, low: int, high: int) -> int:
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a whole number from {low} to {high}.") from None
     if not number.is_integer() or not low <= number <= high:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+        from core import settings
+
+        where = " on this public server" if settings.public() else ""  # public bounds are tighter: say why
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}{where}, got {value!r}.")
     return int(number)
 
 

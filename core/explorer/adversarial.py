@@ -16,6 +16,7 @@ from pathlib import Path
 from core import settings
 from core.adversarial.defaults import DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION, SD_STEPS
 from core.errors import ConfigError
+from core.explorer import access
 from core.explorer.common import LinkPanel, Progress, link_panel, progress_or_silent
 from core.links.codec import ViewState
 from core.links.commands import reproduce_commands
@@ -65,17 +66,6 @@ def allowed_models() -> tuple[str, ...]:
 
 def limits() -> dict[str, int]:
     return PUBLIC_LIMITS if settings.public() else LOCAL_LIMITS
-
-
-def _int(value, name: str, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-    if not number.is_integer() or not low <= number <= high:
-        where = " on this public server" if settings.public() else ""
-        raise ConfigError(f"{name} must be a whole number between {low} and {high}{where}, got {value!r}")
-    return int(number)
 
 
 def read_layers(raw) -> tuple[int, ...] | None:
@@ -128,9 +118,11 @@ def generate(spec: str | None, present: str, target: str, *, layers=None, neuron
     progress = progress_or_silent(progress)
     bound = limits()
     config_args = dict(
-        layers=read_layers(layers), neurons=_int(neurons, "neurons", 1, bound["neurons"]),
-        words=_int(words, "words", 1, bound["words"]), images=_int(images, "images", 1, bound["images"]),
-        repeats=_int(repeats, "repeats", 1, bound["repeats"]), seed=_int(seed, "seed", 0, 2**31 - 1),
+        layers=read_layers(layers), neurons=access.check_count(neurons, "neurons", 1, bound["neurons"]),
+        words=access.check_count(words, "words", 1, bound["words"]),
+        images=access.check_count(images, "images", 1, bound["images"]),
+        repeats=access.check_count(repeats, "repeats", 1, bound["repeats"]),
+        seed=access.check_count(seed, "seed", 0, 2**31 - 1),
         baselines=bool(baselines), generator=generator if generator in GENERATORS else "world",
         block=read_block(block))
     try:
