@@ -7,12 +7,14 @@ image on CPU and GPU). The safety checker stays on wherever the checkpoint ships
 images are flagged and not counted. On a ZeroGPU Space, `sd_gpu_seconds(steps, images)` sizes the
 `@spaces.GPU` duration.
 
-`world` is the OFFLINE STAND-IN for a text-to-image model: it draws a generated-world scene whose
-shape, colour, size, position, count and background are the ones the description names (the first
-mention of each wins). Like a text-to-image model drawing a named subject, it draws one large object
-unless the words name a size or a count; unnamed colour, position and background are drawn at random
-from the image's seed. It only draws the world's shapes, so it suits the toy models, and every
-result it produces says so.
+`world` is the OFFLINE STAND-IN for a text-to-image model: it draws a generated-world scene of the
+description's subject (its first world shape) with the colour, size, position and count the words give
+that subject, on the background the description names. Words describe the object they belong to, as
+a reader of the prompt takes them: "a square with a small green star" draws a square, neither small nor
+green, since the star's words are the star's and the world cannot draw a second shape. Like a
+text-to-image model drawing a named subject, it draws one large object unless the subject's words name
+a size or a count; unnamed colour, position and background are drawn at random from the image's seed.
+It only draws the world's shapes, so it suits the toy models, and every result it produces says so.
 
 >>> images = WorldGenerator().generate(["a square on a dotted background"], seeds=[0])
 """
@@ -56,9 +58,13 @@ class GeneratedImages:
 # ---------------------------------------------------------------- world: the offline stand-in
 
 def _vocabulary() -> list[tuple[str, str, Any]]:
-    """(attribute, phrase, value): every phrase the world renderer understands."""
-    entries = [("shape", s, s) for s in world.SHAPES] + [("shape", p, s) for s, p in world.SHAPE_PLURALS.items()]
-    entries += [("count", s, 1) for s in world.SHAPES] + [("count", p, 2) for p in world.SHAPE_PLURALS.values()]
+    """(attribute, phrase, value): every phrase the world renderer understands.
+
+    "noun" entries are objects (a world shape, or a generic "something"); the others are attributes.
+    """
+    entries = [("noun", s, (s, 1)) for s in world.SHAPES] + [("noun", p, (s, 2)) for s, p in world.SHAPE_PLURALS.items()]
+    entries += [("noun", n, (None, 1)) for n in ("something", "shape", "object", "thing")]
+    entries += [("noun", n, (None, 2)) for n in ("shapes", "objects", "things")]
     entries += [("colour", c, c) for c in world.COLOURS] + [("size", s, s) for s in world.SIZES]
     entries += [("position", p, p) for p in world.POSITIONS]
     entries += [("background", b, b) for b in world.BACKGROUNDS]
@@ -67,23 +73,62 @@ def _vocabulary() -> list[tuple[str, str, Any]]:
 
 
 _VOCABULARY = _vocabulary()
+_LOOKUP = {phrase: (attribute, value) for attribute, phrase, value in _VOCABULARY}
 _PATTERN = re.compile(r"(?<![\w-])(" + "|".join(sorted({re.escape(p) for _, p, _ in _VOCABULARY}, key=lambda p: (-len(p), p)))
                       + r")(?![\w-])", re.IGNORECASE)
+# Where one object's phrase ends and the next begins: "a square with a small star", "a square, blue".
+_PHRASE_BREAK = re.compile(r"[,;:.!?()]|(?<![\w-])(?:and|with|next to|beside|near|behind|while|but)(?![\w-])", re.IGNORECASE)
+_MODIFIERS = ("colour", "size", "count")  # say which object they precede ("a small star": the star is small)
+
+
+def _phrases(description: str) -> list[list[tuple[str, Any]]]:
+    """The description cut into phrases, each a list of (attribute, value) in reading order."""
+    return [[_LOOKUP[m.group(1).lower()] for m in _PATTERN.finditer(part)] for part in _PHRASE_BREAK.split(description)]
 
 
 def parse_world_words(description: str) -> dict[str, Any]:
-    """{attribute: value} the description names; the first mention of each attribute wins.
+    """{attribute: value} the description names for the scene it asks for.
 
-    Longer phrases win at the same place ("top left" over "top"); a singular shape word names one
-    object, a plural one ("circles") or "two" a pair. The world's object colours and background names never overlap.
+    Like a text-to-image model reading a prompt, words describe the object they belong to. The
+    subject is the first world shape named ("circles" or "two circles" name a pair). A colour,
+    size or count names the object it precedes in its phrase (else the one before it); a position
+    names the object before it (else the one after). So "a square with a small red star" draws a
+    square: the star's attributes are the star's, and the world cannot draw a second shape. Words
+    that belong to no object ("a square, blue") describe the subject. The background is the
+    scene's, whichever phrase names it. The first mention of each wins; longer phrases win at the
+    same place ("top left" over "top").
     """
+    subject: dict[str, Any] | None = None
+    loose: dict[str, Any] = {}
+    background = None
+    for phrase in _phrases(description):
+        nouns = [i for i, (attribute, _) in enumerate(phrase) if attribute == "noun"]
+        owned: dict[int, dict[str, Any]] = {i: {} for i in nouns}
+        for i, (attribute, value) in enumerate(phrase):
+            if attribute == "noun":
+                continue
+            if attribute == "background":
+                background = background or value
+                continue
+            after = [j for j in nouns if j > i]
+            before = [j for j in nouns if j < i]
+            if attribute in _MODIFIERS:
+                owner = after[0] if after else (before[-1] if before else None)
+            else:
+                owner = before[-1] if before else (after[0] if after else None)
+            (owned[owner] if owner is not None else loose).setdefault(attribute, value)
+        for i in nouns:
+            shape, number = phrase[i][1]
+            if subject is None and shape is not None:
+                subject = {"shape": shape, **owned[i]}
+                subject.setdefault("count", number)
     named: dict[str, Any] = {}
-    lookup: dict[str, list[tuple[str, Any]]] = {}
-    for attribute, phrase, value in _VOCABULARY:
-        lookup.setdefault(phrase, []).append((attribute, value))
-    for match in _PATTERN.finditer(description):
-        for attribute, value in lookup[match.group(1).lower()]:
+    if subject is not None:
+        named.update(subject)
+        for attribute, value in loose.items():
             named.setdefault(attribute, value)
+    if background is not None:
+        named["background"] = background
     return named
 
 

@@ -47,6 +47,32 @@ def test_rendered_scenes_obey_the_words(description, expected):
     assert "offline stand-in" in out.generator
 
 
+@pytest.mark.parametrize("description, expected", [
+    # another object's size, colour and count are its own; the world draws only the subject
+    ("a square with a small green star", {"shape": "square", "count": 1}),
+    ("a photo of a square, two small crosses and something at the bottom", {"shape": "square", "count": 1}),
+    # a background is the scene's, whichever object's phrase names it
+    ("an image of a square and a star on a dotted background", {"shape": "square", "count": 1, "background": "dotted"}),
+    # words that belong to no object describe the subject; words before a noun describe that noun
+    ("a picture of a square: blue, small", {"shape": "square", "count": 1, "colour": "blue", "size": "small"}),
+    ("a star beside a large red square", {"shape": "star", "count": 1}),
+    ("a large red square sits at the top left, next to a small star", {"shape": "square", "count": 1, "size": "large",
+                                                                      "colour": "red", "position": "top left"}),
+])
+def test_words_describe_the_object_they_belong_to(description, expected):
+    assert parse_world_words(description) == expected
+    out = WorldGenerator().generate([description] * 12, seeds=list(range(12)))
+    scenes = [note["scene"] for note in out.notes]
+    for attribute in ("colour", "size", "position"):
+        values = {scene[attribute] for scene in scenes}
+        if attribute in expected:
+            assert values == {expected[attribute]}, (attribute, values)
+        elif attribute == "size":
+            assert values == {"large"}  # the subject's default, not the star's "small"
+        else:
+            assert len(values) > 1, (attribute, values)  # drawn from the seed, not taken from another object
+
+
 def test_a_description_without_a_world_shape_is_refused():
     with pytest.raises(ConfigError, match="draws only the world's shapes"):
         WorldGenerator().generate(["a photo of a dog on a beach"], seeds=[0])
