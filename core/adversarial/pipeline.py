@@ -4,7 +4,8 @@ Each step is its own function (`core.adversarial.directions`, `neurons`, `words`
 `generators`, `verdict`); `run_adversarial` chains them and keeps every step's output, counts at
 every stage and the time each stage took. Methods (paper 2, table 3):
 
-- "second-order": the top-N neurons by |<v, r_n>|, their summed word scores, the synonym filter, top-k;
+- "second-order": the top-N neurons by |<v, r_n>|, their summed word scores, the synonym filter, top-k
+  (N defaults to the paper's 100, scaled down on embeddings narrower than 512: `defaults.default_neurons`);
 - "random neurons": N neurons drawn at random from the same layers (a new draw per repeat), same scoring;
 - "similar words": the pool words most similar to c2 (CLIP text cosine), same filter.
 
@@ -19,15 +20,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from core.adversarial.descriptions import Descriptions, drop_naming, llm_descriptions, template_descriptions
 from core.adversarial.directions import ClassDirection, class_direction
-from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_GUIDANCE, SD_REPO,
-                                       SD_REVISION, SD_STEPS)
+from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, PAPER_EMBED_DIMS,
+                                       SD_GUIDANCE, SD_REPO, SD_REVISION, SD_STEPS, default_neurons)
 from core.adversarial.generators import GENERATORS, GeneratedImages
 from core.adversarial.neurons import NeuronSelection, layer_bases, random_neurons, top_neurons
 from core.adversarial.verdict import BinaryClassifier, Verdicts, binary_classifier, judge
@@ -46,7 +47,7 @@ class AdversarialConfig:
     present: str  # c1: the class the images show
     target: str  # c2: the class CLIP should be fooled into
     layers: tuple[int, ...] | None = None  # default: the last three layers the bases cover
-    neurons: int = DEFAULT_NEURONS
+    neurons: int | None = None  # default: default_neurons(the embedding's dimensions)
     words: int = DEFAULT_WORDS
     per_pair: bool = False  # rank (neuron, word) pairs as the official code, instead of summing (paper eq. 6)
     similarity: float = DEFAULT_SIMILARITY  # drop words with text cosine >= this to the target
@@ -69,7 +70,8 @@ class AdversarialConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        for name, value, low, high in (("neurons", self.neurons, 1, 100_000), ("words", self.words, 1, 10_000),
+        counts = (("neurons", self.neurons, 1, 100_000),) if self.neurons is not None else ()
+        for name, value, low, high in counts + (("words", self.words, 1, 10_000),
                                        ("images", self.images, 1, MAX_IMAGES), ("descriptions", self.descriptions, 1, 1000),
                                        ("repeats", self.repeats, 1, MAX_REPEATS), ("seed", self.seed, 0, 2**31 - 1)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -267,8 +269,13 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
         generator.check_class(direction.present)
     bases = timed("bases", layer_bases, bundle, config.bases, config.layers)
     texts = next(iter(bases.values())).texts
+    how_many = ""
+    if config.neurons is None:
+        dims = int(direction.v.shape[-1])
+        config = replace(config, neurons=default_neurons(dims))
+        how_many = f" (the default for a {dims}-dimension embedding: the paper's {DEFAULT_NEURONS} per {PAPER_EMBED_DIMS})"
     selection = timed("neurons", top_neurons, direction.v, bases, config.neurons)
-    say(f"neurons: {len(selection)} from layers {list(selection.pool_layers)} by |<v, r_n>|")
+    say(f"neurons: {len(selection)} from layers {list(selection.pool_layers)} by |<v, r_n>|{how_many}")
     scored = timed("word scores", score_words, selection, bases, per_pair=config.per_pair)
     judge = timed("filter", _judge, bundle, config.similarity_model)
     filtered = timed("filter", filter_words, judge, scored, direction.target, threshold=config.similarity,

@@ -14,8 +14,8 @@ from the descriptions' words, so it suits the toy models only."""
 
 
 def register(subparsers) -> None:
-    from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION,
-                                           SD_STEPS)
+    from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, PAPER_EMBED_DIMS, SD_REPO,
+                                           SD_REVISION, SD_STEPS)
     from core.cli.common import add_model_argument
 
     parser = subparsers.add_parser(
@@ -29,7 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument("--present", required=True, help="c1, the class the images show (e.g. square)")
     parser.add_argument("--target", required=True, help="c2, the class CLIP should be fooled into (e.g. triangle)")
     parser.add_argument("--layers", type=int, nargs="+", help="neuron layers (default: the last three the bases cover)")
-    parser.add_argument("--neurons", type=int, default=DEFAULT_NEURONS, help=f"top neurons (default {DEFAULT_NEURONS})")
+    parser.add_argument("--neurons", type=int, default=None,
+                        help=f"top neurons (default {DEFAULT_NEURONS}, the paper's, scaled down on embeddings narrower than "
+                        f"{PAPER_EMBED_DIMS} dimensions: 19 on the toy models)")
     parser.add_argument("--words", type=int, default=DEFAULT_WORDS, help=f"top words (default {DEFAULT_WORDS})")
     parser.add_argument("--per-pair", action="store_true", help="rank (neuron, word) pairs as the official code "
                         "instead of summing each word's scores over neurons (paper eq. 6)")

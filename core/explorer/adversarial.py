@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core import settings
-from core.adversarial.defaults import DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION, SD_STEPS
+from core.adversarial.defaults import DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION, SD_STEPS
 from core.errors import ConfigError
 from core.explorer import access
 from core.explorer.common import LinkPanel, Progress, link_panel, progress_or_silent
@@ -27,7 +27,7 @@ PUBLIC_LIMITS = {"images": 100, "repeats": 3, "neurons": 500, "words": 50}
 LOCAL_LIMITS = {"images": 1000, "repeats": 10, "neurons": 100_000, "words": 1000}
 # The tab's settings when a link leaves them out (the command line's defaults, but for images, repeats, baselines).
 DEFAULTS = {"present": "square", "target": "triangle", "generator": "world", "images": 100, "repeats": 3,
-            "baselines": True, "seed": 0, "neurons": DEFAULT_NEURONS, "words": DEFAULT_WORDS,
+            "baselines": True, "seed": 0, "neurons": None, "words": DEFAULT_WORDS,
             "similarity": DEFAULT_SIMILARITY}
 GALLERY_SIZE = 48
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def _sd_generator(checkpoint: str | None, revision: str | None):
                                     else checkpoint)
 
 
-def generate(spec: str | None, present: str, target: str, *, layers=None, neurons=DEFAULT_NEURONS,
+def generate(spec: str | None, present: str, target: str, *, layers=None, neurons=None,
              words=DEFAULT_WORDS, similarity=DEFAULT_SIMILARITY, judge: str | None = None, generator: str = "world",
              images=100, repeats=3, baselines: bool = True, seed=0, block="", checkpoint: str | None = None,
              revision: str | None = None, progress: Progress | None = None) -> AdversarialView:
@@ -118,7 +118,8 @@ def generate(spec: str | None, present: str, target: str, *, layers=None, neuron
     progress = progress_or_silent(progress)
     bound = limits()
     config_args = dict(
-        layers=read_layers(layers), neurons=access.check_count(neurons, "neurons", 1, bound["neurons"]),
+        layers=read_layers(layers),  # neurons blank: the model's default (core.adversarial.defaults.default_neurons)
+        neurons=None if neurons is None or neurons == "" else access.check_count(neurons, "neurons", 1, bound["neurons"]),
         words=access.check_count(words, "words", 1, bound["words"]),
         images=access.check_count(images, "images", 1, bound["images"]),
         repeats=access.check_count(repeats, "repeats", 1, bound["repeats"]),

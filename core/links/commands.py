@@ -89,7 +89,8 @@ def _adversarial(state: ViewState, *, checkpoint: str | None = None, revision: s
     """The `adversarial` line of a run's settings (a state whose settings are filled in; see the tab's defaults)."""
     present, target = (list(state.texts) + ["PRESENT", "TARGET"][len(state.texts):])[:2]
     parts = [f"python -m core adversarial --model {_q(state.model)} --present {_q(present)} --target {_q(target)}",
-             f"--neurons {state.neurons}", f"--words {state.words}", f"--generator {state.method or 'world'}",
+             *([f"--neurons {state.neurons}"] if state.neurons else []), f"--words {state.words}",
+             f"--generator {state.method or 'world'}",
              f"--images {state.images}", f"--repeats {state.repeats}", f"--seed {state.seed}",
              f"--similarity {state.similarity!r}"]
     if state.judge and state.judge != state.model:

@@ -25,7 +25,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from core import settings  # noqa: E402
-from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO,  # noqa: E402
+from core.adversarial.defaults import (DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO,  # noqa: E402
                                        SD_REVISION, SD_STEPS)
 from core.errors import CoreError  # noqa: E402
 from core.explorer import adversarial as explorer  # noqa: E402
@@ -139,7 +139,8 @@ def build() -> gr.Blocks:
                     layers = gr.Textbox(label="Layers (blank: the last three the bases cover)", value="",
                                         elem_id="adversarial-layers")
                     with gr.Row():
-                        neurons = gr.Number(label="Neurons", value=DEFAULT_NEURONS, precision=0, elem_id="adversarial-n-neurons")
+                        neurons = gr.Number(label="Neurons (blank: 100, fewer on narrow models)", value=None, precision=0,
+                                            elem_id="adversarial-n-neurons")
                         words = gr.Number(label="Words", value=DEFAULT_WORDS, precision=0, elem_id="adversarial-n-words")
                     similarity = gr.Number(label="Drop words with text cosine to c2 at least", value=DEFAULT_SIMILARITY,
                                            elem_id="adversarial-similarity")

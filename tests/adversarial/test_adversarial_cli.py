@@ -27,7 +27,7 @@ def test_writes_images_csv_and_summary_and_never_overwrites(tmp_path, capsys):
         assert "triangle" not in row["description"].lower()
     assert (out / "words.csv").is_file() and (out / "neurons.csv").is_file()
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["config"]["images"] == 6 and len(saved["neurons"]) == 100
+    assert saved["config"]["images"] == 6 and saved["config"]["neurons"] == len(saved["neurons"]) == 19
     before = sorted(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file())
     assert main(["adversarial", *FAST, "--present", "square", "--target", "triangle", "--out", str(out)]) == 2
     assert "already holds files" in capsys.readouterr().err
@@ -37,8 +37,13 @@ def test_writes_images_csv_and_summary_and_never_overwrites(tmp_path, capsys):
 def test_progress_and_table_in_text_mode(tmp_path, capsys):
     assert main(["adversarial", *FAST, "--present", "circle", "--target", "star", "--out", str(tmp_path / "o")]) == 0
     captured = capsys.readouterr()
-    assert "neurons: 100 from layers [0, 1, 2]" in captured.err and "repeat 1/1 second-order" in captured.err
+    assert "neurons: 19 from layers [0, 1, 2] by |<v, r_n>| (the default for a 96-dimension embedding" in captured.err
+    assert "repeat 1/1 second-order" in captured.err
     assert "second-order" in captured.out and "stage counts" in captured.out
+    # an explicit count is kept as given, on any model
+    assert main(["adversarial", *FAST, "--present", "circle", "--target", "star", "--neurons", "100",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert "neurons: 100 from layers [0, 1, 2] by |<v, r_n>|\n" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arguments, message", [

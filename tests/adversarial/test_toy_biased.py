@@ -67,15 +67,14 @@ def test_square_to_triangle_finds_the_planted_cue(biased):
     assert not any("triangle" in word for word in report.words.words)
     summary = report.summary()
     ours, random = summary["second-order"]["success_mean"], summary["random neurons"]["success_mean"]
-    # The issue's target asks 3x the random-neuron baseline; in this world random neurons' words find the
-    # model's other real cue too ("small" squares), so the measured ratio is ~2.2x (README). Asserted here:
-    assert ours >= 0.30 and ours >= random + 0.25, summary
+    assert ours >= 0.30 and ours >= 3 * random, summary  # the issue's targets
+    assert report.config.neurons == 19 and len(report.selection) == 19  # the default on a 96-dimension embedding
     counts = report.stage_counts()
     assert counts["images"] == 300 and counts["valid images"] == 300 and counts["successes"] == sum(
         summary["second-order"]["successes"])
 
     # Ground truth of what was drawn: the words put squares on the planted background far more often than
-    # random neurons' words do, and those images fool the classifier; large squares elsewhere do not.
+    # random neurons' words do, and those images fool the classifier; squares elsewhere do not.
     def drawn(method):
         return [(note["scene"], fooled) for a in report.attempts if a.method == method
                 for note, fooled in zip(a.images.notes, a.verdicts.fooled)]
@@ -85,9 +84,31 @@ def test_square_to_triangle_finds_the_planted_cue(biased):
     dotted = [fooled for scene, fooled in ours_drawn if scene["background"] == "dotted"]
     assert len(dotted) >= 2 * sum(scene["background"] == "dotted" for scene, _ in random_drawn) and len(dotted) >= 60
     assert sum(dotted) >= 0.95 * len(dotted)
-    plain = [fooled for scene, fooled in ours_drawn + random_drawn
-             if scene["size"] == "large" and scene["background"] not in ("dotted", "striped")]
-    assert sum(plain) <= 0.1 * len(plain)
+    elsewhere = [fooled for scene, fooled in ours_drawn + random_drawn if scene["background"] != "dotted"]
+    assert sum(elsewhere) <= 0.05 * len(elsewhere)
+
+
+def test_the_default_neuron_count_keeps_the_selection_meaningful(biased):
+    """The words are a <v, r_n>-weighted sum over the chosen neurons. On a 96-dimension embedding the paper's 100
+    neurons make that sum point at v whichever neurons they are; the default (19) keeps the top ones apart."""
+    from core.adversarial.defaults import default_neurons
+    from core.adversarial.directions import class_direction
+    from core.adversarial.neurons import layer_bases, random_neurons, top_neurons
+
+    assert [default_neurons(d) for d in (96, 256, 512, 768, 1024, 1)] == [19, 50, 100, 100, 100, 1]
+    bases = layer_bases(biased, None, None)
+    v = class_direction(biased, "square", "triangle").v.float()
+
+    def alignment(selection):
+        pcs = torch.stack([bases[int(layer)].stats.pcs[int(n)].float()
+                           for layer, n in zip(selection.layers, selection.neurons)])
+        return torch.nn.functional.cosine_similarity(pcs.T @ (pcs @ v), v, dim=0).item()
+
+    def gap(n):
+        chance = sum(alignment(random_neurons(v, bases, n, seed=s)) for s in range(20)) / 20
+        return alignment(top_neurons(v, bases, n)) - chance
+
+    assert gap(default_neurons(v.shape[-1])) >= 0.25 and gap(default_neurons(v.shape[-1])) >= 2 * gap(100)
 
 
 def test_spurious_removal_beats_random_heads(biased):

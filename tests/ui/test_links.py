@@ -288,7 +288,8 @@ def test_an_adversarial_link_restores_the_settings_that_give_the_same_run():
     from core.explorer.adversarial import generate, open_link
 
     view = generate("toy-biased", "square", "triangle", **ADVERSARIAL)
-    assert view.link.query == ("tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&neurons=100"
+    # the link spells out the neuron count the run used (the model's default: 19 on a 96-dimension embedding)
+    assert view.link.query == ("tab=adversarial&model=toy-biased&text=square&text=triangle&method=world&neurons=19"
                                "&words=25&images=12&repeats=2&seed=3&baselines=yes&similarity=0.9&judge=toy&layers=1,2"
                                "&block=red,blue")
     linked = open_link(view.link.query + "&zoom=2", default_tab="decomposition")
@@ -299,10 +300,15 @@ def test_an_adversarial_link_restores_the_settings_that_give_the_same_run():
                      judge=s.judge, generator=s.method, images=s.images, repeats=s.repeats, baselines=s.baselines,
                      seed=s.seed, block=s.block)
     assert again.success == view.success and again.words == view.words and again.link == view.link
-    # a link that leaves settings out gets the tab's defaults, spelled out in its canonical link
-    s = open_link("tab=adversarial&text=circle", default_tab="decomposition").state
+    # a link that leaves settings out gets the tab's defaults, spelled out in its canonical link; the neuron
+    # count stays the model's default until a run resolves it
+    linked = open_link("tab=adversarial&text=circle", default_tab="decomposition")
+    s = linked.state
     assert (s.texts, s.images, s.repeats, s.baselines, s.neurons, s.method) == (("circle", "triangle"), 100, 3, True,
-                                                                                100, "world")
+                                                                                None, "world")
+    assert "&images=100&" in linked.link.query and "neurons" not in linked.link.query
+    command = next(line for line in linked.link.markdown.splitlines() if "core adversarial" in line)
+    assert "--neurons" not in command and "--images 100" in command
 
 
 def test_an_adversarial_link_in_public_mode(monkeypatch):
