@@ -86,6 +86,13 @@ def _phrases(description: str) -> list[list[tuple[str, Any]]]:
     return [[_LOOKUP[m.group(1).lower()] for m in _PATTERN.finditer(part)] for part in _PHRASE_BREAK.split(description)]
 
 
+def _owner(i: int, attribute: str, nouns: list[int]) -> int | None:
+    """The noun a phrase's i-th word describes: a modifier the next one, a position the previous one (else the other)."""
+    before, after = [j for j in nouns if j < i][-1:], [j for j in nouns if j > i][:1]
+    first, second = (after, before) if attribute in _MODIFIERS else (before, after)
+    return (first or second or [None])[0]
+
+
 def parse_world_words(description: str) -> dict[str, Any]:
     """{attribute: value} the description names for the scene it asks for.
 
@@ -105,18 +112,11 @@ def parse_world_words(description: str) -> dict[str, Any]:
         nouns = [i for i, (attribute, _) in enumerate(phrase) if attribute == "noun"]
         owned: dict[int, dict[str, Any]] = {i: {} for i in nouns}
         for i, (attribute, value) in enumerate(phrase):
-            if attribute == "noun":
-                continue
             if attribute == "background":
                 background = background or value
-                continue
-            after = [j for j in nouns if j > i]
-            before = [j for j in nouns if j < i]
-            if attribute in _MODIFIERS:
-                owner = after[0] if after else (before[-1] if before else None)
-            else:
-                owner = before[-1] if before else (after[0] if after else None)
-            (owned[owner] if owner is not None else loose).setdefault(attribute, value)
+            elif attribute != "noun":
+                owner = _owner(i, attribute, nouns)
+                (loose if owner is None else owned[owner]).setdefault(attribute, value)
         for i in nouns:
             shape, number = phrase[i][1]
             if subject is None and shape is not None:
