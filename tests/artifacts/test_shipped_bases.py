@@ -74,11 +74,15 @@ def _assert_same_ranking(ids_a, ids_b, norms):
 
 
 def _close(a, b, name):
-    """float32 values to 1e-5 (relative); values stored in float16 to one float16 step."""
+    """float32 values to 1e-5 (relative) or 1e-4 of the tensor's largest entry; values stored in float16 to one float16 step.
+
+    The scale, not each entry, sets the tolerance: the artifact was built on another CPU, and a basis direction's small
+    entries carry the rounding of the whole Gram matrix (BLAS kernels differ across CPUs, e.g. AVX2 vs AVX-512)."""
     if a.dtype == torch.float16 or b.dtype == torch.float16:
         torch.testing.assert_close(a.float(), b.float(), rtol=2 * torch.finfo(torch.float16).eps, atol=1e-4, msg=name)
     else:
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=max(1e-6, 1e-4 * scale), msg=name)
 
 
 @pytest.mark.slow
