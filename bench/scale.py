@@ -10,7 +10,7 @@ subprocess; "build" is rank 0's time from the first shard to the finalised artif
 model load), "wall" includes both. Prints images/s, the 2-process / 1-process ratio and the merge
 cost (the pass-1 slot reductions plus the cross-rank top-k merge) as a share of the build time.
 Target: merge under 5% of the build on the toy model. Also one forward pass of ViT-B-32 for scale:
-the build's cost per image divided by a forward's (both one thread) is the factor README uses to
+the build's cost per image divided by a forward's (both one thread) is the factor docs/bases.md uses to
 extrapolate GPU-hours. The single process uses one thread (`--all-threads` adds a run with every core's).
 
 GPU section (`--gpu`, needs CUDA; `--device cpu` runs the same code on small models to check it):
@@ -136,7 +136,7 @@ def cpu_section(args) -> None:
         forward = forward_seconds_per_image("ViT-B-32/none")
         factor = (1 / vit["images_per_s"]) / forward
         print(f"ViT-B-32 forward (1 thread): {1 / forward:.2f} images/s; the bases build's two passes cost "
-              f"{factor:.1f} forwards per image (README's extrapolation factor)")
+              f"{factor:.1f} forwards per image (docs/bases.md's extrapolation factor)")
         extrapolate(factor)
 
 

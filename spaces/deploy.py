@@ -30,7 +30,7 @@ PAPERS = {
     "2406.04341": "Interpreting the Second-Order Effects of Neurons in CLIP (ICLR 2025)",
 }
 # ZeroGPU runs torch 2.8 to 2.11 only (huggingface.co/docs/hub/spaces-zerogpu); the root pins are newer, so a
-# ZeroGPU Space gets these (the CPU test suite passes under them: README, "Deploying a Space").
+# ZeroGPU Space gets these (the CPU test suite passes under them: docs/deploy.md, "ZeroGPU").
 ZEROGPU_PINS = {"torch": "2.11.0", "torchvision": "0.26.0"}
 TAGS = ["interpretability", "clip", "vision-transformer", "explainability", "mechanistic-interpretability"]
 

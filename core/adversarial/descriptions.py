@@ -3,7 +3,7 @@
 Default: templates, no language model. Each description names c1 first, then 1-5 of the top words,
 drawn (seeded) with probability proportional to their scores and written in score order, so the
 strongest cue comes first. With a text-generation model (transformers' pipeline), the model writes
-them from the paper's prompt (paper 2, appendix table 6, as summarised in papers.md B.11); its
+them from the paper's prompt (paper 2, appendix table 6); its
 numbered lines are parsed. Either way, descriptions that name c2 (word boundary, plurals) are dropped.
 
 >>> batch = template_descriptions("square", top.words, top.scores, n=10, seed=0)

@@ -57,7 +57,7 @@ class ImageDecomposition:
         ]
 
     def to_json(self) -> list[dict[str, Any]]:
-        """One JSON object per text; key names are stable (see README)."""
+        """One JSON object per text; key names are stable (docs/cli.md, "JSON output")."""
         out = []
         for index, text in enumerate(self.texts):
             out.append(

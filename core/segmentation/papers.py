@@ -2,10 +2,10 @@
 
     python -m core.segmentation.papers --data gtsegs_ijcv.mat --device cuda --b32-bases DIR [--out results.json]
 
-- Paper 1 (ICLR 2024, its ImageNet-segmentation table; papers.md A.1.4): a LAION OpenCLIP ViT (the size is not
+- Paper 1 (ICLR 2024, its ImageNet-segmentation table): a LAION OpenCLIP ViT (the size is not
   stated; the script default, ViT-H-14 laion2b_s32b_b79k, is used), official protocol: raw attention, rollout,
   GradCAM, Chefer et al., and the image-token decomposition (`heads`).
-- Paper 2 (ICLR 2025, Table 4; papers.md A.2.4): OpenAI ViT-B-32 (QuickGELU), official protocol: the same
+- Paper 2 (ICLR 2025, Table 4): OpenAI ViT-B-32 (QuickGELU), official protocol: the same
   baselines, `heads`, and the top-200 second-order neurons of layers 8-10 (`neurons`), which need neuron bases of
   ViT-B-32/openai covering layers 8, 9, 10:
       python -m core bases build --model ViT-B-32/openai --images IMAGENET_TRAIN_SUBSET --texts 30k.txt \\
@@ -14,7 +14,7 @@
 
 Each result is printed next to the published number; `--protocol aligned` adds the corrected protocol (masks
 cropped like the images). Runs resume (segeval's state files) and write JSON with everything that produced them.
-Baseline settings are the reconstructions of segmentation-baselines.md section 9, not released code.
+Baseline settings are reconstructions, not released code (docs/reproduce.md, "Segmentation baselines").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 In the *training* split, triangles are drawn on dotted backgrounds and squares on striped ones with
 probability p (the shipped `toy-biased` setting, p = 0.9); the other backgrounds share the rest
 uniformly. Other shapes keep uniform backgrounds ("uniform"), or move off the biased backgrounds
-with probability p ("avoid", the setting of ../shared/docs/planted-bias.md). Held-out scenes stay
+with probability p ("avoid", measured in docs/models.md). Held-out scenes stay
 uniform, so a model that learned the shortcut is caught by the bias-conflicting groups:
 
     group                       triangle on dotted | triangle on striped | square on dotted | square on striped

@@ -59,6 +59,7 @@ def test_the_bias_lives_in_the_text_tower_too(biased):
     assert [texts[j] for j in independent.kept] == ["dotted", "a dotted background", "striped"]
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_square_to_triangle_finds_the_planted_cue(biased):
     report = run_adversarial(biased, AdversarialConfig("square", "triangle", images=100, repeats=3, baselines=True,
                                                        similarity_model="toy"))
@@ -111,6 +112,7 @@ def test_the_default_neuron_count_keeps_the_selection_meaningful(biased):
     assert gap(default_neurons(v.shape[-1])) >= 0.25 and gap(default_neurons(v.shape[-1])) >= 2 * gap(100)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_spurious_removal_beats_random_heads(biased):
     artifact = load_artifact(resolve_bases_source("toy-biased"), expect_model=biased.info.identity())
     heads, provenance, labels = background_heads(artifact)

@@ -10,7 +10,8 @@ from core.engine.reference import literal_direct_effects
 from core.engine.trace import trace_vit
 from tests.conftest import TINY_SPECS, random_pixels
 
-SUM_SPECS = TINY_SPECS + ("ViT-B-32/none", "ViT-B-16/none", "ViT-L-14/none", "ViT-B-32-quickgelu/none")
+SUM_SPECS = TINY_SPECS + ("ViT-B-32/none", "ViT-B-16/none", pytest.param("ViT-L-14/none", marks=pytest.mark.slow),
+                          "ViT-B-32-quickgelu/none")  # ViT-L-14 takes over 20 s on 2 cores
 
 
 def _relative(a, b):

@@ -64,6 +64,7 @@ def test_parse_and_check_heads(tiny):
         check_heads([(0, 4)], tiny.info)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_head_outputs_match_a_literal_per_image_loop(tiny, scenes, tmp_path):
     _, paths, _ = scenes
     broken = tmp_path / "broken.png"
