@@ -61,27 +61,27 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "each late head (ImageNet val zero-shot)", "ablation_table",
           "ImageNet val (--images DIR of WordNet-id folders, or hf:...@COMMIT:validation --label-column label)",
           ("ViT-B-16/laion2b_s34b_b88k", "ViT-L-14/laion2b_s32b_b82k", "ViT-H-14/laion2b_s32b_b79k"),
-          "~0.4 GPU-h for the three models over 50,000 images (one forward each; estimate)",
+          "~0.5 GPU-h: 3 models x 50,000 images x 2 passes (means, evaluation) (estimate)",
           "python -m core reproduce p1-ablations --model toy --images world:60:3 --label-column shape"),
     Table("p1-textspan", "1", "TextSpan top texts of ViT-L-14's last 4 layers (64 heads) and the accuracy with "
           "them", "textspan_table", "ImageNet val images (--images) and the general description pool (--texts)",
-          ("ViT-L-14/laion2b_s32b_b82k",), "~0.2 GPU-h (one forward over 50,000 images + the fit; estimate)",
+          ("ViT-L-14/laion2b_s32b_b82k",), "~0.2 GPU-h: 2 passes of ViT-L-14 over 50,000 images, plus the fit (estimate)",
           "python -m core reproduce p1-textspan --model toy --images world:100:3 --label-column shape --texts toy "
           "--per-head 8"),
     Table("p1-waterbirds", "1", "Waterbirds worst-group accuracy: base, the paper's heads mean-ablated, the "
           "population of random head sets", "waterbirds_table",
           "the Waterbirds folder (--images; test split 2), the heads of papers.md A.1.3 (or --heads)",
           ("ViT-B-16/laion2b_s34b_b88k", "ViT-L-14/laion2b_s32b_b82k", "ViT-H-14/laion2b_s32b_b79k"),
-          "~0.05 GPU-h (5,794 images x 3 models; the random sets add no model runs; estimate)",
+          "~0.05 GPU-h: 5,794 images x 3 models x 2 passes; the random sets add no model runs (estimate)",
           "python -m core reproduce p1-waterbirds --model toy-biased --images GROUPED_DIR --heads 0.2,0.3,1.3,3.0,3.1,3.3"),
     Table("p1-segmentation", "1", "ImageNet-segmentation: rollout, raw attention, GradCAM, Chefer et al., heads "
           "(paper 1's table)", "segmentation_tables:run_p1", "gtsegs_ijcv.mat (--data)", ("ViT-H-14/laion2b_s32b_b79k",),
-          "~0.1 GPU-h (4,276 images; forward, plus a backward for GradCAM and Chefer; estimate)",
+          "~0.25 GPU-h: ViT-H-14, 4,276 images, 2 protocols, ~9 forward-equivalents each (estimate)",
           "python -m core reproduce p1-segmentation --model toy --data world:40:3"),
     Table("p2-segmentation", "2", "ImageNet-segmentation, ViT-B-32: the baselines, heads, second-order neurons and "
           "random neurons over 10 draws (paper 2's table 4)", "segmentation_tables:run_p2",
           "gtsegs_ijcv.mat (--data) and neuron bases of ViT-B-32/openai over layers 8-10 (--bases)",
-          ("ViT-B-32/openai",), "~0.05 GPU-h (4,276 images x 16 runs of a B-32; estimate)",
+          ("ViT-B-32/openai",), "~0.05 GPU-h: ViT-B-32, 4,276 images, 2 protocols x 17 runs; plus the bases build (estimate)",
           "python -m core reproduce p2-segmentation --model toy --data world:40:3"),
     Table("toy-segmentation", "1+2", "the toy world's two benchmarks side by side: single-object scenes and "
           "composites of two classes (class specificity)", "segmentation_tables:run_toy",
@@ -91,14 +91,15 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("p2-ablations", "2", "table 1: mean-ablating all neurons' indirect vs second-order effects of layer 9, "
           "and the variance the first PC explains", "second_order_table",
           "ImageNet val (--images), ImageNet train subsample for the means and PCs (--means-from)",
-          ("ViT-B-32/openai",), "~0.5 GPU-h: indirect effects of every neuron need a partial re-run per neuron "
-          "batch (estimate)", "python -m core reproduce p2-ablations --model toy --images world:60:3 --label-column "
+          ("ViT-B-32/openai",), "~0.15 GPU-h: 2 passes over 50,000 val images, the 5,124-image statistics, and "
+          "3,072 partial re-runs per image over 1,000 images for the indirect PCs (estimate)", "python -m core reproduce p2-ablations --model toy --images world:60:3 --label-column "
           "shape --means-from world:60:4"),
     Table("p2-adversarial", "2", "table 3: images out of 100 that fool the binary classifier, second-order vs random "
           "neurons vs similar words, 3 repeats", "adversarial_table",
           "neuron bases of ViT-B-32/openai layers 8-10 with the 30k-word decompositions (--bases); a text-to-image "
           "model (SD-Turbo, pinned) and optionally an LLM (--llm)", ("ViT-B-32/openai",),
-          "~0.3 GPU-h: 5 tasks x 3 methods x 3 repeats x 100 images of SD-Turbo (estimate)",
+          "~0.15 GPU-h: 4,500 SD-Turbo images (5 tasks x 3 methods x 3 repeats x 100); "
+          "+ ~0.5 GPU-h with --llm Llama-3-8B (estimate)",
           "python -m core reproduce p2-adversarial --model toy-biased --generator world --task square:triangle"),
 )}
 
