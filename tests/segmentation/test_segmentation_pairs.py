@@ -167,3 +167,15 @@ def test_segeval_reports_class_specificity_in_text_and_json(tmp_path, capsys):
     assert main(argv + ["--protocol", "official"]) == 2
     assert "aligned protocol" in capsys.readouterr().err
     assert main(argv + ["--random-draws", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_heads_name_the_object_on_composites_and_text_free_maps_do_not(toy, tmp_path):
+    """The property the papers claim, against ground truth: the heads map for a class is higher on that class's
+    object than on the other object far above chance (>= 80 of 120 images: binomial p < 1e-3), and far
+    above rollout, whose map cannot depend on which object is named."""
+    report = evaluate(toy, open_dataset("world-pairs:120:61"), ["heads", "rollout"], state_dir=tmp_path)
+    heads, rollout = report.class_specificity["heads"], report.class_specificity["rollout"]
+    assert heads["specific_images"] >= 80, heads
+    assert heads["share_target_above_others"] >= rollout["share_target_above_others"] + 0.15, (heads, rollout)
+    assert heads["ap_target_vs_others"] > rollout["ap_target_vs_others"]
