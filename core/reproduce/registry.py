@@ -86,7 +86,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("toy-segmentation", "1+2", "the toy world's two benchmarks side by side: single-object scenes and "
           "composites of two classes (class specificity)", "segmentation_tables:run_toy",
           "nothing (generated held-out scenes; settings fixed in core.segmentation.benchmarks)", ("toy",),
-          "CPU only: ~1 CPU-h on 2 loaded cores (measured: see docs/reproduce.md)",
+          "CPU only: measured 97 min wall, 16 CPU-min on 2 cores at load 12-16 (docs/reproduce.md)",
           "python -m core reproduce toy-segmentation --limit 8"),
     Table("p2-ablations", "2", "table 1: mean-ablating all neurons' indirect vs second-order effects of layer 9, "
           "and the variance the first PC explains", "second_order_table",
