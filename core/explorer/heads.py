@@ -353,7 +353,8 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
     summary = report.random_summary()
     rows = [{"model": "unmodified", "overall": report.base.overall, "worst group": report.base.worst},
             {"model": "chosen heads ablated", "overall": report.ablated.overall, "worst group": report.ablated.worst},
-            {"model": f"{len(heads)} random heads (mean of {trials})", "overall": summary["overall_mean"],
+            {"model": f"{len(heads)} random heads ({report.baseline.describe()}; chosen at percentile "
+                      f"{summary['chosen_percentile_worst']:.1f})", "overall": summary["overall_mean"],
              "worst group": summary["worst_mean"]}]
     rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     info = (f"{_model_line(bundle.info)}  \nEvaluated on {report.evaluated_on.replace(str(root), root.name)}; classifier: "

@@ -210,7 +210,8 @@ COMMANDS = {
         ("--metric", CHOICE), ("--convention", CHOICE), ("--batch-size", POSITIVE), ("--model", MODELS[:8]))),
     "spurious": Command(_base("spurious", "--model", MODEL, "--images", "{grouped}", "--heads", "2.1", "--templates",
                               "simple", "--trials", "1"), 1, (
-        ("--images", GROUPED), ("--heads", HEADS + HEAD_FILES), ("--trials", POSITIVE), ("--seed", SEEDS),
+        ("--images", GROUPED), ("--heads", HEADS + HEAD_FILES), ("--trials", POSITIVE[1:]), ("--seed", SEEDS),
+        ("--samples", [("10", r"at least 1000"), ("abc", r"invalid int value")]),
         ("--random-layers", INDEX), ("--means-from", FOLDER), ("--classnames", [("a,b,c", r"class names given"),
                                                                                 (",", r"class names given")]),
         ("--split", [("7", r"no 'split' column")]), ("--templates", TEMPLATES), ("--convention", CHOICE),
@@ -291,6 +292,13 @@ COMMANDS["adversarial"] = Command(_base("adversarial", "--model", "toy-biased", 
     ("--layers", [("99", r"not 99"), ("abc", r"invalid int value")]),
     ("--block", TEXT[2:]), ("--out", OUT_FOLDER + [("{scenes}", r"already holds files")])))
 
+# One command per paper table (issue 22): every refusal comes before a model loads.
+COMMANDS["reproduce"] = Command(_base("reproduce", "p1-ablations", "--model", MODEL, "--images", "{scenes}",
+                                      "--label-column", "shape", "--out", "{tmp}/r.json"), 1, (
+    ("", [("nothing", r"unknown table"), ("", r"unknown table")]), ("--limit", POSITIVE), ("--batch-size", POSITIVE),
+    ("--per-head", POSITIVE), ("--repeats", [("0", r"at least 1"), ("11", r"at most 10"), ("x", r"invalid int")]),
+    ("--generator", [("bogus", r"sd or world")]), ("--model", MODELS[:8])))
+
 # Paths each command reads or writes, given a valid value: in public mode every one of them is refused.
 PUBLIC_PATHS = {
     "decompose": ["--image"], "ablate": ["--images", "--means-from", "--templates"],
@@ -303,7 +311,7 @@ PUBLIC_PATHS = {
 PUBLIC_VALUES = {"--images": "{images}", "--means-from": "{images}", "--templates": "{templates}", "--out": "{tmp}/o",
                  "--texts": "{pool}", "--evaluate": "{scenes}", "--image": "{png}", "--gallery": "{images}",
                  "--heads": "{heads_json}", "--bases": "{bases}", "": "{bases}"}
-PUBLIC_PATHS.update({"adversarial": ["--out", "--bases"], "segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
+PUBLIC_PATHS.update({"reproduce": ["--out"], "adversarial": ["--out", "--bases"], "segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
 PUBLIC_VALUES.update({"--dataset": "{scenes}", "--state-dir": "{tmp}/state", "--save-maps": "{tmp}/maps",
                       "--classes": "{pool}"})
 
