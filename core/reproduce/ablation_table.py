@@ -1,4 +1,4 @@
-"""Paper 1's mean-ablation table (papers.md A.1.1, B.2): zero-shot accuracy with components of the direct
+"""Paper 1's mean-ablation table (paper 1, section 3.1, B.2): zero-shot accuracy with components of the direct
 effect replaced by their mean over the reference images (final LayerNorm statistics and |y| frozen).
 
 Rows per model: the unmodified model; all MLPs (and the embedding term); every layer's CLS->CLS path; both;

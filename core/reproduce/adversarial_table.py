@@ -1,4 +1,4 @@
-"""Paper 2's table 3 (papers.md A.2.3, B.11): semantic adversarial images, out of 100 per repeat, that the binary
+"""Paper 2's table 3 (section 5.1, and its code generate_adversarial_images.py): semantic adversarial images, out of 100 per repeat, that the binary
 CLIP classifier calls the target, for the second-order method against random neurons and similar words.
 
 Wired to the adversarial pipeline's public functions (`core.adversarial.run_adversarial`) with the paper's

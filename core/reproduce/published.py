@@ -9,7 +9,7 @@ from __future__ import annotations
 P1 = "Gandelsman, Efros, Steinhardt. Interpreting CLIP's Image Representation via Text-Based Decomposition. ICLR 2024"
 P2 = "Gandelsman, Efros, Steinhardt. Interpreting the Second-Order Effects of Neurons in CLIP. ICLR 2025"
 
-# Paper 1, models (papers.md A.1): name -> open_clip spec.
+# Paper 1, models (paper 1, section 3): name -> open_clip spec.
 P1_MODELS = {"ViT-B-16": "ViT-B-16/laion2b_s34b_b88k", "ViT-L-14": "ViT-L-14/laion2b_s32b_b82k",
              "ViT-H-14": "ViT-H-14/laion2b_s32b_b79k"}
 P2_MODEL = "ViT-B-32/openai"  # with QuickGELU (open_clip's ViT-B-32 + openai loads it)
@@ -31,7 +31,7 @@ P1_HEAD_ROLES = {(21, 11): "geo-locations", (23, 10): "counting/numbers", (22, 8
 
 # A.1.3 Waterbirds worst-group accuracy, test split (PP): base, "top random" (best of a few random sets), ours.
 P1_WATERBIRDS = {"ViT-B-16": (45.6, 52.3, 57.5), "ViT-L-14": (47.7, 57.7, 72.9), "ViT-H-14": (37.2, 37.0, 43.3)}
-# The heads the paper code ablates (papers.md A.1.3, 0-indexed (layer, head)); L-14's (22, 12) listed twice.
+# The heads the paper code ablates (paper 1, section 4.3 (its project page's table and code), 0-indexed (layer, head)); L-14's (22, 12) listed twice.
 P1_WATERBIRDS_HEADS = {
     "ViT-B-16": ((11, 3), (10, 11), (10, 10), (9, 8), (9, 6), (11, 6), (11, 0)),
     "ViT-L-14": ((21, 1), (22, 12), (22, 13), (21, 11), (21, 14), (23, 6), (21, 3), (21, 6), (21, 8), (21, 13),

@@ -70,7 +70,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "--per-head 8"),
     Table("p1-waterbirds", "1", "Waterbirds worst-group accuracy: base, the paper's heads mean-ablated, the "
           "population of random head sets", "waterbirds_table",
-          "the Waterbirds folder (--images; test split 2), the heads of papers.md A.1.3 (or --heads)",
+          "the Waterbirds folder (--images; test split 2), the heads of paper 1, section 4.3 (its project page's table and code) (or --heads)",
           ("ViT-B-16/laion2b_s34b_b88k", "ViT-L-14/laion2b_s32b_b82k", "ViT-H-14/laion2b_s32b_b79k"),
           "~0.05 GPU-h: 5,794 images x 3 models x 2 passes; the random sets add no model runs (estimate)",
           "python -m core reproduce p1-waterbirds --model toy-biased --images GROUPED_DIR --heads 0.2,0.3,1.3,3.0,3.1,3.3"),

@@ -1,4 +1,4 @@
-"""Paper 2's table 1 (papers.md A.2.1, B.9): ViT-B-32, MLP layer 9. Zero-shot accuracy after mean-ablating
+"""Paper 2's table 1 (paper 2, table 1, and its code compute_ablations.py): ViT-B-32, MLP layer 9. Zero-shot accuracy after mean-ablating
 every neuron's indirect effect (activations replaced by their per-token means, the model re-run:
 `core.neurons.indirect`) vs every neuron's second-order effect (the lens: phi_n replaced by its mean,
 `core.neurons.texts.ablated_representations`), and the share of variance the first PC explains for each.

@@ -1,15 +1,15 @@
 """The segmentation tables: paper 1's and paper 2's ImageNet-segmentation tables, and the toy world's two
 benchmarks side by side.
 
-- p1-segmentation (papers.md A.1.4): a LAION ViT (size not stated; the script default ViT-H-14 is used),
+- p1-segmentation (paper 1, section 5, segmentation table): a LAION ViT (size not stated; the script default ViT-H-14 is used),
   official protocol: rollout, raw attention, GradCAM, Chefer et al., heads.
-- p2-segmentation (papers.md A.2.4, table 4): ViT-B-32/openai, official protocol: the same baselines, heads,
+- p2-segmentation (paper 2, table 4): ViT-B-32/openai, official protocol: the same baselines, heads,
   the top-200 second-order neurons of layers 8-10 (neuron bases over those layers: --bases) and random neurons
   over 10 draws (mean and spread).
 - toy-segmentation: `core.segmentation.benchmarks` (settings fixed there): single-object scenes and composites
   of two classes, every method, random neurons over 10 draws.
 Every run also gives the aligned protocol (masks cropped like the images) next to the official one. Baseline
-settings are the reconstructions of segmentation-baselines.md section 9, not released code.
+settings are the reconstructions of docs/reproduce.md, "Segmentation baselines: reconstructed settings", not released code.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def _table(options, log, name: str, default_model: str, methods: tuple[str, ...]
                              "class_accuracy": report.class_accuracy})
     return {"rows": rows, "published": {m: dict(zip(("pixel_accuracy", "miou", "map"), v)) for m, v in published.items()},
             "settings": settings,
-            "notes": "published rows are the official protocol's; baselines reconstructed per segmentation-baselines.md "
-                     "section 9; random-neurons: mean of 10 draws (spread in each row)"}
+            "notes": "published rows are the official protocol's; baselines reconstructed per docs/reproduce.md, "
+                     "\"Segmentation baselines: reconstructed settings\"; random-neurons: mean of 10 draws (spread in each row)"}
 
 
 def run_p1(options, log) -> dict:

@@ -1,7 +1,7 @@
-"""Paper 1's TextSpan results for ViT-L-14's last layers (papers.md A.1.2, B.3): each head's top texts from the
+"""Paper 1's TextSpan results for ViT-L-14's last layers (paper 1, section 3.2, B.3): each head's top texts from the
 general description pool, and the accuracy with each late head rebuilt from its first m texts.
 
-Settings (papers.md B.3, the accuracy figure of A.1.2): the last 4 layers, 60 texts per head (m = 10, 20, 40,
+Settings (paper 1, section 3.3, and its accuracy-vs-texts figure): the last 4 layers, 60 texts per head (m = 10, 20, 40,
 60 reported), the span of the head's outputs (data SVD; rank capped at the numerical rank), the paper's
 greedy criterion (std of the unnormalised dot product), heads of earlier layers mean-ablated and MLPs kept.
 TextSpan is fitted on --images and evaluated on --evaluate (default: the same images, as the paper code).

@@ -1,7 +1,7 @@
-"""Paper 1's Waterbirds table (papers.md A.1.3, B.4): worst-group zero-shot accuracy of landbird vs waterbird
+"""Paper 1's Waterbirds table (paper 1, section 4.3, and its code compute_use_specific_heads.py): worst-group zero-shot accuracy of landbird vs waterbird
 on the test split, unmodified and with the paper's heads mean-ablated, against random head sets.
 
-As the paper's code: classes landbird, waterbird with the 80 templates; the chosen heads of papers.md A.1.3;
+As the paper's code: classes landbird, waterbird with the 80 templates; the chosen heads of paper 1, section 4.3 (its project page's table and code);
 with them, every MLP and every head of the layers before the last 4 mean-ablated too (`paper_extras`); means
 over the evaluated test split itself (flagged; `--means-from` holds them out). The paper's "top random" is the
 best of a few random sets of 10 heads (or as many as chosen: the sources disagree); here the baseline is the
@@ -48,7 +48,7 @@ def run(options, log) -> dict:
             heads, provenance = parse_heads(options.heads), "given with --heads"
         elif name in P1_WATERBIRDS_HEADS:
             heads = list(dict.fromkeys(P1_WATERBIRDS_HEADS[name]))
-            provenance = "the paper code's geolocation and image-setting heads (papers.md A.1.3)"
+            provenance = "the paper code's geolocation and image-setting heads (paper 1, section 4.3 (its project page's table and code))"
         else:
             raise ConfigError(f"the paper gives no Waterbirds heads for {spec}: pass --heads L.H,...")
         bundle = load_clip(spec, device=options.device)
