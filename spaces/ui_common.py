@@ -26,7 +26,7 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from core import settings
+from core import budget, settings
 from core.errors import CoreError
 from core.gpu import ON_ZERO_GPU, gpu, request_seconds
 
@@ -86,7 +86,8 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
 
     def call(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with budget.request_scope():  # public mode: the request's deadline and memory reservation
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
         except CoreError as err:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core import budget
 from core.engine.labels import neuron_label
 from core.errors import ConfigError, CoreError
 from core.explorer import access
@@ -233,6 +234,8 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     if k >= images.count:
         raise ConfigError(f"k ({k}) must be smaller than the number of images ({images.count}).")
     texts, pool_name, _ = text_pool(pool_upload, pool_typed)
+    budget.admit(budget.neuron_statistics(bundle, images=images.count, k=k, texts=len(texts),
+                                          images_name="world scenes" if source == WORLD else "images"))
     key = texts_sha256([bundle.info.spec, str(bundle.info.weights_sha256), images.description, pool_name,
                         texts_sha256(texts), str(layer), str(k), dictionary])[:20]
     out = cache_dir() / "neuron-bases" / key
