@@ -168,9 +168,7 @@ def build() -> gr.Blocks:
             with gr.Row():
                 image_source = gr.Radio([explorer.WORLD] + ([] if public else [explorer.FOLDER]), value=explorer.WORLD,
                                         label="Image set", elem_id="neurons-source")
-                # public: what fits a request's budget on a CPU Space with the default k (core.budget)
-                n_scenes = gr.Number(label="World scenes", value=1000 if public else 2000, precision=0,
-                                     elem_id="neurons-scenes")
+                n_scenes = gr.Number(label="World scenes", value=2000, precision=0, elem_id="neurons-scenes")
                 folder = gr.Textbox(label="Image folder on this machine", visible=not public, elem_id="neurons-folder")
                 pool_file = gr.File(label="Text pool (.txt; default: the toy pool)", file_types=[".txt"],
                                     type="filepath", elem_id="neurons-pool-file")

@@ -51,14 +51,16 @@ def test_issue_case_is_refused_before_any_work_with_what_to_lower(public, tmp_pa
 
 
 def test_the_message_says_how_far_to_lower(public, toy):
-    cost = budget.neuron_statistics(toy, images=2000, k=100, texts=291, images_name="world scenes")
-    with pytest.raises(LimitError, match=r"world scenes at most [0-9,]+"):
+    cost = budget.neuron_statistics(toy, images=2000, k=1000, texts=291, images_name="world scenes")
+    fitted = cost.fits["k"]
+    assert 100 < fitted < 1000
+    with pytest.raises(LimitError, match=f"k at most {fitted:,}"):
         budget.check(cost)
-    fitted = cost.fits["world scenes"]
-    assert 100 < fitted < 2000
-    budget.check(budget.neuron_statistics(toy, images=fitted, k=100, texts=291))  # that value is accepted
+    budget.check(budget.neuron_statistics(toy, images=2000, k=fitted, texts=291))  # that value is accepted
     with pytest.raises(LimitError):
-        budget.check(budget.neuron_statistics(toy, images=fitted + 1, k=100, texts=291))
+        budget.check(budget.neuron_statistics(toy, images=2000, k=fitted + 1, texts=291))
+    many = budget.neuron_statistics(toy, images=200_000, k=100, texts=291)
+    assert 2000 < many.fits["images"] < 200_000
 
 
 def test_costs_grow_with_every_argument_they_name(toy):
