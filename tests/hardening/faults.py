@@ -22,7 +22,7 @@ FAULT_VARIABLE = "CLIPSCOPE_TEST_ENOSPC"  # read by fault_site/sitecustomize.py 
 
 
 def _mount(target: Path, options: str) -> bool:
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or os.environ.get("CLIPSCOPE_TEST_NO_MOUNT"):  # the latter tries the fallbacks here
         return False
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True,
