@@ -172,7 +172,7 @@ def checkpoint() -> None:
         request.deadline = None  # say it once: cleanup code that reports progress must not raise again
         what = " and ".join(cost.lower for cost in request.costs[:1]) or "the size of the request"
         raise LimitError(f"This request ran past the {PUBLIC_DEADLINE_SECONDS:.0f} s a request may take on this "
-                         f"public server (it is busy): lower {what}, or try again later.")
+                         f"public server (it is slower than usual now): lower {what}, or try again later.")
 
 
 # ---------------------------------------------------------------- model sizes
@@ -195,13 +195,9 @@ class ModelSizes:
 
 def model_sizes(bundle) -> ModelSizes:
     """The sizes of a loaded bundle (core.engine.models.ClipBundle), counted once per model."""
-    return _sizes(bundle.info.spec, str(bundle.info.weights_sha256), bundle)
-
-
-def _sizes(spec: str, weights: str, bundle) -> ModelSizes:
     info = bundle.info
     tokens = info.grid[0] * info.grid[1] + 1
-    key = (spec, weights)
+    key = (info.spec, str(info.weights_sha256))
     cached = _SIZES.get(key)
     if cached is None:
         import torch
@@ -344,5 +340,6 @@ def adversarial(bundle, *, images: int, generator: str, steps: int = 1) -> Cost:
         return forward_bytes(sizes) + n * picture + BATCH * 3 * 224 * 224 * 4, n * (draw + image_seconds(sizes))
 
     memory, seconds = cost(images)
-    return Cost("this adversarial run", int(memory), seconds, "the images per repeat, the repeats, or turn the baselines off",
+    return Cost("this adversarial run", int(memory), seconds,
+                "the images per repeat, the repeats, or turn the baselines off",
                 {"images in all": _largest(cost, images)})

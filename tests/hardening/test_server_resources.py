@@ -34,13 +34,20 @@ def heaviest_statistics() -> list[dict]:
     at k = 100 (the longest), and the largest k with the most scenes that k allows (the most memory)."""
     from core import budget, settings
     from core.engine.models import load_clip
+    from core.explorer.access import MAX_WORLD_SCENES
+    from core.guards import PUBLIC_MAX_SCENES
 
     with settings.overridden(public=True):
         bundle = load_clip("toy")
-        longest = budget.neuron_statistics(bundle, images=2000, k=100, texts=291).fits["images"]
-        largest = max((k for k in range(100, 1001, 25)
-                       if (budget.neuron_statistics(bundle, images=2000, k=k, texts=291).fits["images"] or 0) > k))
-        scenes = budget.neuron_statistics(bundle, images=2000, k=largest, texts=291).fits["images"]
+
+        bound = min(MAX_WORLD_SCENES, PUBLIC_MAX_SCENES)  # the tab's and the image set's
+
+        def most_scenes(k: int) -> int:  # the most scenes the budget admits at this k (0: none)
+            return budget.neuron_statistics(bundle, images=bound, k=k, texts=291).fits["images"] or 0
+
+        longest = most_scenes(100)
+        largest = max(k for k in range(100, 1001, 25) if most_scenes(k) > k)
+        scenes = most_scenes(largest)
     return [dict(n_scenes=longest, k=100), dict(n_scenes=scenes, k=largest)]
 
 
