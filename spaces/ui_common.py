@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextvars
+import errno
 import functools
 import hashlib
 import html
@@ -39,6 +40,9 @@ MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 2}
 # Worker threads of the server: each thread that has run torch keeps thread-local native memory, so a bounded
 # pool keeps the server's resident memory flat under many visitors (the model queue above runs 2 at a time).
 MAX_THREADS = 8
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def message(err: BaseException) -> gr.Error:
@@ -93,6 +97,11 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
         except CoreError as err:
             raise message(err) from None
         except Exception as err:  # noqa: BLE001 - a visitor gets a message, the server log the traceback
+            if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+                # A full or read-only disk outside the optional caches (those are skipped): say so.
+                log.warning("disk error in %s: %s", fn.__name__, err.strerror or type(err).__name__)
+                raise gr.Error("This server cannot write its files now (its disk is full or read-only): try "
+                               "again later.", print_exception=False) from None
             log.exception("unexpected error in %s", fn.__name__)
             detail = "" if settings.public() else f": {str(err)[:200]}"
             raise gr.Error(html.escape(f"Unexpected {type(err).__name__} in {fn.__name__}{detail}. The server log "

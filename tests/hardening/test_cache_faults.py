@@ -156,3 +156,21 @@ def test_trim_removes_oldest_first_and_never_what_it_keeps(tmp_path):
         os.utime(tmp_path / name, (1000 + index, 1000 + index))
     assert caches.trim(tmp_path, 250, keep=("a",)) == ["b", "c"]  # a (kept, oldest) counts: 200 bytes remain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d"]
+
+
+def test_a_full_disk_outside_the_caches_is_a_one_line_message_not_unexpected(tmp_path):
+    import gradio as gr
+
+    from app import load_ui
+
+    ui = load_ui()
+    with full_folder(tmp_path) as (cache, _, how):
+        @ui.guard(model=False)
+        def write_result():
+            (cache / "result.bin").write_bytes(b"x" * 1_000_000)
+
+        with pytest.raises(gr.Error) as caught:
+            write_result()
+    message = caught.value.message
+    assert "disk is full or read-only" in message and "Unexpected" not in message, how
+    assert str(tmp_path) not in message
