@@ -79,6 +79,7 @@ def test_example_pictures_are_served_from_a_folder_of_the_process(broken_cache):
     assert list(Image.open(scene).convert("RGB").getdata()) == list(image_from_ref("world:3:5").getdata())
 
 
+@pytest.mark.slow
 def test_neuron_statistics_are_computed_without_the_cache(broken_cache):
     from core.explorer import neurons
 
@@ -102,6 +103,7 @@ def test_a_cache_that_fills_up_mid_entry_leaves_no_partial_file(tmp_path):
         assert not path.exists() and _files(cache) == before, how
 
 
+@pytest.mark.slow
 def test_two_identical_statistics_requests_at_once_both_succeed(tmp_path, monkeypatch):
     """Issue 20 item 8: one of two identical requests failed in 3 of 3 trials, naming the cache path."""
     from core.explorer import neurons
@@ -129,6 +131,7 @@ def test_two_identical_statistics_requests_at_once_both_succeed(tmp_path, monkey
     assert not [p for p in root.iterdir() if p.name.startswith(".work-")]  # renamed into place
 
 
+@pytest.mark.slow
 def test_statistics_cache_is_trimmed_least_recently_used_first(tmp_path, monkeypatch):
     from core.explorer import neurons
 
@@ -158,6 +161,7 @@ def test_trim_removes_oldest_first_and_never_what_it_keeps(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_outside_the_caches_is_a_one_line_message_not_unexpected(tmp_path):
     import gradio as gr
 
