@@ -37,6 +37,8 @@ MAX_IMAGE_BYTES, PUBLIC_MAX_IMAGE_BYTES = 200_000_000, 20_000_000  # an image fi
 MAX_BATCH_SIZE = 4_096  # images per forward pass
 MAX_TRIALS = 1_000  # random head sets (spurious)
 MAX_TOP = 10_000  # results to print or return (k, --top, --show)
+MAX_BLOCK_WORDS, PUBLIC_MAX_BLOCK_WORDS = 10_000, 200  # words of an adversarial block list
+MAX_BLOCK_CHARS, PUBLIC_MAX_BLOCK_CHARS = 200_000, 10_000  # characters of a block list as typed
 # Artifacts (core.artifacts.store): what a manifest and its data files may be.
 MAX_MANIFEST_BYTES = 16_000_000
 MAX_JSON_BYTES = 512_000_000  # extra/<name>.json (a text pool of a million texts fits)
@@ -55,6 +57,8 @@ _LIMITS = {  # name: (local, public, unit)
     "batch_size": (MAX_BATCH_SIZE, MAX_BATCH_SIZE, "images"),
     "trials": (MAX_TRIALS, MAX_TRIALS, "trials"),
     "top": (MAX_TOP, MAX_TOP, "results"),
+    "block_words": (MAX_BLOCK_WORDS, PUBLIC_MAX_BLOCK_WORDS, "words"),
+    "block_chars": (MAX_BLOCK_CHARS, PUBLIC_MAX_BLOCK_CHARS, "characters"),
 }
 
 

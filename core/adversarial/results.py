@@ -42,9 +42,16 @@ def _open_new(path: Path):
     return open(path, "x", newline="", encoding="utf-8")
 
 
-def write_results(report: AdversarialReport, out) -> Path:
-    """Write the report into `out` (new or empty folder); returns the folder."""
-    out = guards.output_folder(check_output_folder(out))
+def write_results(report: AdversarialReport, out, *, server_folder: bool = False) -> Path:
+    """Write the report into `out` (new or empty folder); returns the folder.
+
+    server_folder: `out` is a new folder the server itself made (a session's download), not a path a user named, so
+    the user-path rules (none at all in public mode) do not apply to it."""
+    if server_folder:
+        out = Path(out)
+        out.mkdir()
+    else:
+        out = guards.output_folder(check_output_folder(out))
     with _open_new(out / "results.csv") as results, _open_new(out / "words.csv") as words:
         rows, word_rows = csv.writer(results), csv.writer(words)
         rows.writerow(RESULT_COLUMNS)

@@ -47,7 +47,29 @@ class Silent:
 
 
 def progress_or_silent(progress: Progress | None) -> Progress:
-    return progress if progress is not None else Silent()
+    """The tab's progress (or none), stopping the request at any step once it ran past its public deadline
+    (core.budget.checkpoint)."""
+    return progress if isinstance(progress, Bounded) else Bounded(progress if progress is not None else Silent())
+
+
+class Bounded:
+    """A Progress that checks the request's deadline (core.budget) at every report and every step."""
+
+    def __init__(self, inner: Progress):
+        self.inner = inner
+
+    def __call__(self, fraction: float, desc: str | None = None) -> None:
+        from core.budget import checkpoint
+
+        checkpoint()
+        return self.inner(fraction, desc=desc)
+
+    def tqdm(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
+        from core.budget import checkpoint
+
+        for item in self.inner.tqdm(iterable, total=total, desc=desc):
+            checkpoint()
+            yield item
 
 
 def load_model(spec: str | None, progress: Progress | None = None):
@@ -61,6 +83,8 @@ def load_model(spec: str | None, progress: Progress | None = None):
 
 def read_texts(raw: str | Iterable[str] | None, *, limit: int = access.MAX_TEXTS) -> list[str]:
     """Texts, one per line (or a list), stripped and de-duplicated in order; TextError when none or too many."""
+    if isinstance(raw, str):  # refused before it is split: its length bounds the work
+        access.check_length(raw, "The text box", limit * (access.MAX_TEXT_CHARS + 2) + 1_000)
     lines = raw.splitlines() if isinstance(raw, str) else list(raw or [])
     texts = list(dict.fromkeys(str(line).strip() for line in lines if str(line).strip()))
     if not texts:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from core import budget
 from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
@@ -186,6 +187,7 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     # per dimension a head can write (its width plus its shares of the biases and the final LayerNorm, 3).
     rank = min(DEFAULT_RANK, bundle.info.d_out, n_images)
     per_head = min(per_head, rank - 1, bundle.info.d_head + 3, len(texts))
+    budget.admit(budget.text_span(bundle, images=n_images, heads=len(heads), texts=len(texts), per_head=per_head))
     progress(0.1, desc="encoding the text pool")
     embeddings = encode_texts(bundle, texts)
     tracked = progress.tqdm(batches, total=-(-n_images // 32), desc="head outputs")
@@ -249,6 +251,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     progress(0.2, desc="decomposing the image")
     result = decompose_image(bundle, query.image, texts, convention=convention)
     pool, _, pool_description = text_pool(pool_upload)
+    budget.admit(budget.text_pool(bundle, texts=len(pool)))
     progress(0.6, desc="scoring the text pool for the head")
     top = image_head_texts(bundle, query.image, chosen, encode_texts(bundle, pool), k=10, convention=convention)
     scores = result.heads[:, :, 0]
