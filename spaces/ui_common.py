@@ -28,6 +28,7 @@ import pandas as pd
 
 from core import settings
 from core.errors import CoreError
+from core.messages import error_message
 from core.gpu import ON_ZERO_GPU, gpu, request_seconds
 
 log = logging.getLogger("clipscope.ui")
@@ -41,9 +42,10 @@ MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 2}
 MAX_THREADS = 8
 
 
-def message(err: BaseException) -> gr.Error:
-    """A gr.Error that shows `err`'s one-line message (escaped: Gradio renders it as HTML)."""
-    return gr.Error(html.escape(str(err)), print_exception=False)
+def message(err: BaseException, where: str | None = None) -> gr.Error:
+    """A gr.Error that shows `err`'s message as core.messages.error_message formats it (no server path in public
+    mode; escaped: Gradio renders it as HTML)."""
+    return gr.Error(html.escape(error_message(err, where=where)), print_exception=False)
 
 
 def _release_memory() -> Callable[[], None]:
@@ -93,9 +95,7 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
             raise message(err) from None
         except Exception as err:  # noqa: BLE001 - a visitor gets a message, the server log the traceback
             log.exception("unexpected error in %s", fn.__name__)
-            detail = "" if settings.public() else f": {str(err)[:200]}"
-            raise gr.Error(html.escape(f"Unexpected {type(err).__name__} in {fn.__name__}{detail}. The server log "
-                                       "has the details."), print_exception=False) from None
+            raise message(err, fn.__name__) from None
         finally:
             release_memory()
 
