@@ -38,7 +38,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -53,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from core import guards
 from core.artifacts.card import dataset_card
 from core.errors import BasesError, OutputError, TextError
+from core.writes import atomic_write
 
 SCHEMA_VERSION = 1
 KIND = "clipscope-bases"
@@ -245,17 +245,9 @@ def _json_text(obj: Any, what: str) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then move the result onto `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are shared read-only data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call `write(tmp_path)`, then move the result onto `path`: readers never see half a file (core.writes: never
+    through a link)."""
+    atomic_write(path, write, what="bases file", suffix=TMP_SUFFIX)
 
 
 def _data_path(section: str, name: str) -> str:
@@ -305,7 +297,8 @@ class ArtifactWriter:
         self.path = Path(out_dir)
         self._build = _build_identity(model, text_pool, image_set, convention, algorithms or {})
         self._done: dict[str, dict] = {}
-        self._owned: set[str] = set()  # data files an earlier run of ours listed (may be replaced)
+        self._owned: set[str] = set()  # data files an earlier run of ours listed (may be replaced if unchanged)
+        self._owned_sha256: dict[str, str | None] = {}  # ... and the sha256 it recorded for each
         self._card_sha256: str | None = None  # the README.md found at open, when it is our own card
         self._open(overwrite)
 
@@ -344,7 +337,9 @@ class ArtifactWriter:
 
     def _write(self, rel: str, write) -> None:
         target = self.path / rel
-        if os.path.lexists(target) and rel not in self._owned and rel not in self._done:
+        changed = (rel in self._owned and rel not in self._done and os.path.lexists(target)
+                   and _regular_sha256(target) != self._owned_sha256.get(rel))
+        if os.path.lexists(target) and (changed or rel not in self._owned and rel not in self._done):
             raise OutputError(f"{target} exists and was not written by this build of clipscope bases; it is never "
                               "replaced: move it out of the folder, or choose another output folder")
         self._atomic(rel, write)
@@ -377,8 +372,10 @@ class ArtifactWriter:
             raise OutputError(f"cannot create the bases folder {self.path}: {err.strerror or err}") from None
         records = {name: _previous_record(self.path, name) for name in (PROGRESS, MANIFEST)}
         previous = records[PROGRESS] or records[MANIFEST]
-        self._owned = {rel for record in records.values() if record for rel in record.get("files", {})
-                       if isinstance(rel, str) and DATA_PATH.fullmatch(rel)}
+        self._owned_sha256 = {rel: entry.get("sha256") for record in records.values() if record
+                              for rel, entry in record.get("files", {}).items()
+                              if isinstance(rel, str) and DATA_PATH.fullmatch(rel) and isinstance(entry, dict)}
+        self._owned = set(self._owned_sha256)
         self._card_sha256 = _own_card(self.path, records)
         self._check_own_top_level(records)
         own = {MANIFEST, CARD, PROGRESS, *SECTIONS} if previous else set(SECTIONS)
@@ -431,9 +428,14 @@ class ArtifactWriter:
                 self._done[rel] = record
 
     def _remove_previous(self) -> None:
+        changed = sorted(rel for rel in self._owned if os.path.lexists(self.path / rel)
+                         and _regular_sha256(self.path / rel) != self._owned_sha256.get(rel))
+        if changed:  # a link, or a file edited since the build listed it: someone else's now
+            raise OutputError(f"{self.path / changed[0]} changed since clipscope wrote it ({len(changed)} such file(s)); "
+                              "it is never deleted: move it away, or choose another output folder")
         for rel in sorted(self._owned):  # DATA_PATH only: never follow a crafted path out of the folder
             target = self.path / rel
-            if target.is_symlink() or target.is_file():
+            if target.is_file() and not target.is_symlink():
                 target.unlink()
         self._owned = set()
         (self.path / MANIFEST).unlink(missing_ok=True)
