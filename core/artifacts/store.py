@@ -83,6 +83,14 @@ def text_pool_identity(texts: list[str], name: str) -> dict:
     return {"name": name, "sha256": digest, "count": len(texts)}
 
 
+def check_stored_texts(texts: Any, where: str) -> list[str]:
+    """extra/texts.json's content as the text list the bases were built from, else BasesError. The loaders and
+    `verify_artifact(deep=True)` (`bases verify`) both apply this check, so verify passes only what they accept."""
+    if not isinstance(texts, list) or not all(isinstance(text, str) and "\n" not in text for text in texts):
+        raise BasesError(f"extra/texts.json in {where} is not a list of texts: rebuild the bases")
+    return texts
+
+
 def check_text_pool(artifact: Artifact, texts: list[str]) -> None:
     """Raise BasesError unless `texts` is exactly the pool the artifact's embeddings were built from."""
     stored = artifact.manifest.get("text_pool")
@@ -596,6 +604,8 @@ def verify_artifact(path: str | Path, *, within: str | Path | None = None, deep:
         return problems
     problems = [problem for rel, record in manifest["files"].items()
                 if (problem := _file_problem(path, root, rel, record, deep))]
+    if deep and not problems and TEXTS_JSON in manifest["files"]:
+        problems += _texts_problems(path, manifest)
     problems += [f"{rel}: not listed in manifest.json (added after the build?): remove it or rebuild"
                  for rel in _stray_files(path, manifest["files"])]
     return problems
@@ -688,6 +698,19 @@ def _short(value: Any) -> str:
 
 def _optional_record(value: Any, keys: tuple[str, ...]) -> bool:
     return value is None or (isinstance(value, dict) and all(key in value for key in keys))
+
+
+TEXTS_JSON = "extra/texts.json"
+
+
+def _texts_problems(path: Path, manifest: dict) -> list[str]:
+    """The stored texts must be a text list, and the very pool the manifest (and the embeddings) record."""
+    try:
+        texts = check_stored_texts(_read_json(path / TEXTS_JSON, path, guards.MAX_JSON_BYTES, TEXTS_JSON), str(path))
+        check_text_pool(Artifact(path, manifest), texts)
+    except BasesError as err:
+        return [str(err)]
+    return []
 
 
 def _file_problem(folder: Path, root: Path, rel: str, record: dict, deep: bool) -> str | None:

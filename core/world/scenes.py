@@ -175,6 +175,17 @@ def sample_scenes(n: int, seed: int, *, split: str = "train", count: int | None 
     return scenes
 
 
+def scene_at(index: int, seed: int, *, split: str = "heldout") -> Scene:
+    """Scene `index` of `sample_scenes(index + 1, seed, split=split)`, drawing only its own block: one scene is
+    not a request for index + 1 of them, so the scene-count bound of core.guards does not apply."""
+    index, seed = _check_int("index", index, 0), _check_int("seed", seed, 0)
+    split_id = _check_split(split)
+    block, offset = divmod(index, _BLOCK)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, block]))
+    pools = (SHAPES, tuple(COLOURS), SIZES, BACKGROUNDS)
+    return _sample_block(rng, offset + 1, pools, tuple(range(len(POSITIONS))), _allowed_counts(None, len(POSITIONS)))[offset]
+
+
 def _allowed_counts(count, n_cells: int) -> tuple[int, ...]:
     if count is not None and (isinstance(count, bool) or count not in COUNTS):
         raise ConfigError(f"count must be 1 or 2 (or None for both), got {count!r}")
