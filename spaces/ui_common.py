@@ -25,6 +25,7 @@ from typing import Callable
 
 import gradio as gr
 import pandas as pd
+from gradio.exceptions import ComponentProcessingError
 
 from core import settings
 from core.errors import CoreError
@@ -46,6 +47,37 @@ def message(err: BaseException, where: str | None = None) -> gr.Error:
     """A gr.Error that shows `err`'s message as core.messages.error_message formats it (no server path in public
     mode; escaped: Gradio renders it as HTML)."""
     return gr.Error(html.escape(error_message(err, where=where)), print_exception=False)
+
+
+def _one_line_refusals() -> None:
+    """Gradio refuses a value outside a component's choices (or an unreadable upload) before any handler runs,
+    with an Error that prints its traceback on the server: 40 lines per bad request. The visitor keeps Gradio's
+    message; the server log gets one line."""
+    original = gr.Blocks.preprocess_data
+    if getattr(original, "_one_line", False):
+        return
+
+    @functools.wraps(original)
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await original(self, block_fn, inputs, state, explicit_call)
+        except gr.Error as err:
+            if not err.print_exception:
+                raise
+            log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), " ".join(str(err).split())[:300])
+            raise gr.Error(err.message, duration=err.duration, visible=err.visible, title=err.title,
+                           print_exception=False) from None
+        except ComponentProcessingError as err:  # a component could not read the value it was sent
+            text = " ".join(str(err).split())[:300]
+            log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), text)
+            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}"))),
+                           print_exception=False) from None
+
+    preprocess_data._one_line = True
+    gr.Blocks.preprocess_data = preprocess_data
+
+
+_one_line_refusals()
 
 
 def _release_memory() -> Callable[[], None]:
