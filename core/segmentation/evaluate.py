@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core import guards
 from core.engine.models import ClipBundle
 from core.errors import ConfigError, DatasetError
 from core.segmentation.datasets import SegmentationDataset
 from core.segmentation.methods import METHODS, MethodOptions, Segmenter, Targets, check_method
 from core.segmentation.metrics import ImageScores, SegmentationMetrics, image_scores
 from core.segmentation.protocols import Protocol, binarise, mask_view, method_protocol, normalise_maps
+from core.writes import OutputFolder, append_line
 
 ORACLE = "oracle"
 EVAL_METHODS = METHODS + (ORACLE,)
@@ -103,7 +103,11 @@ def _key(settings: dict[str, Any]) -> str:
 
 
 def _read_state(path: Path, settings: dict[str, Any]) -> dict[int, dict]:
-    """Records of an earlier run with the same settings; a line cut short by an interruption is dropped."""
+    """Records of an earlier run with the same settings; a line cut short by an interruption is dropped. A file
+    whose first line is not this evaluation's settings is another's (or the user's): refused, never changed."""
+    if path.is_symlink():
+        raise DatasetError(f"{path} is a symbolic link, not a state file clipscope wrote; remove it or choose another "
+                           "state folder")
     if not path.is_file():
         return {}
     records, valid_bytes = {}, 0
@@ -117,34 +121,36 @@ def _read_state(path: Path, settings: dict[str, Any]) -> dict[int, dict]:
         if not raw.endswith(b"\n"):
             break
         if number == 0:
-            if entry.get("settings") != settings:
+            if not isinstance(entry, dict) or entry.get("settings") != settings:
                 raise DatasetError(f"{path} belongs to another evaluation; remove it or choose another state folder")
         else:
             records[int(entry["index"])] = entry
         valid_bytes += len(raw)
+    if lines and valid_bytes == 0:
+        raise DatasetError(f"{path} is not a state file of this evaluation; remove it or choose another state folder")
     if valid_bytes < sum(len(raw) for raw in lines):
-        with open(path, "r+b") as handle:  # our own file: cut the partial last line
-            handle.truncate(valid_bytes)
+        handle = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))  # our own file: cut the partial last line
+        try:
+            os.ftruncate(handle, valid_bytes)
+        finally:
+            os.close(handle)
     return records
 
 
 def _append(path: Path, entry: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, allow_nan=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(path, json.dumps(entry, allow_nan=True))
 
 
-def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_MethodRun]) -> None:
+def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_MethodRun]) -> OutputFolder:
     """Refuse a folder with files we did not write, or maps of another run; record our settings."""
-    manifest_path = maps_dir / MANIFEST
     if maps_dir.exists() and not maps_dir.is_dir():
         raise ConfigError(f"--save-maps {maps_dir} exists and is not a folder")
+    folder = OutputFolder(maps_dir, "segeval-maps", require="ours", what="--save-maps folder")
+    manifest_path = maps_dir / MANIFEST
     manifest = {**header, "methods": {}}
-    if maps_dir.is_dir() and any(maps_dir.iterdir()):
-        if not manifest_path.is_file():
-            raise ConfigError(f"{maps_dir} is not empty and holds no {MANIFEST}: choose a new or empty folder for "
-                              "--save-maps (files this command did not write are never replaced)")
+    if folder.earlier is not None and manifest_path.is_file():
+        if not folder.owns(MANIFEST):
+            raise ConfigError(f"{manifest_path} was changed since segeval wrote it; choose a new folder for --save-maps")
         try:
             earlier = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
@@ -155,13 +161,10 @@ def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_Method
             if run.method in earlier.get("methods", {}) and earlier["methods"][run.method] != run.settings:
                 raise ConfigError(f"{maps_dir} holds {run.method} maps made with other settings; choose a new folder")
         manifest["methods"] = earlier.get("methods", {})
-    guards.output_folder(maps_dir, "--save-maps folder")
     for run in runs:
         manifest["methods"][run.method] = run.settings
-        (maps_dir / run.method).mkdir(exist_ok=True)
-    tmp = manifest_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, manifest_path)
+    folder.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    return folder
 
 
 def oracle_grids(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -182,22 +185,22 @@ def evaluate(
     """
     methods = _check_methods(methods, subtract_class_mean, batch_size)
     info = bundle.info
-    if state_dir:
-        state_root = guards.output_folder(state_dir, "state folder")  # a user-named folder: checked, clear errors
-    else:
-        state_root = default_state_dir()
-        state_root.mkdir(parents=True, exist_ok=True)
+    # State files are append-only logs whose first line names the evaluation; the folder's manifest lists them.
+    state = OutputFolder(Path(state_dir) if state_dir else default_state_dir(), "segeval-state", require="any",
+                         what="state folder")
     prompts = dataset.class_prompts()
     classes_key = hashlib.sha256(json.dumps(prompts.prompts).encode("utf-8")).hexdigest()[:20]
     overrides = {"class_source": class_source, "threshold": threshold, "clamp": clamp}
     runs = [_open_run(bundle, dataset, method, protocol, options, overrides,
-                      subtract_class_mean if method == "heads" else None, classes_key, state_root, log)
+                      subtract_class_mean if method == "heads" else None, classes_key, state, log)
             for method in methods]
     geometry = runs[0].protocol.geometry
     maps_dir = Path(save_maps) if save_maps else None
+    maps = None
     if maps_dir is not None:
-        _prepare_maps_dir(maps_dir, {"tool": "python -m core segeval", "model": info.identity(),
-                                     "dataset": dataset.identity(), "protocol": protocol, "geometry": geometry}, runs)
+        maps = _prepare_maps_dir(maps_dir, {"tool": "python -m core segeval", "model": info.identity(),
+                                            "dataset": dataset.identity(), "protocol": protocol, "geometry": geometry},
+                                 runs)
     classifier = None
     if any(run.segmenter is not None for run in runs):
         from core.engine.text import prompt_classifier
@@ -214,15 +217,17 @@ def evaluate(
             continue
         samples = {i: dataset.sample(i) for i in needed}
         views = {i: mask_view(samples[i].mask, bundle.preprocess, size, geometry) for i in needed}
-        if maps_dir is not None:
-            for i in needed:
-                target = maps_dir / f"{i:05d}_mask.png"
-                if not target.is_file():
-                    Image.fromarray(views[i].astype(np.uint8) * 255).save(target)
+        if maps is not None:  # listed before they are written, so an interrupted run's files stay ours
+            masks = {i: f"{i:05d}_mask.png" for i in needed if not (maps_dir / f"{i:05d}_mask.png").is_file()}
+            maps.claim([*masks.values()] + [f"{run.method}/{i:05d}_map.npy" for run in runs for i in todo[run.method]])
+            for i, name in masks.items():
+                maps.write_image(name, Image.fromarray(views[i].astype(np.uint8) * 255), save=False)
         for run in runs:
             if todo[run.method]:
                 _score_batch(run, bundle, [samples[i] for i in todo[run.method]], [views[i] for i in todo[run.method]],
-                             classifier, maps_dir)
+                             classifier, maps)
+        if maps is not None:
+            maps.save()
     results = [_method_result(run, len(dataset)) for run in runs]
     return EvaluationReport(info.as_dict(), dataset.description, dataset.spec, prompts.description, protocol, results,
                             _class_accuracy(runs, dataset), str(maps_dir) if maps_dir else None)
@@ -244,7 +249,7 @@ def _check_methods(methods: Sequence[str], subtract_class_mean, batch_size) -> l
 
 
 def _open_run(bundle: ClipBundle, dataset: SegmentationDataset, method: str, protocol: str, options: MethodOptions,
-              overrides: dict, subtract_class_mean, classes_key: str, state_root: Path, log) -> _MethodRun:
+              overrides: dict, subtract_class_mean, classes_key: str, state: OutputFolder, log) -> _MethodRun:
     """A method's protocol, segmenter and state file: read back when its settings match, else started afresh."""
     proto = method_protocol(protocol, method, has_labels=dataset.labelled, subtract_class_mean=subtract_class_mean,
                             **overrides)
@@ -254,13 +259,18 @@ def _open_run(bundle: ClipBundle, dataset: SegmentationDataset, method: str, pro
                 "protocol": proto.record(), "classes": None if method == ORACLE else classes_key}
     if segmenter is not None and segmenter.pool is not None:  # the bases and layers actually used
         settings["neurons"] = {"source": segmenter.pool.source, "layers": list(segmenter.pool.layers)}
-    path = state_root / f"{method}-{_key(settings)}.jsonl"
+    name = f"{method}-{_key(settings)}.jsonl"
+    path = state.path / name
     run = _MethodRun(method, proto, segmenter, settings, path, _read_state(path, settings))
     run.resumed = len(run.records)
     if run.resumed:
         log(f"{method}: {run.resumed} images read back from {path}")
+    elif os.path.lexists(path) and path.stat().st_size:
+        pass  # our own header, nothing after it yet (checked by _read_state): appended to
     else:
-        path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+        state.write_text(name, json.dumps({"settings": settings}) + "\n", save=False)
+    state.files[name] = None  # an append-only log: listed as this command's own, never replaced or removed
+    state.save()
     return run
 
 
@@ -273,7 +283,7 @@ def _method_result(run: _MethodRun, n_images: int) -> MethodResult:
     return MethodResult(run.method, description, run.protocol, metrics.summary(), run.resumed, str(run.state_path))
 
 
-def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, classifier, maps_dir: Path | None) -> None:
+def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, classifier, maps_out: OutputFolder | None) -> None:
     proto = run.protocol
     masks = torch.from_numpy(np.stack(views))
     chosen = predicted = None
@@ -293,11 +303,8 @@ def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, classifier
         entry = {"index": sample.index, "name": sample.name, "label": sample.label,
                  "chosen": None if chosen is None else int(chosen[row]),
                  "predicted": None if predicted is None else int(predicted[row]), **scores.as_dict()}
-        if maps_dir is not None:
-            target = maps_dir / run.method / f"{sample.index:05d}_map.npy"
-            tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, maps[row])
-            os.replace(tmp, target)
+        if maps_out is not None:
+            maps_out.write_array(f"{run.method}/{sample.index:05d}_map.npy", maps[row], save=False)
         _append(run.state_path, entry)
         run.records[sample.index] = entry
 
