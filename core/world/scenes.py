@@ -478,10 +478,9 @@ def build_toy_texts() -> list[str]:
 
 def write_toy_texts(path: Path = TEXT_POOL_PATH) -> Path:
     """Regenerate the text pool file from `build_toy_texts()`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(build_toy_texts()) + "\n", encoding="utf-8")
-    return path
+    from core.writes import atomic_write_text
+
+    return atomic_write_text(path, "\n".join(build_toy_texts()) + "\n", what="toy text pool")
 
 
 def load_toy_texts() -> list[str]:
