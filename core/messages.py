@@ -86,4 +86,6 @@ def error_message(err: BaseException, *, where: str | None = None, public: bool 
         text = " ".join(text.split())
     if public:
         text = without_paths(text)
-    return text[:MAX_MESSAGE_CHARS]
+    if len(text) > MAX_MESSAGE_CHARS:  # a 5,000-character path: keep both ends (what, and what went wrong)
+        text = f"{text[:MAX_MESSAGE_CHARS // 2]} ... {text[-MAX_MESSAGE_CHARS // 2:]}"
+    return text

@@ -123,9 +123,9 @@ class OutputFolder:
     `require` says what the folder may already hold when it is opened:
       "empty": nothing (new or empty folder), e.g. `adversarial --out`;
       "ours":  nothing, or an earlier run's manifest of the same kind (files beside it are kept), e.g.
-               `segment --out`, `toy scenes --overwrite`, `segeval --save-maps`;
-      "any":   anything (a work folder the user named: clipscope touches only what it lists), e.g.
-               `bases build --work-dir`.
+               `segment --out`, `segeval --save-maps`;
+      "any":   anything (clipscope touches only what it lists), e.g. a work folder the user named
+               (`bases build --work-dir`), `toy scenes --overwrite`.
     Every refusal is an OutputError with one line. `manifest` names the manifest file inside the folder;
     `siblings` (a glob) also counts the files that other manifests of the same kind matching it list as this
     command's own: the processes of one torchrun build each keep their own manifest in one work folder.
