@@ -26,8 +26,7 @@ def server_folders() -> list[str]:
     temporary folders; each as given and with its links resolved, longest first."""
     from core import settings
 
-    folders = [PROJECT_ROOT, settings.cache_dir(), tempfile.gettempdir(),
-               os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio", Path.home()]
+    folders = [PROJECT_ROOT, settings.cache_dir(), tempfile.gettempdir(), settings.upload_dir(), Path.home()]
     found: set[str] = set()
     for folder in folders:
         for form in (str(folder), os.path.realpath(folder)):
