@@ -305,8 +305,7 @@ class ArtifactWriter:
         self.path = Path(out_dir)
         self._build = _build_identity(model, text_pool, image_set, convention, algorithms or {})
         self._done: dict[str, dict] = {}
-        self._owned: set[str] = set()  # data files an earlier run of ours listed (may be replaced if unchanged)
-        self._owned_sha256: dict[str, str | None] = {}  # ... and the sha256 it recorded for each
+        self._owned: set[str] = set()  # data files an earlier run of ours listed (may be replaced)
         self._card_sha256: str | None = None  # the README.md found at open, when it is our own card
         self._open(overwrite)
 
@@ -345,9 +344,7 @@ class ArtifactWriter:
 
     def _write(self, rel: str, write) -> None:
         target = self.path / rel
-        changed = (rel in self._owned and rel not in self._done and os.path.lexists(target)
-                   and _regular_sha256(target) != self._owned_sha256.get(rel))
-        if os.path.lexists(target) and (changed or rel not in self._owned and rel not in self._done):
+        if target.is_symlink() or os.path.lexists(target) and rel not in self._owned and rel not in self._done:
             raise OutputError(f"{target} exists and was not written by this build of clipscope bases; it is never "
                               "replaced: move it out of the folder, or choose another output folder")
         self._atomic(rel, write)
@@ -380,10 +377,8 @@ class ArtifactWriter:
             raise OutputError(f"cannot create the bases folder {self.path}: {err.strerror or err}") from None
         records = {name: _previous_record(self.path, name) for name in (PROGRESS, MANIFEST)}
         previous = records[PROGRESS] or records[MANIFEST]
-        self._owned_sha256 = {rel: entry.get("sha256") for record in records.values() if record
-                              for rel, entry in record.get("files", {}).items()
-                              if isinstance(rel, str) and DATA_PATH.fullmatch(rel) and isinstance(entry, dict)}
-        self._owned = set(self._owned_sha256)
+        self._owned = {rel for record in records.values() if record for rel in record.get("files", {})
+                       if isinstance(rel, str) and DATA_PATH.fullmatch(rel)}
         self._card_sha256 = _own_card(self.path, records)
         self._check_own_top_level(records)
         own = {MANIFEST, CARD, PROGRESS, *SECTIONS} if previous else set(SECTIONS)
@@ -436,14 +431,13 @@ class ArtifactWriter:
                 self._done[rel] = record
 
     def _remove_previous(self) -> None:
-        changed = sorted(rel for rel in self._owned if os.path.lexists(self.path / rel)
-                         and _regular_sha256(self.path / rel) != self._owned_sha256.get(rel))
-        if changed:  # a link, or a file edited since the build listed it: someone else's now
-            raise OutputError(f"{self.path / changed[0]} changed since clipscope wrote it ({len(changed)} such file(s)); "
-                              "it is never deleted: move it away, or choose another output folder")
+        links = sorted(rel for rel in self._owned if (self.path / rel).is_symlink())
+        if links:  # clipscope never wrote a link: someone put it there
+            raise OutputError(f"{self.path / links[0]} is a symbolic link, not a file clipscope wrote; it is never "
+                              "deleted: move it away, or choose another output folder")
         for rel in sorted(self._owned):  # DATA_PATH only: never follow a crafted path out of the folder
             target = self.path / rel
-            if target.is_file() and not target.is_symlink():
+            if target.is_file():
                 target.unlink()
         self._owned = set()
         (self.path / MANIFEST).unlink(missing_ok=True)
