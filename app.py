@@ -18,6 +18,7 @@ import core.gpu  # noqa: F401  (imports Hugging Face's `spaces` before torch, as
 import gradio as gr  # noqa: E402
 
 from core import settings  # noqa: E402
+from core.messages import error_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
@@ -58,7 +59,7 @@ def build_app():
                   if info.source == "toy" else
                   f"Default model: **{info.display_name}** (`{info.spec}`). Each result names the model that produced it.")
     except CoreError as err:  # keep serving: the tabs say the same when used, and another spec can be typed
-        notice = f"**Could not load the default model `{spec}`:** {err}"
+        notice = f"**Could not load the default model `{spec}`:** {error_message(err)}"
     # Import the tabs before opening our Blocks: each builds its own Blocks at import time.
     tabs = [(title, folder, load_tab(folder)) for title, folder in TABS]
     tabs = [(title, folder, module) for title, folder, module in tabs if module is not None]

@@ -25,10 +25,12 @@ from typing import Callable
 
 import gradio as gr
 import pandas as pd
+from gradio.exceptions import ComponentProcessingError
 
 from core import budget, caches, settings
 from core.errors import CoreError
 from core.explorer import sessions
+from core.messages import error_message
 from core.gpu import ON_ZERO_GPU, gpu, request_seconds
 
 log = logging.getLogger("clipscope.ui")
@@ -45,9 +47,41 @@ MAX_THREADS = 8
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-def message(err: BaseException) -> gr.Error:
-    """A gr.Error that shows `err`'s one-line message (escaped: Gradio renders it as HTML)."""
-    return gr.Error(html.escape(str(err)), print_exception=False)
+def message(err: BaseException, where: str | None = None) -> gr.Error:
+    """A gr.Error that shows `err`'s message as core.messages.error_message formats it (no server path in public
+    mode; escaped: Gradio renders it as HTML)."""
+    return gr.Error(html.escape(error_message(err, where=where)), print_exception=False)
+
+
+def _one_line_refusals() -> None:
+    """Gradio refuses a value outside a component's choices (or an unreadable upload) before any handler runs,
+    with an Error that prints its traceback on the server: 40 lines per bad request. The visitor keeps Gradio's
+    message; the server log gets one line."""
+    original = gr.Blocks.preprocess_data
+    if getattr(original, "_one_line", False):
+        return
+
+    @functools.wraps(original)
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await original(self, block_fn, inputs, state, explicit_call)
+        except gr.Error as err:
+            if not err.print_exception:
+                raise
+            log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), " ".join(str(err).split())[:300])
+            raise gr.Error(err.message, duration=err.duration, visible=err.visible, title=err.title,
+                           print_exception=False) from None
+        except ComponentProcessingError as err:  # a component could not read the value it was sent
+            text = " ".join(str(err).split())[:300]
+            log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), text)
+            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}"))),
+                           print_exception=False) from None
+
+    preprocess_data._one_line = True
+    gr.Blocks.preprocess_data = preprocess_data
+
+
+_one_line_refusals()
 
 
 def _release_memory() -> Callable[[], None]:
@@ -103,9 +137,7 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
                 raise gr.Error("This server cannot write its files now (its disk is full or read-only): try "
                                "again later.", print_exception=False) from None
             log.exception("unexpected error in %s", fn.__name__)
-            detail = "" if settings.public() else f": {str(err)[:200]}"
-            raise gr.Error(html.escape(f"Unexpected {type(err).__name__} in {fn.__name__}{detail}. The server log "
-                                       "has the details."), print_exception=False) from None
+            raise message(err, fn.__name__) from None
         finally:
             release_memory()
 

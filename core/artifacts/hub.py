@@ -166,8 +166,12 @@ def push_artifact(path: str | Path, repo_id: str, *, token: str | None = None, p
     problems = verify_artifact(path, deep=True)  # contents too: never publish NaN tensors or unreadable tables
     if problems:
         raise BasesError(f"refusing to push {path}: " + "; ".join(problems))
-    if not (path / CARD).is_file():  # generated from the manifest, so recreating it loses nothing
-        (path / CARD).write_text(dataset_card(path, read_manifest(path)), encoding="utf-8")
+    if not os.path.lexists(path / CARD):  # generated from the manifest, so recreating it loses nothing
+        from core.writes import atomic_write_text
+
+        atomic_write_text(path / CARD, dataset_card(path, read_manifest(path)), what="dataset card")
+    elif (path / CARD).is_symlink() or not (path / CARD).is_file():  # never upload what a link points to
+        raise BasesError(f"refusing to push {path}: {CARD} is a link or not a regular file")
     patterns = [MANIFEST, CARD, *(f"{section}/*" for section in SECTIONS)]
     return upload_dataset(path, repo_id, allow_patterns=patterns, token=token, private=private)
 

@@ -85,7 +85,9 @@ def _add_build(subparsers) -> None:
                         help="images per shard, the unit of work and resume (default 2048, a multiple of --batch-size)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where finished shards are kept until the artifact is written (default: the clipscope "
-                        "cache; use a shared folder for multi-node runs that may restart on other nodes)")
+                        "cache; use a shared folder for multi-node runs that may restart on other nodes). The build "
+                        "writes into a sub-folder of it and afterwards removes only the files it wrote there; the "
+                        "folder and anything else in it are kept")
     parser.add_argument("--loader-threads", type=int, default=None, metavar="N",
                         help="threads decoding images per process (default 4 on a GPU, 0 on the CPU)")
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
@@ -107,8 +109,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if not getattr(args, "bases_func", None):
-        args.bases_parser.print_help()
-        return 2
+        from core.cli import require_subcommand
+
+        require_subcommand(args.bases_parser)
     return args.bases_func(args)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli import require_subcommand
 from core.cli.common import add_device_argument
 
 
@@ -305,4 +306,4 @@ def register(subparsers) -> None:
     toy_subparsers = parser.add_subparsers(dest="toy_command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
         add(toy_subparsers)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    parser.set_defaults(func=lambda args: require_subcommand(parser))

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from core import settings
-from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
+from core.errors import ConfigError, UnknownModelError, UnsupportedModelError, WeightsError
 from core.guards import check_model_allowed
 
 from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
@@ -44,10 +44,39 @@ RANDOM_SEED = 0
 
 
 def register_model_configs(path: str | os.PathLike = CONFIG_DIR) -> None:
-    """Make the JSON model configs in `path` (a folder or one file) known to open_clip."""
+    """Make the JSON model configs in `path` (a folder or one file) known to open_clip.
+
+    Each config is read first (a ConfigError names a file that is not valid JSON): open_clip would fail on it
+    with a traceback, and keep failing on every later model load."""
     path = Path(path)
     if path.exists() and path not in open_clip.factory._MODEL_CONFIG_PATHS:
+        _check_model_configs(path)
         open_clip.add_model_config(path)
+
+
+def _check_model_configs(path: Path) -> None:
+    import json
+    import stat
+
+    files = [path] if path.is_file() and path.suffix == ".json" else sorted(path.glob("*.json")) if path.is_dir() else []
+    for file in files:
+        problem = None
+        try:
+            info = os.stat(file)
+            if not stat.S_ISREG(info.st_mode):
+                problem = "is not a regular file"
+            elif info.st_size > 1_000_000:
+                problem = f"is {info.st_size:,} bytes, over the limit of 1,000,000 for a model config"
+            else:
+                json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except (ValueError, RecursionError) as err:
+            problem = f"is not valid JSON ({str(err).splitlines()[0][:120]})"
+        except OSError as err:
+            problem = f"cannot be read ({err.strerror or err})"
+        if problem:
+            raise ConfigError(f"model config {file.name} in $CLIPSCOPE_MODEL_CONFIGS {problem}; fix or remove it")
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -22,6 +21,7 @@ from core.explorer import access
 from core.links.codec import ViewState, encode
 from core.links.commands import CITATIONS
 from core.links.images import describe_ref, image_from_ref
+from core.messages import display_source, error_message, without_paths  # noqa: F401  (the tabs' shortening)
 
 UNIT = 100.0  # scores are shown as cosine x100
 UNIT_NAME = "cosine x100"
@@ -140,28 +140,6 @@ def text_pool(upload: str | None, typed: str | None = None) -> tuple[list[str], 
     if len(texts) > max_texts:
         raise TextError(f"The text pool {name} has {len(texts)} texts; the limit is {max_texts}.")
     return texts, name, f"{name} ({len(texts)} texts{', uploaded' if upload else ''})"
-
-
-def display_source(source: str | None) -> str:
-    """Bases source as a visitor may see it: repo@sha, a path inside the project, or only a folder's name."""
-    if not source:
-        return "none"
-    path = Path(source)
-    if "@" in source and not path.exists():
-        return source
-    try:
-        return str(path.resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return f"folder {path.name}"
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/()'`]+/)*([^\s/()'`]+)")
-
-
-def without_paths(text: str) -> str:
-    """Text written by a build (an artifact's image-set description, ...) with each absolute path shortened to its
-    last part, so that no result names a folder of the server."""
-    return _ABSOLUTE_PATH.sub(lambda m: f".../{m[1]}", str(text))
 
 
 def check_index(value, name: str, size: int) -> int:
@@ -306,4 +284,4 @@ def link_model(spec: str | None) -> str | None:
 
 
 def link_failure(err: CoreError) -> str:
-    return f"The linked view could not be computed: {err}"
+    return f"The linked view could not be computed: {error_message(err)}"

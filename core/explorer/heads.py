@@ -21,6 +21,7 @@ from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_re
                                   progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
+from core.messages import error_message
 
 WORLD_SEED = 4242  # held-out scenes TextSpan is fitted on in the tab (the examples use another seed)
 GALLERY_SIZE = 48
@@ -111,7 +112,7 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
         artifact, source = bases_artifact(bundle, bases)
         from_bases = _from_bases(artifact, source, chosen) if artifact is not None else None
     except BasesError as err:  # unusable bases must not hide the texts computed here
-        problem = f"  \nThe configured bases could not be used: {err}"
+        problem = f"  \nThe configured bases could not be used: {error_message(err)}"
     from_session = _from_session(fitted, bundle.info.spec, chosen)
     order = [(from_session, FROM_SESSION), (from_bases, FROM_BASES)]
     if prefer != FROM_SESSION:

@@ -73,6 +73,10 @@ def grouped_folder(folder: str | os.PathLike, *, classnames: Sequence[str] | Non
     if not rows:
         raise DatasetError(f"{folder / METADATA} lists no images" + (f" in split {split!r}" if split else ""))
     values = _sorted_values(row[label_col] for row in rows)
+    if len(values) < 2:  # any classifier is 100% right on one class: the table would say nothing
+        raise DatasetError(f"{folder / METADATA} has one class ({values[0]!r}"
+                           f"{f' in split {split!r}' if split is not None else ''}): a spurious-cue test needs at "
+                           "least two classes to classify between")
     names = _classnames(values, classnames, folder / METADATA)
     label_of = {value: i for i, value in enumerate(values)}
     labels = [label_of[row[label_col].strip()] for row in rows]
@@ -81,6 +85,9 @@ def grouped_folder(folder: str | os.PathLike, *, classnames: Sequence[str] | Non
     else:
         group_keys = [row[group_col].strip() for row in rows]
     group_names = _sorted_values(group_keys)
+    if len(group_names) < 2:  # worst-group accuracy of one group is the overall accuracy: no cue to find
+        raise DatasetError(f"{folder / METADATA} has one group ({group_names[0]!r}): a spurious-cue test compares "
+                           "groups (e.g. label x background); give at least two")
     group_of = {value: i for i, value in enumerate(group_names)}
     paths = [folder / row[file_col].strip() for row in rows]
     missing = [p for p in paths if not p.is_file()]

@@ -68,7 +68,7 @@ def _parse(text: str) -> ImageRef:
 
 
 def _scene(ref: ImageRef):
-    return world.sample_scenes(ref.index + 1, ref.seed, split="heldout")[ref.index]
+    return world.scene_at(ref.index, ref.seed, split="heldout")  # any INDEX up to MAX_SCENE_INDEX, public or not
 
 
 def image_from_ref(text: str) -> Image.Image:

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable
 import torch
 from safetensors.torch import load_file
 
-from core.artifacts.store import Artifact, ArtifactWriter, check_text_pool, load_artifact, text_pool_identity
+from core.artifacts.store import (Artifact, ArtifactWriter, check_stored_texts, check_text_pool, load_artifact,
+                                  text_pool_identity)
 from core.errors import BasesError, ConfigError
 from core.engine.imagesets import ImageSet  # noqa: F401  (the image-set type, named here for existing callers)
 from core.engine.labels import parse_label
@@ -97,9 +98,7 @@ def load_neuron_basis(artifact: Artifact, layer: int, model_info=None) -> Neuron
         raise ConfigError(f"the bases at {artifact.path} have neuron statistics for layer(s) "
                           f"{', '.join(map(str, layers))}, not layer {layer}")
     params = artifact.manifest["algorithms"][ALGORITHM]
-    texts = artifact.json("texts")
-    if not isinstance(texts, list):
-        raise BasesError(f"extra/texts.json in {artifact.path} is not a list of texts: rebuild the bases")
+    texts = check_stored_texts(artifact.json("texts"), str(artifact.path))  # the same check as `bases verify`
     check_text_pool(artifact, texts)
     missing = [key for key in ("mode", "coefficient", "dictionary", "terms", "k") if key not in params]
     if missing:

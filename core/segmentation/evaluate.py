@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core import guards
 from core.engine.models import ClipBundle
 from core.errors import ConfigError, DatasetError
 from core.segmentation.datasets import SegmentationDataset
@@ -42,6 +41,7 @@ from core.segmentation.methods import METHODS, MethodOptions, Segmenter, Targets
 from core.segmentation.metrics import (METRIC_NAMES, ImageScores, SegmentationMetrics, image_scores,
                                        specificity_summary, specificity_terms)
 from core.segmentation.protocols import Protocol, binarise, mask_view, method_protocol, normalise_maps
+from core.writes import OutputFolder, append_line
 
 ORACLE = "oracle"
 EVAL_METHODS = METHODS + (ORACLE,)
@@ -134,7 +134,11 @@ def _key(settings: dict[str, Any]) -> str:
 
 
 def _read_state(path: Path, settings: dict[str, Any]) -> dict[int, dict]:
-    """Records of an earlier run with the same settings; a line cut short by an interruption is dropped."""
+    """Records of an earlier run with the same settings; a line cut short by an interruption is dropped. A file
+    whose first line is not this evaluation's settings is another's (or the user's): refused, never changed."""
+    if path.is_symlink():
+        raise DatasetError(f"{path} is a symbolic link, not a state file clipscope wrote; remove it or choose another "
+                           "state folder")
     if not path.is_file():
         return {}
     records, valid_bytes = {}, 0
@@ -148,34 +152,36 @@ def _read_state(path: Path, settings: dict[str, Any]) -> dict[int, dict]:
         if not raw.endswith(b"\n"):
             break
         if number == 0:
-            if entry.get("settings") != settings:
+            if not isinstance(entry, dict) or entry.get("settings") != settings:
                 raise DatasetError(f"{path} belongs to another evaluation; remove it or choose another state folder")
         else:
             records[int(entry["index"])] = entry
         valid_bytes += len(raw)
+    if lines and valid_bytes == 0:
+        raise DatasetError(f"{path} is not a state file of this evaluation; remove it or choose another state folder")
     if valid_bytes < sum(len(raw) for raw in lines):
-        with open(path, "r+b") as handle:  # our own file: cut the partial last line
-            handle.truncate(valid_bytes)
+        handle = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))  # our own file: cut the partial last line
+        try:
+            os.ftruncate(handle, valid_bytes)
+        finally:
+            os.close(handle)
     return records
 
 
 def _append(path: Path, entry: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, allow_nan=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(path, json.dumps(entry, allow_nan=True))
 
 
-def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_MethodRun]) -> None:
+def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_MethodRun]) -> OutputFolder:
     """Refuse a folder with files we did not write, or maps of another run; record our settings."""
-    manifest_path = maps_dir / MANIFEST
     if maps_dir.exists() and not maps_dir.is_dir():
         raise ConfigError(f"--save-maps {maps_dir} exists and is not a folder")
+    folder = OutputFolder(maps_dir, "segeval-maps", require="ours", what="--save-maps folder")
+    manifest_path = maps_dir / MANIFEST
     manifest = {**header, "methods": {}}
-    if maps_dir.is_dir() and any(maps_dir.iterdir()):
-        if not manifest_path.is_file():
-            raise ConfigError(f"{maps_dir} is not empty and holds no {MANIFEST}: choose a new or empty folder for "
-                              "--save-maps (files this command did not write are never replaced)")
+    if folder.earlier is not None and manifest_path.is_file():
+        if not folder.owns(MANIFEST):
+            raise ConfigError(f"{manifest_path} was changed since segeval wrote it; choose a new folder for --save-maps")
         try:
             earlier = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
@@ -186,13 +192,10 @@ def _prepare_maps_dir(maps_dir: Path, header: dict[str, Any], runs: list[_Method
             if run.label in earlier.get("methods", {}) and earlier["methods"][run.label] != run.settings:
                 raise ConfigError(f"{maps_dir} holds {run.label} maps made with other settings; choose a new folder")
         manifest["methods"] = earlier.get("methods", {})
-    guards.output_folder(maps_dir, "--save-maps folder")
     for run in runs:
         manifest["methods"][run.label] = run.settings
-        (maps_dir / run.label).mkdir(exist_ok=True)
-    tmp = manifest_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, manifest_path)
+    folder.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    return folder
 
 
 def oracle_grids(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -219,11 +222,9 @@ def evaluate(
         raise ConfigError("a composite dataset (world-pairs) maps the class of its first object: use the aligned "
                           "protocol with the given class (the defaults)")
     info = bundle.info
-    if state_dir:
-        state_root = guards.output_folder(state_dir, "state folder")  # a user-named folder: checked, clear errors
-    else:
-        state_root = default_state_dir()
-        state_root.mkdir(parents=True, exist_ok=True)
+    # State files are append-only logs whose first line names the evaluation; the folder's manifest lists them.
+    state = OutputFolder(Path(state_dir) if state_dir else default_state_dir(), "segeval-state", require="any",
+                         what="state folder")
     prompts = dataset.class_prompts()
     classes_key = hashlib.sha256(json.dumps(prompts.prompts).encode("utf-8")).hexdigest()[:20]
     overrides = {"class_source": class_source, "threshold": threshold, "clamp": clamp}
@@ -234,13 +235,15 @@ def evaluate(
             chosen = options if seed is None else replace(options, seed=seed)
             pool = runs[-1].segmenter.pool if draw else None  # the draws share the candidate neurons
             runs.append(_open_run(bundle, dataset, method, protocol, chosen, overrides,
-                                  subtract_class_mean if method == "heads" else None, classes_key, state_root, log,
+                                  subtract_class_mean if method == "heads" else None, classes_key, state, log,
                                   label=method if not draw else f"{method}@seed{seed}", pool=pool))
     geometry = runs[0].protocol.geometry
     maps_dir = Path(save_maps) if save_maps else None
+    maps = None
     if maps_dir is not None:
-        _prepare_maps_dir(maps_dir, {"tool": "python -m core segeval", "model": info.identity(),
-                                     "dataset": dataset.identity(), "protocol": protocol, "geometry": geometry}, runs)
+        maps = _prepare_maps_dir(maps_dir, {"tool": "python -m core segeval", "model": info.identity(),
+                                            "dataset": dataset.identity(), "protocol": protocol, "geometry": geometry},
+                                 runs)
     classifier = None
     if any(run.segmenter is not None for run in runs):
         from core.engine.text import prompt_classifier
@@ -260,16 +263,18 @@ def evaluate(
         other_views = {i: None if samples[i].others is None else
                        np.stack([mask_view(o, bundle.preprocess, size, geometry) for o in samples[i].others])
                        for i in needed}
-        if maps_dir is not None:
-            for i in needed:
-                target = maps_dir / f"{i:05d}_mask.png"
-                if not target.is_file():
-                    Image.fromarray(views[i].astype(np.uint8) * 255).save(target)
+        if maps is not None:  # listed before they are written, so an interrupted run's files stay ours
+            masks = {i: f"{i:05d}_mask.png" for i in needed if not (maps_dir / f"{i:05d}_mask.png").is_file()}
+            maps.claim([*masks.values()] + [f"{run.label}/{i:05d}_map.npy" for run in runs for i in todo[run.label]])
+            for i, name in masks.items():
+                maps.write_image(name, Image.fromarray(views[i].astype(np.uint8) * 255), save=False)
         for run in runs:
             if todo[run.label]:
                 pending = todo[run.label]
                 _score_batch(run, bundle, [samples[i] for i in pending], [views[i] for i in pending],
-                             [other_views[i] for i in pending], classifier, maps_dir)
+                             [other_views[i] for i in pending], classifier, maps)
+        if maps is not None:
+            maps.save()
     results = [_method_result([run for run in runs if run.method == method], len(dataset)) for method in methods]
     return EvaluationReport(info.as_dict(), dataset.description, dataset.spec, prompts.description, protocol, results,
                             _class_accuracy(runs, dataset), str(maps_dir) if maps_dir else None,
@@ -305,7 +310,7 @@ def _check_methods(methods: Sequence[str], subtract_class_mean, batch_size) -> l
 
 
 def _open_run(bundle: ClipBundle, dataset: SegmentationDataset, method: str, protocol: str, options: MethodOptions,
-              overrides: dict, subtract_class_mean, classes_key: str, state_root: Path, log, *, label: str,
+              overrides: dict, subtract_class_mean, classes_key: str, state: OutputFolder, log, *, label: str,
               pool=None) -> _MethodRun:
     """A method's protocol, segmenter and state file: read back when its settings match, else started afresh."""
     proto = method_protocol(protocol, method, has_labels=dataset.labelled, subtract_class_mean=subtract_class_mean,
@@ -316,13 +321,18 @@ def _open_run(bundle: ClipBundle, dataset: SegmentationDataset, method: str, pro
                 "protocol": proto.record(), "classes": None if method == ORACLE else classes_key}
     if segmenter is not None and segmenter.pool is not None:  # the bases and layers actually used
         settings["neurons"] = {"source": segmenter.pool.source, "layers": list(segmenter.pool.layers)}
-    path = state_root / f"{method}-{_key(settings)}.jsonl"
+    name = f"{method}-{_key(settings)}.jsonl"
+    path = state.path / name
     run = _MethodRun(method, label, proto, segmenter, settings, path, _read_state(path, settings))
     run.resumed = len(run.records)
     if run.resumed:
         log(f"{label}: {run.resumed} images read back from {path}")
+    elif os.path.lexists(path) and path.stat().st_size:
+        pass  # our own header, nothing after it yet (checked by _read_state): appended to
     else:
-        path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+        state.write_text(name, json.dumps({"settings": settings}) + "\n", save=False)
+    state.files[name] = None  # an append-only log: listed as this command's own, never replaced or removed
+    state.save()
     return run
 
 
@@ -372,7 +382,7 @@ def _method_result(runs: list[_MethodRun], n_images: int) -> MethodResult:
 
 
 def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, other_views, classifier,
-                 maps_dir: Path | None) -> None:
+                 maps_out: OutputFolder | None) -> None:
     proto = run.protocol
     masks = torch.from_numpy(np.stack(views))
     chosen = predicted = None
@@ -395,11 +405,8 @@ def _score_batch(run: _MethodRun, bundle: ClipBundle, samples, views, other_view
         if other_views[row] is not None:
             entry["other_labels"] = list(sample.other_labels)
             entry["specificity"] = specificity_terms(maps[row], views[row], other_views[row])
-        if maps_dir is not None:
-            target = maps_dir / run.label / f"{sample.index:05d}_map.npy"
-            tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, maps[row])
-            os.replace(tmp, target)
+        if maps_out is not None:
+            maps_out.write_array(f"{run.label}/{sample.index:05d}_map.npy", maps[row], save=False)
         _append(run.state_path, entry)
         run.records[sample.index] = entry
 

@@ -35,6 +35,7 @@ from core.engine.contributions import CONVENTIONS, direct_effects, fold_weights
 from core.engine.models import ClipBundle
 from core.engine.trace import attention_forward, trace_vit
 from core.errors import ConfigError, IndexRangeError, TextError, check_index
+from core.messages import display_source
 
 METHODS = ("heads", "neurons", "random-neurons", "raw-attention", "rollout", "gradcam", "chefer")
 TEXT_FREE = ("raw-attention", "rollout")  # maps that do not depend on the text
@@ -201,7 +202,8 @@ class Segmenter:
             layers = ", ".join(map(str, self.pool.layers))
             chosen = (f"{o.top_k} random neurons per class (seed {o.seed})" if self.method == "random-neurons"
                       else f"the top {o.top_k} neurons per class by |<PC, text>|")
-            return (f"{self.method}: {chosen} of layers {layers} (bases {self.pool.source}), mean activation map"
+            return (f"{self.method}: {chosen} of layers {layers} (bases {display_source(self.pool.source)}), mean "
+                    "activation map"
                     f"{', sign-weighted' if o.sign_weight else ''}")
         if self.method == "rollout":
             return f"rollout from block {o.rollout_start}, mean over heads, 0.5 A + 0.5 I"

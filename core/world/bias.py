@@ -156,18 +156,28 @@ def write_grouped_scenes(out_dir, bias: PlantedBias, n_per_group: int, seed: int
     """
     n_per_group = world._check_int("n_per_group", n_per_group, 1)
     image_size = world._check_image_size(image_size)
+    import io
+
+    from core.writes import OutputFolder
+
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already holds files; choose a new or empty folder (nothing is overwritten)")
-    (out / "images").mkdir(parents=True)
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as table:
-        writer = csv.writer(table)
-        writer.writerow(METADATA_COLUMNS)
+    folder = OutputFolder(out, "grouped-scenes", require="empty")
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(METADATA_COLUMNS)
+    try:
         for i, (shape, background, alignment, scene) in enumerate(heldout_group_scenes(bias, n_per_group, seed)):
             name = f"images/{i:06d}.png"
-            Image.fromarray(world.render(scene, image_size)[0]).save(out / name)
+            folder.write_image(name, Image.fromarray(world.render(scene, image_size)[0]), save=False)
             writer.writerow([name, shape, group_name(shape, background, alignment), shape, background, alignment,
                              scene.colour, scene.size, scene.position, scene.count])
+        folder.write_bytes("metadata.csv", table.getvalue().encode("utf-8"), save=False)
+    except BaseException:
+        folder.clear()  # an unfinished set is removed: exactly the files written here, and the folders made
+        raise
+    folder.save()
     return out
 
 

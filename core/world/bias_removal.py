@@ -74,13 +74,17 @@ def _scene_folders(bias: PlantedBias, n_per_group: int, seed: int, n_means: int,
     root = cache_dir() / "world-scenes"
     grouped = root / f"groups-{bias.spec.replace(':', '-').replace(',', '_')}-n{n_per_group}-seed{seed}-v{world.WORLD_VERSION}"
     if not (grouped / "metadata.csv").is_file():
-        tmp = grouped.with_name(grouped.name + ".partial")
-        if tmp.exists():
-            import shutil
+        import os
+        import uuid
 
-            shutil.rmtree(tmp)  # our own unfinished write
-        write_grouped_scenes(tmp, bias, n_per_group, seed)
-        tmp.rename(grouped)
+        from core.writes import OutputFolder
+
+        tmp = root / f"{grouped.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # one per writer: none collide
+        write_grouped_scenes(tmp, bias, n_per_group, seed)  # removes what it wrote if it fails
+        try:
+            tmp.rename(grouped)
+        except OSError:  # another process finished the same set first: keep theirs, remove ours
+            OutputFolder(tmp, "grouped-scenes", require="any").clear()
     means = root / f"heldout-n{n_means}-seed{means_seed}-v{world.WORLD_VERSION}"
     if not (means / "labels.csv").is_file():
         world.write_scenes(means, n_means, means_seed, split="heldout", overwrite=True)

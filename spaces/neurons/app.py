@@ -132,7 +132,7 @@ def first_status() -> str:
     try:
         return explorer.bases_status(None, None, _default_layer())
     except CoreError as err:
-        return f"No neuron bases loaded ({err}). Compute statistics below."
+        return f"No neuron bases loaded ({ui.error_message(err)}). Compute statistics below."
 
 
 def _default_layer() -> int:
