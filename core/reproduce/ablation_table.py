@@ -23,7 +23,7 @@ def run(options, log) -> dict:
                               f"the first {options.limit} of {images.description}")
     means_paths = images.paths
     if options.means_from:
-        from core.cli.common import parse_images
+        from core.inputs import parse_images
 
         means_paths = parse_images(options.means_from, "--means-from", generator_split="heldout").local_paths()
     rows, settings = [], []

@@ -33,7 +33,7 @@ class Labelled:
 
 def labelled_set(spec: str | None, label_column: str | None = None) -> Labelled:
     """A labelled image set for a table (see the module docstring)."""
-    from core.cli.common import labelled_source
+    from core.inputs import labelled_source
     from core.engine.text import imagenet_classifier_texts
 
     if not spec:
@@ -60,6 +60,6 @@ def labelled_set(spec: str | None, label_column: str | None = None) -> Labelled:
 
 def classifier(bundle, labelled: Labelled, label_column: str | None):
     """(zero-shot classifier [class, d_out], description) for the set's class names."""
-    from core.cli.common import classifier_for
+    from core.inputs import classifier_for
 
     return classifier_for(bundle, labelled.classnames, labelled.templates, label_column)

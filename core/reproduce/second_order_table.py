@@ -22,7 +22,7 @@ PC_IMAGES = 1000
 def run(options, log) -> dict:
     import torch
 
-    from core.cli.common import parse_images
+    from core.inputs import parse_images
     from core.engine.models import load_clip
     from core.errors import ConfigError
     from core.neurons.indirect import ablated_embeddings, activation_means, indirect_stats

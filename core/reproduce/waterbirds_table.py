@@ -16,7 +16,7 @@ from core.reproduce.published import P1_MODELS, P1_WATERBIRDS, P1_WATERBIRDS_HEA
 
 
 def run(options, log) -> dict:
-    from core.cli.common import existing_folder, parse_images
+    from core.inputs import existing_folder, parse_images
     from core.engine.ablation import component_means
     from core.engine.models import load_clip
     from core.engine.text import imagenet_classifier_texts, zero_shot_classifier
