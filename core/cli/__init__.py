@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "segment",
     "segeval",
     "adversarial",
+    "circuit",
 )
 
 
