@@ -68,6 +68,7 @@ def measure_ablation(spec, bases, layer, neuron, target, progress=gr.Progress())
     return info, ui.frame(rows, explorer.ABLATION_COLUMNS)
 
 
+@gpu(duration=lambda *args, **kwargs: request_seconds(texts=1))
 @ui.guard
 def in_edges(spec, bases, head, target, top, progress=gr.Progress()):
     """The earlier-layer neurons with the strongest weight edges into the head, with their terms."""
