@@ -277,7 +277,7 @@ def ablate_paths(visual: nn.Module, pixels: torch.Tensor, layer: int, neuron: in
     masks = torch.cat([singles, torch.ones(1, n_later, n_heads, dtype=torch.bool)])
     real = real_path_effects(visual, pixels, layer, neuron, means, masks, target, coefficient=coefficient)
     whole = real_neuron_effect(visual, pixels, layer, neuron, means, target, coefficient=coefficient)
-    lens_mean = lens.mean(0)
+    lens_mean = lens.mean(0).cpu()
     return PathAblation(layer, neuron, tuple(range(layer + 1, layer + 1 + n_later)), lens_mean,
-                        real[:-1].mean(1).reshape(n_later, n_heads), float(lens_mean.sum()), float(real[-1].mean()),
-                        float(whole.mean()), pixels.shape[0])
+                        real[:-1].mean(1).reshape(n_later, n_heads).cpu(), float(lens_mean.sum()),
+                        float(real[-1].mean()), float(whole.mean()), pixels.shape[0])

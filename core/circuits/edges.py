@@ -110,8 +110,8 @@ def weight_edges(visual: nn.Module, layer: int, *, neurons=None, later=None, tar
         composition.append(torch.where(denominator > 0, weights.norms() / denominator.clamp(min=1e-30), 0.0))
         if per_neuron is not None:
             signed.append(weights.project_own(per_neuron[start:start + len(part)]))
-    return WeightEdges(layer, later, tuple(chosen), torch.cat(composition).clamp(max=1.0),
-                       torch.cat(signed) if signed else None, target if per_neuron is not None else None)
+    return WeightEdges(layer, later, tuple(chosen), torch.cat(composition).clamp(max=1.0).cpu(),
+                       torch.cat(signed).cpu() if signed else None, target if per_neuron is not None else None)
 
 
 def _enumerate_chunks(items: list[int], size: int):
@@ -166,6 +166,7 @@ class DataEdgeAccumulator:
         self.neurons = neuron_list(neurons, self.bias.d_mlp)
         self.later = later_layers(self.bias.n_layers, layer, later)
         self.targets = _per_neuron(targets, len(self.neurons), _d_out(visual))
+        self.shared_target = targets.shape[0] == 1  # one target for all: the bias shares project once per path
         if active is not None and (active.ndim != 2 or active.shape[0] != len(self.neurons)):
             raise ConfigError(f"active image ids must be [{len(self.neurons)}, k], got {list(active.shape)}")
         self.active = None if active is None else active.long()
@@ -184,7 +185,9 @@ class DataEdgeAccumulator:
                            coefficient=self.coefficient)
         projected = self.projected.to(terms.scalars.device)
         edges = terms.scalars * projected[None]
-        if terms.shared is not None:
+        if terms.shared is not None and self.shared_target:
+            edges = edges + torch.einsum("blho,o->blh", terms.shared, self.targets[0].to(terms.shared))[:, None]
+        elif terms.shared is not None:
             edges = edges + torch.einsum("blho,no->bnlh", terms.shared, self.targets.to(terms.shared))
         return edges
 
@@ -360,8 +363,9 @@ def head_in_edges(visual: nn.Module, head: tuple[int, int], layers: list[int], *
             denominator = w[:, part].norm(dim=0) * map_norm
             parts_c.append(torch.where(denominator > 0, norms / denominator.clamp(min=1e-30), 0.0))
             if per_neuron is not None:
-                parts_s.append(torch.einsum("nd,do,no->n", values, head_out, per_neuron[start:start + len(part)]))
-        composition[layer] = torch.cat(parts_c).clamp(max=1.0)
+                parts_s.append(torch.einsum("nd,do,no->n", values, head_out,
+                                            per_neuron[start:start + len(part)].to(values)))
+        composition[layer] = torch.cat(parts_c).clamp(max=1.0).cpu()
         if parts_s:
-            signed[layer] = torch.cat(parts_s)
+            signed[layer] = torch.cat(parts_s).cpu()
     return InEdges((l2, h), tuple(sorted(set(layers))), composition, signed, {}, target if signed else None)

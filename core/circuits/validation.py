@@ -76,9 +76,9 @@ def faithfulness(visual: nn.Module, pixels: torch.Tensor, layer: int, neuron: in
     n_later, n_heads = lens.shape[1:]
     n_paths = n_later * n_heads
     paths = [(layer + 1 + p // n_heads, p % n_heads) for p in range(n_paths)]
-    lens_effects = lens.mean(0).reshape(-1).double().numpy()
+    lens_effects = lens.mean(0).reshape(-1).double().cpu().numpy()
     attribution = attribution_scores(visual, pixels, layer, neuron, means, target,
-                                     coefficient=coefficient).mean(0).reshape(-1).double().numpy()
+                                     coefficient=coefficient).mean(0).reshape(-1).double().cpu().numpy()
     top, chosen_by_attribution = _order(lens_effects), _order(attribution)
     rng = np.random.default_rng([seed, layer, neuron])
     ks = range(1, n_paths + 1)
@@ -93,7 +93,7 @@ def faithfulness(visual: nn.Module, pixels: torch.Tensor, layer: int, neuron: in
         masks[row, kept] = False
     if real:
         real_effects = real_path_effects(visual, pixels, layer, neuron, means, masks.reshape(-1, n_later, n_heads),
-                                         target, coefficient=coefficient).mean(1).double().numpy()
+                                         target, coefficient=coefficient).mean(1).double().cpu().numpy()
     else:
         real_effects = np.full(len(kept_sets), np.nan)
     full_real, full_lens = float(real_effects[0]), float(lens_effects.sum())

@@ -137,6 +137,10 @@ def test_streamed_data_edges_do_not_depend_on_batching_chunks_or_order(toy):
     torch.testing.assert_close(one.total, expected, rtol=1e-5, atol=1e-6)
     share = one.share()
     torch.testing.assert_close(share.abs().sum((1, 2)), torch.ones(4))
+    # one target shared by every neuron is the same as that target given to each
+    shared = data_edges(visual, layer, batched, targets[:1], neurons=neurons, active=active)
+    each = data_edges(visual, layer, batched, targets[:1].repeat(4, 1), neurons=neurons, active=active)
+    torch.testing.assert_close(shared.mean, each.mean, rtol=1e-5, atol=1e-7)
 
 
 def test_active_images_are_paper_2s_selection(toy):
