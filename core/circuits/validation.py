@@ -188,28 +188,38 @@ def labels_predict_causes(edges: dict[int, torch.Tensor], neuron_attributes: dic
     attribute per neuron; head_attributes: (layer, head) -> attribute. The null permutes the head attributes
     over every head that can receive an edge (layers after the first neuron layer)."""
     heads = sorted(head_attributes)
-    labels = [head_attributes[h] for h in heads]
+    names = sorted({a for a in head_attributes.values() if a is not None}
+                   | {a for attributes in neuron_attributes.values() for a in attributes if a is not None})
+    code = {name: i for i, name in enumerate(names)}
+    labels = np.array([code.get(head_attributes[h], -1) for h in heads])  # -1: a head that names no attribute
     position = {h: i for i, h in enumerate(heads)}
-    rows = []  # (edge mass over the heads it reaches [head], head positions, attribute)
+    masses, reached_rows, row_attributes = [], [], []  # per labelled neuron: |edge| shares over all heads
     for layer, magnitudes in edges.items():
         n_later, n_heads = magnitudes.shape[1:]
         reached = [position[(layer + 1 + p // n_heads, p % n_heads)] for p in range(n_later * n_heads)]
         for neuron, attribute in enumerate(neuron_attributes[layer]):
-            if attribute is None:
+            mass = magnitudes[neuron].reshape(-1).double().cpu().numpy()
+            if attribute is None or mass.sum() <= 0:
                 continue
-            mass = magnitudes[neuron].reshape(-1).double().numpy()
-            if mass.sum() > 0:
-                rows.append((mass / mass.sum(), np.array(reached), attribute))
+            row, hit = np.zeros(len(heads)), np.zeros(len(heads), dtype=bool)
+            row[reached], hit[reached] = mass / mass.sum(), True
+            masses.append(row)
+            reached_rows.append(hit)
+            row_attributes.append(code[attribute])
+    masses = np.array(masses).reshape(-1, len(heads))
+    reached_rows = np.array(reached_rows, dtype=bool).reshape(-1, len(heads))
+    row_attributes = np.array(row_attributes, dtype=int)
 
-    def statistic(assignment: list[str | None]) -> tuple[float, int]:
-        shares = [float(mass[np.array([assignment[r] == attribute for r in reached])].sum())
-                  for mass, reached, attribute in rows if any(assignment[r] == attribute for r in reached)]
-        return (float(np.mean(shares)) if shares else 0.0), len(shares)
+    def statistic(assignment: np.ndarray) -> tuple[float, int]:
+        """Mean share of |edge| mass on heads of the neuron's attribute, over neurons that reach such a head."""
+        same = assignment[None, :] == row_attributes[:, None]  # [neuron, head]
+        counted = (same & reached_rows).any(1)
+        shares = (masses * same).sum(1)[counted]
+        return (float(shares.mean()) if len(shares) else 0.0), int(counted.sum())
 
     observed, count = statistic(labels)
     rng = np.random.default_rng(seed)
-    null = np.array([statistic(list(rng.permutation(np.array(labels, dtype=object))))[0]
-                     for _ in range(permutations)])
+    null = np.array([statistic(rng.permutation(labels))[0] for _ in range(permutations)])
     p_value = (1 + int((null >= observed).sum())) / (1 + permutations)
     return LabelTest(observed, float(null.mean()), float(null.std()), p_value, count, dict(head_attributes),
                      permutations)
