@@ -59,9 +59,12 @@ def edge_map(values: np.ndarray, later_layers: tuple[int, ...], title: str, unit
     rows, cols = values.shape
     cell = 56 if cols <= 8 else 40 if cols <= 16 else 28
     left, top = 60, 46
-    width, height = max(left + cols * cell + 12, 320), top + rows * cell + 10
+    font, small = _font(14), _font(11)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(measure.textlength(title, font=font), measure.textlength(unit, font=_font(13)))
+    width, height = max(left + cols * cell + 12, 320, int(text_width) + 16), top + rows * cell + 10
     canvas = Image.new("RGB", (width, height), "white")
-    draw, font, small = ImageDraw.Draw(canvas), _font(14), _font(11)
+    draw = ImageDraw.Draw(canvas)
     draw.text((6, 4), title, fill="black", font=font)
     limit = float(np.abs(values).max()) or 1e-12
     colours = diverging_colours(values, limit)

@@ -43,8 +43,8 @@ def test_circuits_tab_end_to_end(app_url):
         # data edges over the neuron's top images
         page.get_by_text("data edges (the neuron's top images)").click()
         page.click("#circuits-show")
-        page.locator("#circuits-info").get_by_text("Data edges over").wait_for(timeout=180_000)
-        assert "the sum of the edges" in page.locator("#circuits-info").inner_text()
+        page.locator("#circuits-info").get_by_text("the sum of the edges (exact)").wait_for(timeout=180_000)
+        assert "top 100 images" in page.locator("#circuits-info").inner_text()
         # the share of the neuron's real effect the lens explains
         page.click("#circuits-ablation-run")
         page.locator("#circuits-ablation-info").get_by_text("of the neuron's real effect").wait_for(timeout=240_000)
