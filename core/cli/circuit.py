@@ -135,7 +135,9 @@ def _out_edges(args, bundle, image_set, artifact, source) -> int:
         a = circuit.ablation
         print(f"mean ablation on {a.n_images} images (effect on <y, t> x100/|y|): all paths, lens {a.lens_all:+.5f}; "
               f"all paths, real model {a.real_all:+.5f}; whole neuron, real model {a.neuron_real:+.5f}; the lens "
-              f"explains {a.share_explained:.1%} of the neuron's real effect")
+              f"explains {a.share_explained:.1%} of the neuron's real effect"
+              + (" (opposite signs: the lens does not describe this neuron's real effect)"
+                 if a.lens_all * a.neuron_real < 0 else ""))
         for i, l2 in enumerate(a.later_layers):
             print("  " + "  ".join(f"L{l2}H{h}: lens {float(a.lens[i, h]):+.5f} real {float(a.real[i, h]):+.5f}"
                                    for h in range(a.lens.shape[1])))

@@ -184,7 +184,9 @@ def measure_ablation(spec: str | None, bases: str | None, layer, neuron, text: s
             f"{circuit.target}.  \nAll paths: lens **{a.lens_all:+.5f}**, real model (hooked re-run, real LayerNorm "
             f"and everything downstream) **{a.real_all:+.5f}**. The whole neuron ablated in the residual (direct, "
             f"value, query/key and later-MLP paths): **{a.neuron_real:+.5f}**. The second-order lens explains "
-            f"**{a.share_explained:.1%}** of the neuron's real effect.")
+            f"**{a.share_explained:.1%}** of the neuron's real effect."
+            + ("  \n**The real effect has the opposite sign**: the frozen-LayerNorm lens does not describe what this "
+               "neuron does in the real network." if a.lens_all * a.neuron_real < 0 else ""))
     rows = [{"path": head_label(l2, h), "lens (frozen LN)": round(float(a.lens[i, h]), 6),
              "real model": round(float(a.real[i, h]), 6)}
             for i, l2 in enumerate(a.later_layers) for h in range(a.lens.shape[1])]
