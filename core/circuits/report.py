@@ -109,15 +109,11 @@ class NeuronCircuit:
 
 def neuron_basis_or_none(artifact, layer: int, info=None):
     """The artifact's neuron basis of `layer`, or None when it has no neuron statistics for it."""
-    if artifact is None:
+    if artifact is None or not artifact.manifest["algorithms"].get("neurons"):
         return None
     from core.neurons.bases import load_neuron_basis, neuron_layers
 
-    try:
-        layers = neuron_layers(artifact)
-    except BasesError:
-        return None
-    return load_neuron_basis(artifact, layer, info) if layer in layers else None
+    return load_neuron_basis(artifact, layer, info) if layer in neuron_layers(artifact) else None
 
 
 def head_text_map(artifact, n: int = HEAD_TEXTS) -> dict[tuple[int, int], tuple[str, ...]]:
@@ -326,13 +322,10 @@ def head_circuit(bundle, head: tuple[int, int], *, target: str | None = None, ar
         raise ConfigError("heads of layer 0 read no MLP neuron (every MLP comes after them): choose a later head")
     target = check_target(target)
     bases_layers = []
-    if artifact is not None:
+    if artifact is not None and artifact.manifest["algorithms"].get("neurons"):
         from core.neurons.bases import neuron_layers
 
-        try:
-            bases_layers = [layer for layer in neuron_layers(artifact) if layer < l2]
-        except BasesError:
-            bases_layers = []
+        bases_layers = [layer for layer in neuron_layers(artifact) if layer < l2]
     layers = sorted(set(layers)) if layers else (bases_layers or list(range(l2)))
     for layer in layers:
         check_index("layer", layer, l2)

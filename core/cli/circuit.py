@@ -71,6 +71,7 @@ def _artifact(bundle, source):
 def run(args) -> int:
     from core.artifacts.hub import check_user_source
     from core.cli.common import count, model_spec, parse_images, positive
+    from core.cli.segment import check_device
     from core.errors import ConfigError
 
     count(args.top, "top", "--top")
@@ -84,16 +85,17 @@ def run(args) -> int:
         raise ConfigError("--neuron and --head ask for different views: give one of them")
     positive(args.layer, "--layer", minimum=0)
     positive(args.neuron, "--neuron", minimum=0)
-    if args.weights_only and (args.images or args.ablation):
+    if args.weights_only and (args.images is not None or args.ablation):
         raise ConfigError("--weights-only uses no images: leave out --images and --ablation")
-    if head is None and not args.weights_only and not args.images:
+    if head is None and not args.weights_only and args.images is None:
         raise ConfigError("data edges need --images SET (or pass --weights-only)")
-    if head is not None and (args.images or args.ablation):
+    if head is not None and (args.images is not None or args.ablation):
         raise ConfigError("a head's in-edges are weight edges: leave out --images and --ablation")
     if args.bases is not None:
         check_user_source(args.bases)
+    check_device(args)
     model_spec(args)
-    image_set = parse_images(args.images, generator_split="heldout") if args.images else None
+    image_set = parse_images(args.images, generator_split="heldout") if args.images is not None else None
     bundle = load_model(args)
     artifact, source = _artifact(bundle, args.bases)
     if head is not None:
