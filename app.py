@@ -21,7 +21,7 @@ from core import settings  # noqa: E402
 from core.messages import error_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"), ("Circuits", "circuits"),
         ("Segmentation", "segmentation"), ("Adversarial", "adversarial"))
 
 

@@ -57,6 +57,8 @@ CARDS = {
                          ("zero-shot-segmentation", "second-order-effects")),
     "adversarial": Card("clipscope · Adversarial", "🎭", "purple", "red", "Images that fool CLIP, from neurons' words",
                         ("2406.04341",), ("adversarial-images", "second-order-effects", "stable-diffusion")),
+    "circuits": Card("clipscope · Circuits", "🕸", "purple", "indigo", "Which heads carry each CLIP neuron's effect",
+                     ("2406.04341",), ("second-order-effects", "circuits", "neurons")),
     "suite": Card("clipscope", "🔭", "blue", "purple", "CLIP's heads and neurons explained in words",
                   ("2310.05916", "2406.04341"), ("textspan", "second-order-effects")),
 }

@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "segeval",
     "adversarial",
     "reproduce",
+    "circuit",
 )
 
 

@@ -76,6 +76,7 @@ class BasesPlan:
     convention: str = "paper"
     criterion: str = "std"
     loader_threads: int = 0  # decode each batch's images in threads (a GPU outruns one decoding thread)
+    circuits: bool = False  # also store every neuron's weight edges to the later heads (core.circuits.bases)
 
     def n_shards(self, count: int) -> int:
         return -(-count // self.shard_size)
@@ -233,9 +234,14 @@ def _plan_record(plan: BasesPlan) -> dict:
 
 
 def _algorithms(plan: BasesPlan, count: int) -> dict:
-    return {"textspan": textspan_build_params(plan.per_head, plan.rank, plan.criterion, "data"),
-            "neurons": neuron_build_params(plan.neuron_layers, plan.n_terms, plan.options, None),
-            "sharding": plan.sharding(count)}
+    algorithms = {"textspan": textspan_build_params(plan.per_head, plan.rank, plan.criterion, "data"),
+                  "neurons": neuron_build_params(plan.neuron_layers, plan.n_terms, plan.options, None),
+                  "sharding": plan.sharding(count)}
+    if plan.circuits:
+        from core.circuits.bases import circuit_build_params
+
+        algorithms["circuits"] = circuit_build_params(plan.neuron_layers)
+    return algorithms
 
 
 def _work_key(bundle: ClipBundle, image_set: ImageSet, plan: BasesPlan) -> str:
@@ -476,6 +482,11 @@ def _write_artifact(writer, bundle, image_set, texts, plan, totals, means, tops,
             top_vectors=top.vectors, embeddings=embeddings, n_terms=plan.n_terms, options=plan.options,
             progress=progress)
     metrics = write_neuron_tables(writer, plan.neuron_layers, texts, image_set, layer_results) if tops else {}
+    if plan.circuits:
+        from core.circuits.bases import write_circuit_group
+
+        for layer, (stats, _) in layer_results.items():
+            write_circuit_group(writer, bundle.model.visual, layer, stats.pcs)
     if not tops and not writer.has("image_set"):
         writer.add_json("image_set", image_set.record())
     if report.skipped:

@@ -131,8 +131,20 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
         also = "  \n(No TextSpan for this head was computed in this session: these are the bases' texts.)"
     total = rows[-1]["cumulative_variance"]
     return HeadTexts(f"{_model_line(bundle.info)}  \n**Head {name}** ({source_name}): {len(rows)} texts explain "
-                     f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}",
-                     _text_rows(rows), source_name)
+                     f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}"
+                     f"{_circuit_link(bundle, bases, chosen)}", _text_rows(rows), source_name)
+
+
+def _circuit_link(bundle, bases: str | None, head: tuple[int, int]) -> str:
+    """A link to the Circuits tab's in-edges of this head (heads of layer 0 read no MLP neuron)."""
+    from core.links.codec import encode
+
+    if head[0] == 0:
+        return ""
+    bases = (bases or "").strip()
+    query = encode(ViewState("circuits", model=bundle.info.spec, bases=bases if BASES.fullmatch(bases) else None,
+                             head=f"{head[0]}.{head[1]}"))
+    return f"  \n[The neurons that feed this head](?{query})"
 
 
 def _image_set(bundle, source: str, folder: str | None, uploads, n_images: int, progress):

@@ -131,8 +131,18 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
             f"{float(stats.thresholds[n]):.3f}; PC share of the top-{stats.k} energy {float(stats.pc_variance[n]):.3f}; "
             f"reconstruction cosine of the PC from its {len(terms)} texts "
             f"{float(basis.words.reconstruction_cosine[n]):.3f} (dictionary {basis.words.dictionary_mode}).  \n"
-            f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}")
+            f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}  \n"
+            f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})")
     return NeuronView(info, rows, gallery)
+
+
+def _circuit_query(bundle, bases: str | None, layer: int, neuron: int) -> str:
+    """The Circuits tab's link for this neuron (the same model and Hub bases)."""
+    from core.links.codec import encode
+
+    bases = (bases or "").strip()
+    return encode(ViewState("circuits", model=bundle.info.spec, bases=bases if BASES.fullmatch(bases) else None,
+                            layer=layer, neuron=neuron))
 
 
 def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_path: str | None, image_ref: str | None,

@@ -298,6 +298,24 @@ COMMANDS["reproduce"] = Command(_base("reproduce", "p1-ablations", "--model", MO
     ("", [("nothing", r"unknown table"), ("", r"unknown table")]), ("--limit", POSITIVE), ("--batch-size", POSITIVE),
     ("--per-head", POSITIVE), ("--repeats", [("0", r"at least 1"), ("11", r"at most 10"), ("x", r"invalid int")]),
     ("--generator", [("bogus", r"sd or world")]), ("--model", MODELS[:8])))
+# Circuits (issue 24): a neuron's out-edges (weights, data) and a head's in-edges.
+COMMANDS["circuit"] = Command(_base("circuit", "--model", MODEL, "--layer", "1", "--neuron", "3", "--weights-only",
+                                    "--bases", "{bases}"), 1, (
+    ("--model", MODELS), ("--layer", [("-1", r"at least 0"), ("99", r"out of range"), ("2", r"no later attention"),
+                                      ("abc", r"invalid int value")]),
+    ("--neuron", [("-1", r"at least 0"), ("192", r"out of range"), ("abc", r"invalid int value")]),
+    ("--target", [("   ", r"target"), ("x" * 20_000, r"target"), ("class:", r"class name")]),
+    ("--top", POSITIVE), ("--bases", BASES_FOLDER), ("--mode", CHOICE), ("--device", CHOICE),
+    ("--images", [("world:5", r"no images")])))
+COMMANDS["circuit data"] = Command(_base("circuit", "--model", MODEL, "--layer", "1", "--neuron", "3", "--images",
+                                         "world:12", "--k", "4"), 1, (
+    ("--images", FOLDER + WORLD), ("--k", POSITIVE[:3] + [("50", r"k = 50")]), ("--mean-images", POSITIVE),
+    ("--batch-size", POSITIVE)))
+COMMANDS["circuit head"] = Command(_base("circuit", "--model", MODEL, "--head", "2.1"), 1, (
+    ("--head", [("x", r"LAYER\.HEAD"), ("9.1", r"out of range"), ("2.9", r"out of range"), ("0.0", r"layer 0"),
+                ("", r"LAYER\.HEAD")]),
+    ("--layer", [("5", r"out of range")]), ("--neuron", [("3", r"one of them")]),
+    ("--images", [("world:5", r"weight edges")])))
 
 # Paths each command reads or writes, given a valid value: in public mode every one of them is refused.
 PUBLIC_PATHS = {
@@ -312,6 +330,7 @@ PUBLIC_VALUES = {"--images": "{images}", "--means-from": "{images}", "--template
                  "--texts": "{pool}", "--evaluate": "{scenes}", "--image": "{png}", "--gallery": "{images}",
                  "--heads": "{heads_json}", "--bases": "{bases}", "": "{bases}"}
 PUBLIC_PATHS.update({"reproduce": ["--out"], "adversarial": ["--out", "--bases"], "segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
+PUBLIC_PATHS.update({"circuit": ["--bases"], "circuit data": ["--images"]})
 PUBLIC_VALUES.update({"--dataset": "{scenes}", "--state-dir": "{tmp}/state", "--save-maps": "{tmp}/maps",
                       "--classes": "{pool}"})
 
