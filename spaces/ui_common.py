@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -78,6 +79,16 @@ release_memory = _release_memory()
 MODEL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipscope-model")
 
 
+def _request_scope():
+    """In public mode the lenses of one request share traced forwards, and no request reuses another's
+    (core.engine.shared_trace); locally one process-wide cache serves every request."""
+    if not settings.public():
+        return contextlib.nullcontext()
+    from core.engine.shared_trace import trace_scope
+
+    return trace_scope()
+
+
 def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
     """Run a handler (on the model threads unless model=False); a CoreError becomes its message, anything
     unexpected a short message (details in the server log)."""
@@ -86,7 +97,8 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
 
     def call(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _request_scope():
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
         except CoreError as err:

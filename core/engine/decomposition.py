@@ -19,7 +19,7 @@ from core.engine.contributions import direct_effects, fold_weights, spatial_valu
 from core.engine.images import load_image
 from core.engine.models import ClipBundle
 from core.engine.text import encode_texts
-from core.engine.trace import trace_vit
+from core.engine.shared_trace import shared_trace
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def decompose_image(
     visual = bundle.model.visual
     folded = fold_weights(visual)
     # The values are mapped onto the texts layer by layer: about one forward's memory, never all values.
-    trace = trace_vit(visual, pixels, value_maps=spatial_value_maps(folded, text_embeddings))
+    trace = shared_trace(visual, pixels, value_maps=spatial_value_maps(folded, text_embeddings))
     effects = direct_effects(trace, folded, convention=convention, spatial=True, directions=text_embeddings).scores()
     # The error is measured in the full output space against the model's own forward pass.
     reference = bundle.model.encode_image(pixels)
