@@ -351,10 +351,37 @@ def configure(args: argparse.Namespace) -> tuple[str, int]:
     return host, port
 
 
+def warm_up() -> None:
+    """Load the default model (and run its first forward) so that the first answer does not pay for it. A model
+    that cannot load is left to the tabs, which say why when used."""
+    start = time.perf_counter()
+    try:
+        import torch
+
+        from core.engine.models import load_clip
+        from core.engine.trace import trace_vit
+
+        bundle = load_clip(settings.default_model(), device=settings.resolve_device())
+        size = bundle.info.image_size
+        trace_vit(bundle.model.visual, torch.zeros(1, 3, size, size, device=bundle.device))
+    except CoreError as err:
+        log.warning("the default model did not load: %s", err)
+        return
+    print(f"clipscope: default model {bundle.info.spec} ready on {bundle.device} "
+          f"({time.perf_counter() - start:.1f} s after serving)", file=sys.stderr, flush=True)
+
+
 def launch(demo: gr.Blocks, host: str, port: int) -> None:
+    """Serve `demo`. The page is served first and the default model loads right after, in the background (on
+    ZeroGPU, where models must be placed at start-up, before serving)."""
+    if ON_ZERO_GPU:
+        warm_up()
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=True, max_threads=MAX_THREADS,
-        footer_links=["api", "gradio"])
+        footer_links=["api", "gradio"], prevent_thread_lock=True)
+    if not ON_ZERO_GPU:
+        threading.Thread(target=warm_up, name="clipscope-warm-up", daemon=True).start()
+    demo.block_thread()
 
 
 def load_module(name: str, path: Path):

@@ -34,9 +34,8 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.engine.conventions import CONVENTIONS
 from core.engine.trace import VitTrace
-
-CONVENTIONS = ("paper", "centered")
 
 
 @dataclass(frozen=True)

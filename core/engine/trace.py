@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ConfigError, ImageError, UnsupportedModelError, check_index
+from core.lazy import lazy_module
+
+open_clip = lazy_module("open_clip")  # it imports torchvision, transformers and timm: seconds, on first use
 
 
 @dataclass(frozen=True)

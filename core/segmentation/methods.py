@@ -36,9 +36,8 @@ from core.engine.models import ClipBundle
 from core.engine.shared_trace import shared_trace
 from core.engine.trace import attention_forward
 from core.errors import ConfigError, IndexRangeError, TextError, check_index
+from core.segmentation.names import METHODS, TEXT_FREE  # noqa: F401  (re-exported)
 
-METHODS = ("heads", "neurons", "random-neurons", "raw-attention", "rollout", "gradcam", "chefer")
-TEXT_FREE = ("raw-attention", "rollout")  # maps that do not depend on the text
 MAX_TEXTS = 16
 DEFAULT_TOP_K = 200
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.world import scenes as world
-from core.engine.text import cache_dir
+from core.settings import cache_dir
 
 EXAMPLE_SEED = 7
 
