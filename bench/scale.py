@@ -145,7 +145,7 @@ def gpu_section(args) -> None:
 
     import core.world  # noqa: F401  (registers world:N)
     from core.distributed.bases import BasesPlan, build_bases
-    from core.engine.contributions import direct_effects, fold_weights
+    from core.engine.contributions import direct_effects, fold_weights, spatial_value_maps
     from core.engine.models import load_clip
     from core.engine.text import encode_texts
     from core.engine.trace import trace_vit
@@ -179,13 +179,14 @@ def gpu_section(args) -> None:
         pixels = torch.randn(batch, 3, info.image_size, info.image_size, device=device)
         folded = fold_weights(visual)
         ten = encode_texts(bundle, texts[:10]).to(device)
+        maps = spatial_value_maps(folded, ten)
         layer = max(0, info.n_layers - 3)
         basis = second_order_basis(visual, layer)
         with torch.inference_mode():
             rows = {
                 "forward": rate(lambda: visual(pixels), batch),
                 "decomposition": rate(lambda: direct_effects(trace_vit(visual, pixels), folded).scores(), batch),
-                "spatial onto 10 texts": rate(lambda: direct_effects(trace_vit(visual, pixels, keep_values=True), folded,
+                "spatial onto 10 texts": rate(lambda: direct_effects(trace_vit(visual, pixels, value_maps=maps), folded,
                                                                      spatial=True, directions=ten).scores(), batch),
                 f"second-order, layer {layer}": rate(lambda: second_order_effects(
                     trace_vit(visual, pixels, mlp_layers=[layer]), basis), batch),

@@ -14,3 +14,8 @@ TOY_BIASED_DIR = DATA_DIR / "toy_biased"
 TOY_BIASED_WEIGHTS = TOY_BIASED_DIR / "toy_biased_clip.safetensors"
 # The project's own models: spec -> weights file (both are the toy architecture, source "toy").
 TOY_MODELS = {"toy": TOY_WEIGHTS, TOY_BIASED_SPEC: TOY_BIASED_WEIGHTS}
+TOY_DISPLAY_NAMES = {
+    "toy": "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)",
+    TOY_BIASED_SPEC: "toy-biased: clipscope's small CLIP trained on a world with a planted bias "
+                     "(triangles on dotted, squares on striped backgrounds)",
+}

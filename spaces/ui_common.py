@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import contextvars
 import errno
 import functools
@@ -116,6 +117,16 @@ release_memory = _release_memory()
 MODEL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipscope-model")
 
 
+def _request_scope():
+    """In public mode the lenses of one request share traced forwards, and no request reuses another's
+    (core.engine.shared_trace); locally one process-wide cache serves every request."""
+    if not settings.public():
+        return contextlib.nullcontext()
+    from core.engine.shared_trace import trace_scope
+
+    return trace_scope()
+
+
 def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
     """Run a handler (on the model threads unless model=False); a CoreError becomes its message, anything
     unexpected a short message (details in the server log)."""
@@ -124,7 +135,7 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
 
     def call(*args, **kwargs):
         try:
-            with budget.request_scope():  # public mode: the request's deadline and memory reservation
+            with budget.request_scope(), _request_scope():  # public mode: deadline, memory, own traces
                 return fn(*args, **kwargs)
         except gr.Error:
             raise
@@ -397,14 +408,41 @@ def configure(args: argparse.Namespace) -> tuple[str, int]:
     return host, port
 
 
+def warm_up() -> None:
+    """Load the default model (and run its first forward) so that the first answer does not pay for it. A model
+    that cannot load is left to the tabs, which say why when used."""
+    start = time.perf_counter()
+    try:
+        import torch
+
+        from core.engine.models import load_clip
+        from core.engine.trace import trace_vit
+
+        bundle = load_clip(settings.default_model(), device=settings.resolve_device())
+        size = bundle.info.image_size
+        trace_vit(bundle.model.visual, torch.zeros(1, 3, size, size, device=bundle.device))
+    except CoreError as err:
+        log.warning("the default model did not load: %s", err)
+        return
+    print(f"clipscope: default model {bundle.info.spec} ready on {bundle.device} "
+          f"({time.perf_counter() - start:.1f} s after serving)", file=sys.stderr, flush=True)
+
+
 def launch(demo: gr.Blocks, host: str, port: int) -> None:
+    """Serve `demo`. The page is served first and the default model loads right after, in the background (on
+    ZeroGPU, where models must be placed at start-up, before serving)."""
     # Gradio's cached copies of results and uploads go after an hour; a session's own files when it ends.
     demo.delete_cache = demo.delete_cache or DELETE_CACHE
     demo.unload(session_ended)
     start_sweeper()
+    if ON_ZERO_GPU:
+        warm_up()
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=True, max_threads=MAX_THREADS,
-        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]})
+        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]}, prevent_thread_lock=True)
+    if not ON_ZERO_GPU:
+        threading.Thread(target=warm_up, name="clipscope-warm-up", daemon=True).start()
+    demo.block_thread()
 
 
 # ---------------------------------------------------------------- server resources

@@ -9,7 +9,9 @@ from core.lazy import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "models": ["ClipBundle", "ModelInfo", "load_clip", "parse_spec", "canonical_spec", "default_spec", "describe"],
     "trace": ["VitTrace", "trace_vit", "check_supported", "layer_norm_stats", "attention_forward"],
-    "contributions": ["DirectEffects", "FoldedWeights", "direct_effects", "fold_weights", "cls_to_cls"],
+    "shared_trace": ["shared_trace", "trace_scope", "clear_shared_traces", "TraceCache"],
+    "contributions": ["DirectEffects", "FoldedWeights", "direct_effects", "fold_weights", "cls_to_cls",
+                      "spatial_value_maps"],
     "decomposition": ["ImageDecomposition", "decompose_image"],
     "ablation": ["Ablation", "ComponentMeans", "ablate", "ablation_accuracies", "component_means",
                  "standard_ablations"],

@@ -23,19 +23,21 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import open_clip
 import torch
 from torch import nn
 
 from core import settings
 from core.errors import ConfigError, UnknownModelError, UnsupportedModelError, WeightsError
 from core.guards import check_model_allowed
+from core.lazy import lazy_module
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_DISPLAY_NAMES, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
-from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
+open_clip = lazy_module("open_clip")  # it imports torchvision, transformers and timm: seconds, on first use
 
 TOY_SPEC = "toy"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -116,11 +118,8 @@ class ModelInfo:
 
     @property
     def display_name(self) -> str:
-        if self.source == "toy" and self.spec == TOY_BIASED_SPEC:
-            return ("toy-biased: clipscope's small CLIP trained on a world with a planted bias "
-                    "(triangles on dotted, squares on striped backgrounds)")
         if self.source == "toy":
-            return "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)"
+            return TOY_DISPLAY_NAMES.get(self.spec, TOY_DISPLAY_NAMES["toy"])
         if self.random_init:
             return f"{self.arch} with RANDOM weights (not trained; for testing only)"
         return self.spec
@@ -355,6 +354,9 @@ def canonical_spec(arch: str, pretrained: str, source: str) -> str:
     return f"{arch}/{pretrained}"
 
 
+_LOAD_LOCK = threading.RLock()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(spec: str, device: str) -> ClipBundle:
     arch, pretrained, source = parse_spec(spec)
@@ -389,7 +391,10 @@ def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) ->
     """
     spec = check_model_allowed(spec)
     chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
-    return _load_cached(spec, str(chosen))
+    # One load at a time: the app loads its default model in the background while the first requests arrive, and
+    # open_clip's config registry is not thread-safe (a model half registered by one thread is "unknown" to another).
+    with _LOAD_LOCK:
+        return _load_cached(spec, str(chosen))
 
 
 def default_spec() -> str:

@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core import settings
-from core.engine.images import load_image
 from core.errors import ConfigError, CoreError, ImageError, TextError
 from core.explorer import access
 from core.links.codec import ViewState, encode
@@ -111,6 +110,8 @@ def query_image(path: str | None, ref: str | None, *, what: str = "the uploaded 
         return QueryImage(image_from_ref(ref), ref, describe_ref(ref))
     if path:
         # Uploads keep the visitor's file name (Gradio stores them as <cache>/<hash>/<name>): say which file.
+        from core.engine.images import load_image  # torch: not before the first request
+
         return QueryImage(load_image(path, name=f"{what} {Path(path).name}"), "upload", "an uploaded image")
     raise ImageError("Upload an image or pick an example first.")
 

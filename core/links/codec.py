@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 from urllib.parse import parse_qsl, urlencode
 
-from core.engine.contributions import CONVENTIONS
+from core.engine.conventions import CONVENTIONS
 
 MAX_TEXTS = 16
 MAX_TEXT_CHARS = 200

@@ -356,14 +356,16 @@ def second_order_effects(
     directions = basis.directions
     if index is not None:
         scalars, directions = scalars[..., index], directions[index]
+    scalars = scalars.permute(2, 0, 1).contiguous()  # [neuron, batch, later*head]: one small copy, contiguous rows
     directions = directions.reshape(directions.shape[0], -1, directions.shape[-1])  # [neuron, later*head, d_out]
     n_out = directions.shape[0]
     effects = torch.empty(batch, n_out, directions.shape[-1], dtype=directions.dtype, device=directions.device)
     step = chunk or n_out
     for start in range(0, n_out, step):
         part = slice(start, start + step)
-        # [neuron, batch, later*head] @ [neuron, later*head, d_out]
-        effects[:, part] = torch.bmm(scalars[..., part].permute(2, 0, 1), directions[part]).transpose(0, 1)
+        # [neuron, batch, later*head] @ [neuron, later*head, d_out], written straight into the [batch, neuron, d_out]
+        # result through its transposed view (no intermediate of the result's size)
+        torch.bmm(scalars[part], directions[part], out=effects[:, part].transpose(0, 1))
     if mode == "paper":
         effects += (_shared_term(trace, basis) * scale[:, None])[:, None, :]
     return effects

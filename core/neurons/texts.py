@@ -31,6 +31,7 @@ from core.neurons.stats import NeuronStats, Progress
 from core.neurons.second_order import check_layer, second_order_basis, second_order_effects
 from core.neurons.sparse import DEFAULT_N_TERMS, DICTIONARY_MODES, SparseCode, iter_omp, prepare_dictionary, reconstruct
 from core.engine.images import load_image
+from core.engine.shared_trace import shared_trace
 from core.engine.trace import VitTrace, trace_vit
 
 DEFAULT_DICTIONARY = "normalise_texts"
@@ -194,7 +195,8 @@ def image_effects(visual: nn.Module, layer: int, pixels: torch.Tensor, *, mode: 
                   coefficient: float = 100.0) -> tuple[torch.Tensor, VitTrace]:
     """(phi [batch, neuron, d_out], the trace) of MLP `layer` for preprocessed pixels [batch, 3, H, W]."""
     basis = second_order_basis(visual, layer)
-    trace = trace_vit(visual, pixels.to(basis.directions.device), mlp_layers=[layer])
+    # shared: the activation maps, the concepts and other lenses of the same image read the same traced forward
+    trace = shared_trace(visual, pixels.to(basis.directions.device), mlp_layers=[layer])
     return second_order_effects(trace, basis, mode=mode, coefficient=coefficient), trace
 
 

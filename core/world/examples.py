@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import caches
-from core.engine.text import cache_dir
 from core.errors import OutputError
+from core.settings import cache_dir
 from core.world import scenes as world
 
 EXAMPLE_SEED = 7

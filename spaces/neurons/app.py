@@ -136,8 +136,13 @@ def first_status() -> str:
 
 
 def _default_layer() -> int:
-    from core.engine.models import load_clip
+    from core.engine.configs import vision_layers
     from core.errors import CoreError
+
+    layers = vision_layers(settings.default_model())  # from the config: the page is laid out before any model loads
+    if layers is not None:
+        return explorer.default_layer(layers)
+    from core.engine.models import load_clip
 
     try:
         return explorer.default_layer(load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers)

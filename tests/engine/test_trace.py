@@ -67,6 +67,31 @@ def test_trace_shapes(tiny):
     assert torch.allclose(torch.einsum("blht,blthd->blhd", trace.attn_cls, trace.values), trace.head_cls, atol=1e-5)
 
 
+@pytest.mark.parametrize("spec", TINY_SPECS)
+def test_last_block_at_the_class_token_equals_the_full_block(spec):
+    """The last block runs at the class token only unless its MLP activations are asked for: same trace."""
+    bundle = load_clip(spec)
+    visual = bundle.model.visual
+    pixels = random_pixels(bundle, batch=3)
+    last = bundle.info.n_layers - 1
+    short, full = trace_vit(visual, pixels, keep_values=True), trace_vit(visual, pixels, mlp_layers=[last], keep_values=True)
+    assert set(full.mlp_post) == {last} and not short.mlp_post
+    for name in ("embedding", "cls_embed", "ln1_mean", "ln1_std", "attn_cls", "head_cls", "value_cls", "mlp_cls",
+                 "resid_final", "ln_post_mean", "ln_post_std", "values"):
+        assert torch.allclose(getattr(short, name), getattr(full, name), rtol=1e-5, atol=1e-6), name
+
+
+def test_trace_keeps_only_its_own_storage(tiny):
+    """No recorded tensor is a view into a layer's activations (which would keep qkv or MLP outputs alive)."""
+    trace = trace_vit(tiny.model.visual, random_pixels(tiny, batch=2), mlp_layers=[1], keep_values=True)
+    for name in ("embedding", "cls_embed", "ln1_mean", "ln1_std", "attn_cls", "head_cls", "value_cls", "mlp_cls",
+                 "resid_final", "ln_post_mean", "ln_post_std", "values"):
+        tensor = getattr(trace, name)
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+    post = trace.mlp_post[1]
+    assert post.untyped_storage().nbytes() == post.numel() * post.element_size()
+
+
 @pytest.mark.parametrize("spec,feature", [
     ("Tiny-ViT-QKNorm/none", "qk-norm"),
     ("Tiny-ViT-AvgPool/none", "'avg' pooling"),
