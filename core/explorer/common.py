@@ -1,6 +1,7 @@
 """Inputs every tab shares, and the pieces of a view every tab shows (link, provenance, colour scale).
 
-Scores in the UI are cosine contributions x100 ("cosine points") in every view: grids, bars and tables alike.
+Scores in the UI are cosine contributions x100 ("cosine points") in every view: grids, bars and tables alike
+(the policy: core.units).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core import settings
+from core import settings, units
 from core.errors import ConfigError, CoreError, ImageError, TextError
 from core.explorer import access
 from core.links.codec import ViewState, encode
@@ -22,8 +23,8 @@ from core.links.commands import CITATIONS
 from core.links.images import describe_ref, image_from_ref
 from core.messages import display_source, error_message, without_paths  # noqa: F401  (the tabs' shortening)
 
-UNIT = 100.0  # scores are shown as cosine x100
-UNIT_NAME = "cosine x100"
+UNIT = units.COSINE_SCALE  # scores are shown as cosine x100 (core.units)
+UNIT_NAME = units.COSINE_UNIT
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 

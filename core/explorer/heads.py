@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
-from core import budget
+from core import budget, units
 from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
@@ -31,7 +31,7 @@ FROM_BASES, FROM_SESSION = "bases", "computed here"
 METRICS = ("cosine", "centered", "dot")
 MAX_GALLERIES = 2  # per session
 SPURIOUS_TEMPLATES = "80 OpenAI ImageNet templates"  # the command line's default (`spurious --templates openai`)
-TEXT_COLUMNS = ["#", "text", "variance explained", "cumulative"]
+TEXT_COLUMNS = ["#", "text", "variance explained (%)", "cumulative (%)"]
 
 
 class FittedSpan(NamedTuple):
@@ -42,6 +42,8 @@ class FittedSpan(NamedTuple):
     result: object  # TextSpanResult
     texts: list[str]
     provenance: str
+    asked: int = 0  # texts per head the visitor asked for (the fit may stop earlier: see _from_session)
+    rank_cap: int = 0  # the span rank asked of the fit (each head's own is at most its numerical rank)
 
 
 class HeadTexts(NamedTuple):
@@ -59,8 +61,9 @@ def _model_line(info) -> str:
 
 
 def _text_rows(rows: list[dict]) -> list[dict]:
-    return [{"#": row["order"] + 1, "text": row["text"], "variance explained": round(row["variance_explained"], 4),
-             "cumulative": round(row["cumulative_variance"], 4)} for row in rows]
+    return [{"#": row["order"] + 1, "text": row["text"],
+             "variance explained (%)": units.shown_percent(row["variance_explained"]),
+             "cumulative (%)": units.shown_percent(row["cumulative_variance"])} for row in rows]
 
 
 # ---------------------------------------------------------------- bases
@@ -98,7 +101,18 @@ def _from_session(fitted: FittedSpan | None, spec: str, head) -> tuple[list[dict
     if fitted is None or fitted.spec != spec or head not in fitted.heads:
         return None
     rows = table_rows([head], select_heads(fitted.result, [fitted.heads.index(head)]), fitted.texts)
-    return rows, fitted.provenance
+    if not rows:
+        return None
+    rank = rows[0]["rank"]
+    provenance = f"{fitted.provenance}, data span rank {rank}" + (
+        f" (the numerical rank of this head's outputs; at most {fitted.rank_cap} was asked)"
+        if fitted.rank_cap and rank < fitted.rank_cap else "")
+    if fitted.asked and len(rows) < fitted.asked:
+        why = (f"this head's outputs span only {rank} directions on these images, and TextSpan stops once the "
+               "texts span them all" if len(rows) >= rank else "TextSpan keeps fewer texts than the span rank, the "
+               "head's width plus 3 and the text pool's size")
+        provenance += f"  \n**{len(rows)} texts, not the {fitted.asked} asked:** {why}."
+    return rows, provenance
 
 
 def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitted: FittedSpan | None = None,
@@ -131,7 +145,7 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
         also = "  \n(No TextSpan for this head was computed in this session: these are the bases' texts.)"
     total = rows[-1]["cumulative_variance"]
     return HeadTexts(f"{_model_line(bundle.info)}  \n**Head {name}** ({source_name}): {len(rows)} texts explain "
-                     f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}"
+                     f"{units.percent(total):.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}"
                      f"{_circuit_link(bundle, bases, chosen)}", _text_rows(rows), source_name)
 
 
@@ -193,7 +207,7 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     chosen = _head(bundle, layer, head)
     heads = check_heads(list(dict.fromkeys(default_heads(bundle.info) + [chosen])), bundle.info)
     n_images = access.check_count(n_images, "the number of images", 2, 2000)
-    per_head = access.check_count(per_head, "texts per head", 1, 100)
+    per_head = asked = access.check_count(per_head, "texts per head", 1, 100)
     texts, _, pool_description = text_pool(pool_upload)
     batches, n_images, images_description = _image_set(bundle, source, folder, uploads, n_images, progress)
     # The span cannot be wider than the data: one direction per image less the mean, per output dimension, and
@@ -206,8 +220,8 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     tracked = progress.tqdm(batches, total=-(-n_images // 32), desc="head outputs")
     result, fitted = fit_in_memory(bundle, tracked, n_images, embeddings, heads, per_head=per_head, rank=rank)
     provenance = (f"TextSpan computed here on {images_description} ({fitted.count} used), text pool "
-                  f"{pool_description}, convention paper, data span rank {rank}, criterion std")
-    span = FittedSpan(bundle.info.spec, list(fitted.heads), result, texts, provenance)
+                  f"{pool_description}, convention paper, criterion std")
+    span = FittedSpan(bundle.info.spec, list(fitted.heads), result, texts, provenance, asked, rank)
     return span, head_texts(bundle.info.spec, *chosen, fitted=span, prefer=FROM_SESSION)
 
 
