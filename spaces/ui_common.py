@@ -50,8 +50,9 @@ DISK_ERRORS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)
 
 def message(err: BaseException, where: str | None = None) -> gr.Error:
     """A gr.Error that shows `err`'s message as core.messages.error_message formats it (no server path in public
-    mode; escaped: Gradio renders it as HTML)."""
-    return gr.Error(html.escape(error_message(err, where=where)), print_exception=False)
+    mode). Gradio renders it as (sanitised) HTML, so `<`, `>` and `&` are escaped; quotes are not, so that API clients
+(gradio_client) read "can't", not "can&#x27;t"."""
+    return gr.Error(html.escape(error_message(err, where=where), quote=False), print_exception=False)
 
 
 def _one_line_refusals() -> None:
@@ -75,7 +76,7 @@ def _one_line_refusals() -> None:
         except ComponentProcessingError as err:  # a component could not read the value it was sent
             text = " ".join(str(err).split())[:300]
             log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), text)
-            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}"))),
+            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}")), quote=False),
                            print_exception=False) from None
 
     preprocess_data._one_line = True
@@ -199,7 +200,7 @@ def _safe_preprocess(preprocess: Callable, payload):
             load_image(path or b"", name=f"The uploaded file {name}")
         except CoreError as err:
             raise message(err) from None
-        raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),
+        raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read.", quote=False),
                        print_exception=False) from None
 
 
@@ -295,7 +296,8 @@ REPLACE_JS = """(query) => {
 COPY_JS = """async (query) => {
   const embedded = document.querySelector('gradio-app[src]');
   const base = embedded ? embedded.getAttribute('src').split('?')[0] : location.origin + location.pathname;
-  const url = base + '?' + (query || '');
+  // No link of a computed view (e.g. the linked view failed): the page's own address, never a bare '/?'.
+  const url = query ? base + '?' + query : (embedded ? embedded.getAttribute('src') : location.href);
   try { await navigator.clipboard.writeText(url); } catch (err) {
     const area = document.createElement('textarea'); area.value = url; document.body.appendChild(area);
     area.select(); document.execCommand('copy'); area.remove();

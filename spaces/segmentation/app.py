@@ -152,9 +152,14 @@ def build() -> gr.Blocks:
         CONTROLS = [model, image, image_id, texts, background, method, compare, rule, threshold]
         VIEW_OUTPUTS = [state, text_pick, heat, truth, mask, labels, info, *links.outputs]
         inputs = [model, image, image_id, texts, background, method, compare, rule, threshold, state]
-        button.click(compute, inputs, VIEW_OUTPUTS, api_name="segment", **ui.MODEL_QUEUE)
+        # A failed run leaves no earlier result on screen (info, IoU table, maps): they would read as its answer.
+        view_only = VIEW_OUTPUTS[:-len(links.outputs)]
+        cleared = ui.constant([None, gr.Dropdown(choices=[], value=None), None, None, None, None, ""])
+        button.click(compute, inputs, VIEW_OUTPUTS, api_name="segment", **ui.MODEL_QUEUE).failure(
+            cleared, None, view_only, queue=False, api_visibility="private")
         for switch in (method, compare):
-            switch.input(switch_method, inputs, VIEW_OUTPUTS, api_visibility="private", **ui.MODEL_QUEUE)
+            switch.input(switch_method, inputs, VIEW_OUTPUTS, api_visibility="private", **ui.MODEL_QUEUE).failure(
+                cleared, None, view_only, queue=False, api_visibility="private")
         threshold.input(slide, [state, text_pick, threshold], VIEW_OUTPUTS, api_visibility="private").then(
             lambda: SLIDER, None, rule, queue=False, api_visibility="private")
         for control in (rule, text_pick):
