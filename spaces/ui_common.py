@@ -278,11 +278,22 @@ def image_id_box(elem_id: str) -> gr.Textbox:
                       info="example:N or world:SEED:INDEX (a generated scene); empty for an upload. Enter to show it.")
 
 
-def examples(image, image_id, label="Generated-world examples") -> gr.Examples:
+def examples(image, image_id, label="Generated-world examples", texts=None, n_texts: int = 3) -> gr.Examples:
+    """The examples; with a `texts` box, choosing one also writes its own texts there (the first `n_texts` of
+    core.links.images.default_texts, as a link to that example computes with), so the view and the box agree."""
     from core.links.images import EXAMPLE_COUNT, image_ref_path
 
-    rows = [[image_ref_path(f"example:{i}"), f"example:{i}"] for i in range(EXAMPLE_COUNT)]
-    return gr.Examples(examples=rows, inputs=[image, image_id], label=label, examples_per_page=EXAMPLE_COUNT)
+    rows = [[image_ref_path(f"example:{i}"), f"example:{i}"] + ([example_texts(f"example:{i}", n_texts)] if texts else [])
+            for i in range(EXAMPLE_COUNT)]
+    return gr.Examples(examples=rows, inputs=[image, image_id] + ([texts] if texts else []), label=label,
+                       examples_per_page=EXAMPLE_COUNT)
+
+
+def example_texts(ref: str, n_texts: int = 3) -> str:
+    """The texts box's value for a generated-world image reference: its own texts, one per line."""
+    from core.links.images import default_texts
+
+    return "\n".join(default_texts(ref)[:n_texts])
 
 
 # ---------------------------------------------------------------- links

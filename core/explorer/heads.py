@@ -8,6 +8,7 @@ the caller, who keeps them per session; nothing here is shared between visitors 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image
@@ -63,7 +64,10 @@ def _model_line(info) -> str:
 def _text_rows(rows: list[dict]) -> list[dict]:
     return [{"#": row["order"] + 1, "text": row["text"],
              "variance explained (%)": units.shown_percent(row["variance_explained"]),
-             "cumulative (%)": units.shown_percent(row["cumulative_variance"])} for row in rows]
+             "cumulative (%)": units.shown_percent(row["cumulative_variance"]),
+             # raw values for JSON (`bases show --json`); tables show only TEXT_COLUMNS
+             "raw variance_explained": row["variance_explained"], "raw cumulative_variance": row["cumulative_variance"]}
+            for row in rows]
 
 
 # ---------------------------------------------------------------- bases
@@ -234,6 +238,7 @@ class ExplainView:
     grid: Image.Image
     maps: list[tuple[Image.Image, str]]
     top_texts: list[dict]
+    texts: tuple[str, ...] = ()  # the texts the view computed with
 
 
 def rank_by_magnitude(scores, k: int = 10) -> list[dict]:
@@ -266,9 +271,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
                   pool_upload, convention: str, *, scale: str = "shared", progress: Progress | None = None) -> ExplainView:
     """Which heads respond to the first text, the chosen head's token maps, and its top pool texts."""
     from core.engine.decomposition import decompose_image
-    from core.engine.text import encode_texts
     from core.engine.viz import heat_grid
-    from core.heads.outputs import image_head_texts
 
     progress = progress_or_silent(progress)
     bundle = load_model(spec, progress)
@@ -277,10 +280,8 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     texts = read_texts(raw_texts)
     progress(0.2, desc="decomposing the image")
     result = decompose_image(bundle, query.image, texts, convention=convention)
-    pool, _, pool_description = text_pool(pool_upload)
-    budget.admit(budget.text_pool(bundle, texts=len(pool)))
     progress(0.6, desc="scoring the text pool for the head")
-    top = image_head_texts(bundle, query.image, chosen, encode_texts(bundle, pool), k=10, convention=convention)
+    top_rows, pool_description = _top_texts(bundle, query.image, chosen, pool_upload, None, convention)
     scores = result.heads[:, :, 0]
     grid = heat_grid(scores, title=f"cos(image, '{texts[0][:32]}') by head, x100",
                      cell=44 if scores.shape[1] <= 16 else 36)
@@ -289,9 +290,42 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
             f"cosine contributions x100 (the head's share of cos(image, text)), ranked by magnitude, sign kept.  \n"
             f"**Heads ranked** for '{texts[0]}'; **token maps** of head {name} for {len(texts)} text(s) "
             f"(colour scale {scale}); **top texts** of head {name} from {pool_description}.")
-    top_rows = [{"text": pool[i], f"score ({UNIT_NAME})": round(score * UNIT, 4)} for i, score in top]
     return ExplainView(info, rank_by_magnitude(scores), grid, _token_maps(result, query.image, chosen, bundle.info, scale),
-                       top_rows)
+                       top_rows, tuple(texts))
+
+
+TOP_TEXTS = 10
+
+
+def _top_texts(bundle, image, head, pool_upload, pool_typed, convention: str) -> tuple[list[dict], str]:
+    """(rows, pool description): the pool texts the head's contribution to this image points to most."""
+    from core.engine.text import encode_texts
+    from core.heads.outputs import image_head_texts
+
+    pool, _, pool_description = text_pool(pool_upload, pool_typed)
+    budget.admit(budget.text_pool(bundle, texts=len(pool)))
+    top = image_head_texts(bundle, image, head, encode_texts(bundle, pool), k=TOP_TEXTS, convention=convention)
+    return [{"text": pool[i], f"score ({UNIT_NAME})": units.shown_cosine(score), "raw score": float(score)}
+            for i, score in top], pool_description
+
+
+def image_top_texts(spec: str | None, image_path: str | None, image_ref: str | None, layer, head, pool: str | None,
+                    convention: str = "paper", *, pool_upload: str | None = None,
+                    progress: Progress | None = None) -> tuple[list[dict], str]:
+    """(rows, info): the Heads tab's "image's own top texts" table for one head, as `bases show --head L.H
+    --image IMG` prints it. `pool`: 'toy' (default) or a text file on this machine."""
+    from core.engine.conventions import CONVENTIONS
+
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"Unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
+    progress = progress_or_silent(progress)
+    bundle = load_model(spec, progress)
+    chosen = _head(bundle, layer, head)
+    query = query_image(image_path, image_ref, what="the image")
+    rows, pool_description = _top_texts(bundle, query.image, chosen, pool_upload, pool, convention)
+    described = query.description if query.ref != "upload" else f"image {Path(image_path).name}"
+    return rows, (f"top texts of head {head_label(*chosen)} for {described}, from {pool_description}; "
+                  f"convention {convention}; model {bundle.info.spec}")
 
 
 # ---------------------------------------------------------------- property retrieval

@@ -114,7 +114,7 @@ def restore(query: str, request: gr.Request):
     s = linked.state
     controls = [s.model or gr.skip(), s.bases or gr.skip(), gr.skip() if s.layer is None else s.layer,
                 gr.skip() if s.head is None else s.head, ui.picture(linked.picture) or gr.skip(),
-                s.image if linked.picture else gr.skip(), "\n".join(s.texts) or gr.skip(), s.convention or gr.skip(),
+                s.image if linked.picture else gr.skip(), _texts_of(linked), s.convention or gr.skip(),
                 s.method or gr.skip()]
     texts, explained = linked.view or (None, None)
     text_values = [texts.info, ui.frame(texts.rows, explorer.TEXT_COLUMNS)] if texts else [gr.skip()] * 2
@@ -123,6 +123,14 @@ def restore(query: str, request: gr.Request):
                        ui.frame(explained.top_texts, TOP_TEXT_COLUMNS)] if explained else [gr.skip()] * 5)
     link = list(ui.link_values(linked.link)) if linked.link else [gr.skip()] * 2
     return controls + text_values + explain_values + link + [linked.notice]
+
+
+def _texts_of(linked):
+    """The texts box after a link: those its image view computed with (a link without texts uses its image's own)."""
+    explained = (linked.view or (None, None))[1]
+    if explained is not None:
+        return "\n".join(explained.texts)
+    return "\n".join(linked.state.texts) or gr.skip()
 
 
 # ---------------------------------------------------------------- layout
@@ -167,9 +175,11 @@ def build() -> gr.Blocks:
             with gr.Column(scale=1):
                 image = ui.image_input("heads-image")
                 image_id = ui.image_id_box("heads-image-id")
-                ui.examples(image, image_id)
                 texts = gr.Textbox(label="Texts (one per line; two give a difference map)",
-                                   value="\n".join(default_texts()[:2]), lines=2, elem_id="heads-texts-input")
+                                   value="\n".join(default_texts()[:2]), lines=2, elem_id="heads-texts-input",
+                                   render=False)
+                ui.examples(image, image_id, texts=texts, n_texts=2)
+                texts.render()
                 convention = gr.Radio(list(CONVENTIONS), value="paper", label="Convention", elem_id="heads-convention")
                 scale = gr.Radio(["shared", "own"], value="shared", label="Colour scale of the token maps",
                                  elem_id="heads-scale")

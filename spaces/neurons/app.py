@@ -40,7 +40,7 @@ TAB = "neurons"
 ALONE = False
 ACTIVATED_COLUMNS = ["neuron", "|effect - mean|", "threshold", "ratio"]
 WORD_COLUMNS = ["word", "score"]
-SEARCH_COLUMNS = ["neuron", "cosine", "top texts"]
+SEARCH_COLUMNS = explorer.SEARCH_COLUMNS
 
 
 # ---------------------------------------------------------------- handlers: one core call each

@@ -104,7 +104,8 @@ def restore(query: str, request: gr.Request):
         return [gr.skip()] * (len(CONTROLS) + len(VIEW_OUTPUTS)) + [linked.notice or gr.skip()]
     s = linked.state
     controls = [s.model or gr.skip(), ui.picture(linked.picture) or gr.skip(), s.image if linked.picture else gr.skip(),
-                "\n".join(s.texts) or gr.skip(), s.background or gr.skip(), s.method or gr.skip(),
+                "\n".join(linked.view.class_texts() if linked.view is not None else s.texts) or gr.skip(),
+                s.background or gr.skip(), s.method or gr.skip(),
                 s.compare or gr.skip(), SLIDER if s.threshold is not None else gr.skip(),
                 s.threshold if s.threshold is not None else gr.skip()]
     views = _views(linked.view) if linked.view is not None else [gr.skip()] * len(VIEW_OUTPUTS)
@@ -125,9 +126,10 @@ def build() -> gr.Blocks:
                 model = ui.model_box("segmentation-model")
                 image = ui.image_input("segmentation-image")
                 image_id = ui.image_id_box("segmentation-image-id")
-                ui.examples(image, image_id, label="Generated-world examples (ground truth known)")
                 texts = gr.Textbox(label="Class texts (one per line)", value="\n".join(explorer.DEFAULT_TEXTS),
-                                   lines=3, elem_id="segmentation-texts")
+                                   lines=3, elem_id="segmentation-texts", render=False)
+                ui.examples(image, image_id, label="Generated-world examples (ground truth known)", texts=texts)
+                texts.render()
                 background = gr.Textbox(label="Background text (optional; pixels it wins are background)",
                                         elem_id="segmentation-background")
                 method = gr.Dropdown(list(METHODS), value="heads", label="Method", elem_id="segmentation-method")
