@@ -317,10 +317,16 @@ def _show(args) -> int:
     from core.explorer import heads as heads_view
     from core.explorer import neurons as neurons_view
 
-    if args.device is not None:
-        from core import settings
+    from core.cli.segment import check_device
+    from core.engine.text import check_texts
 
-        settings.resolve_device(args.device)
+    check_device(args)
+    if args.search is not None:
+        check_texts([args.search], what="--search")
+    if args.model is not None and not args.model.strip():
+        from core.engine.models import load_clip
+
+        load_clip(args.model)  # the loader's own message for an empty spec
     if args.bases is not None:
         from core.artifacts.hub import check_user_source
 
