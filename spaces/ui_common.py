@@ -253,6 +253,21 @@ def constant(values: list) -> Callable:
     return lambda: result
 
 
+# Galleries (elem_classes=GALLERY): each picture whole (never cropped to a square, so colour-bar labels stay),
+# its caption underneath in full (not over the picture's bottom, not cut to "CLIP: squ..."), and the gallery's
+# label above the first picture, not on it. Given to launch(): Gradio 6 takes page CSS there.
+GALLERY = ["clipscope-gallery"]
+CSS = """
+.clipscope-gallery .grid-wrap { padding-top: 2.4em !important; }
+.clipscope-gallery .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column !important; overflow: visible !important; }
+.clipscope-gallery .thumbnail-item img { object-fit: contain !important; width: 100% !important; height: auto !important; }
+.clipscope-gallery .caption-label { position: static !important; max-width: none !important; white-space: normal !important;
+  overflow: visible !important; text-overflow: clip !important; opacity: 1 !important; border: none !important;
+  border-radius: 0 !important; overflow-wrap: anywhere; }
+"""
+
+
 def frame(rows: list[dict] | None, columns: list[str]) -> pd.DataFrame:
     """A table with named columns even when empty (never Gradio's '1 2 3' placeholder headers)."""
     return pd.DataFrame(rows or [], columns=columns)
@@ -452,7 +467,7 @@ def launch(demo: gr.Blocks, host: str, port: int) -> None:
         warm_up()
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=True, max_threads=MAX_THREADS,
-        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]}, prevent_thread_lock=True)
+        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]}, prevent_thread_lock=True, css=CSS)
     if not ON_ZERO_GPU:
         threading.Thread(target=warm_up, name="clipscope-warm-up", daemon=True).start()
     demo.block_thread()

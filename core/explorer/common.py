@@ -193,6 +193,12 @@ def colour_bar(picture: Image.Image, limit: float, label: str) -> Image.Image:
     return canvas
 
 
+def grid_with_scale(grid: Image.Image, scores) -> Image.Image:
+    """A head grid (core.engine.viz.heat_grid of raw cosine shares) with its colour scale underneath, x100."""
+    limit = float(np.abs(np.asarray(scores, dtype=np.float64)).max()) or 1e-12
+    return colour_bar(grid, limit * UNIT, UNIT_NAME)
+
+
 def maybe_int(value) -> int | None:
     """A whole number from a UI value, or None (for links: an unfinished box is left out, not an error)."""
     try:

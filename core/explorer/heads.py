@@ -18,8 +18,8 @@ from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
-                                  colour_bar, display_source, link_model, link_panel, load_model, maybe_int,
-                                  progress_or_silent, query_image, read_texts, text_pool, without_paths)
+                                  colour_bar, display_source, grid_with_scale, link_model, link_panel, load_model,
+                                  maybe_int, progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 from core.messages import error_message
@@ -283,8 +283,8 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     progress(0.6, desc="scoring the text pool for the head")
     top_rows, pool_description = _top_texts(bundle, query.image, chosen, pool_upload, None, convention)
     scores = result.heads[:, :, 0]
-    grid = heat_grid(scores, title=f"cos(image, '{texts[0][:32]}') by head, x100",
-                     cell=44 if scores.shape[1] <= 16 else 36)
+    grid = grid_with_scale(heat_grid(scores, title=f"cos(image, '{texts[0][:32]}') by head, x100",
+                                     cell=44 if scores.shape[1] <= 16 else 36), scores)
     name = head_label(*chosen)
     info = (f"{_model_line(bundle.info)}  \n**Image:** {query.description}  ·  **Convention:** {convention}; scores are "
             f"cosine contributions x100 (the head's share of cos(image, text)), ranked by magnitude, sign kept.  \n"

@@ -191,7 +191,7 @@ def build() -> gr.Blocks:
                                          "heads-top-heads")
                     grid = gr.Image(show_label=False, elem_id="heads-grid", buttons=["download"])
                 maps = gr.Gallery(label="Chosen head's token maps (red: towards the text)", columns=3, height="auto",
-                                  elem_id="heads-maps")
+                                  elem_id="heads-maps", elem_classes=ui.GALLERY, object_fit="contain")
                 top_texts = ui.table("The image's own top texts for the chosen head", TOP_TEXT_COLUMNS,
                                      "heads-top-texts")
 
@@ -208,7 +208,8 @@ def build() -> gr.Blocks:
                               info="centered: cosine after removing the head's mean over the gallery")
             retrieve_button = gr.Button("Find similar images", elem_id="heads-retrieve")
         retrieval_info = gr.Markdown(elem_id="heads-retrieval-info")
-        gallery = gr.Gallery(label="Nearest images", columns=8, height="auto", elem_id="heads-gallery")
+        gallery = gr.Gallery(label="Nearest images", columns=8, height="auto", elem_id="heads-gallery",
+                             elem_classes=ui.GALLERY, object_fit="contain")
 
         with gr.Accordion("Spurious-cue removal (a grouped folder on this machine, Waterbirds layout)", open=False,
                           visible=not public):

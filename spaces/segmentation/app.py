@@ -144,12 +144,15 @@ def build() -> gr.Blocks:
                                           elem_id="segmentation-threshold")
                     text_pick = gr.Dropdown(label="Text (mask view)", choices=[], interactive=True,
                                             elem_id="segmentation-text")
-                heat = gr.Image(label="Score maps in [0, 1], one row per text (colour scale beside each)",
-                                elem_id="segmentation-heat")
+                # Each picture carries its own title (method: text); a Gradio label would sit on top of it.
+                gr.Markdown("Score maps in [0, 1], one row per text (colour scale beside each); below, the mask "
+                            "overlay, the argmax over the texts and, for generated-world examples, the ground truth.")
+                heat = gr.Image(label="Score maps", show_label=False, elem_id="segmentation-heat")
                 with gr.Row():
-                    mask = gr.Image(label="Mask overlay", elem_id="segmentation-mask")
-                    labels = gr.Image(label="Argmax over the texts", elem_id="segmentation-labels")
-                truth = gr.Image(label="Ground truth (generated-world examples)", elem_id="segmentation-truth")
+                    mask = gr.Image(label="Mask overlay", show_label=False, elem_id="segmentation-mask")
+                    labels = gr.Image(label="Argmax over the texts", show_label=False, elem_id="segmentation-labels")
+                truth = gr.Image(label="Ground truth (generated-world examples)", show_label=False,
+                                 elem_id="segmentation-truth")
                 info = gr.Markdown(elem_id="segmentation-info")
         CONTROLS = [model, image, image_id, texts, background, method, compare, rule, threshold]
         VIEW_OUTPUTS = [state, text_pick, heat, truth, mask, labels, info, *links.outputs]
