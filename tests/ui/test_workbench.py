@@ -130,6 +130,23 @@ def test_the_policy_is_stated_once_in_the_ui_and_in_the_docs():
     assert "## Units" in docs and "cosine x100" in docs.split("## Units")[1][:1500]
 
 
+# ---------------------------------------------------------------- item 3: head grids have a colour scale
+
+def test_head_grids_carry_their_colour_scale():
+    import numpy as np
+
+    from core.engine.viz import heat_grid
+    from core.explorer.decomposition import decompose
+    from core.explorer.heads import explain_image
+
+    for grid in (decompose("toy", None, "example:0", TEXT, "paper").grid,
+                 explain_image("toy", None, "example:0", TEXT, 3, 1, None, "paper").grid):
+        bare = heat_grid(np.zeros((4, 4)), title=f"cos(image, '{TEXT}') by head, x100", cell=44)
+        assert grid.width == bare.width and grid.height == bare.height + 60  # the bar and its labels underneath
+        ramp = np.asarray(grid)[bare.height + 10]
+        assert ramp[8, 2] > ramp[8, 0] and ramp[-8, 0] > ramp[-8, 2]  # blue (-) on the left, red (+) on the right
+
+
 # ---------------------------------------------------------------- item 6: no silent cap
 
 def test_textspan_here_says_when_it_returns_fewer_texts_than_asked_and_names_the_real_rank():
