@@ -388,6 +388,22 @@ def show_image_id(image_id: str):
     return picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
 
 
+def image_id_with_texts(n_texts: int = 3) -> Callable:
+    """A handler for an image id typed in a tab with a texts box: the picture, and that image's own texts (as an
+    example or a link to it gives them); an upload or an empty id keeps both."""
+
+    @guard(model=False)
+    def show(image_id: str):
+        from core.links.images import image_from_ref
+
+        ref = (image_id or "").strip()
+        if not ref or ref == "upload":
+            return gr.skip(), gr.skip()
+        return picture(image_from_ref(ref)), example_texts(ref, n_texts)
+
+    return show
+
+
 # A link's first answer is restored without Gradio's queue: its numbers are on screen 1.6-1.8 s after navigation
 # instead of 2.3 s (bench.links). On ZeroGPU the answer is computed by a GPU handler, which works through the queue.
 LOAD_QUEUE = ON_ZERO_GPU

@@ -147,7 +147,7 @@ def build() -> gr.Blocks:
             pick.input(change_view, [state, text_pick, layer_pick, head_pick, scale], VIEW_OUTPUTS,
                        api_visibility="private")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.image_id_with_texts(3), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo

@@ -251,7 +251,7 @@ def build() -> gr.Blocks:
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.image_id_with_texts(2), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query],
                   CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + links.outputs + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)

@@ -255,3 +255,22 @@ def test_the_reproduce_panels_print_commands_that_give_the_views_numbers(tmp_pat
 def _commands(markdown: str) -> list[str]:
     block = markdown.split("```bash\n", 1)[1].split("```", 1)[0]
     return [line.split("   #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_every_gallery_shows_whole_pictures_with_captions_underneath():
+    """The CSS that tests/ui/test_workbench_browser.py checks on screen (Heads, Neurons) applies to every gallery,
+    the Adversarial one included (its run is too slow for the browser test), and it fits its panel."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    demo = app.build_app()
+    ui = sys.modules["clipscope_ui_common"]
+    galleries = {c["props"]["elem_id"]: c["props"] for c in demo.config["components"] if c.get("type") == "gallery"}
+    assert {"heads-maps", "heads-gallery", "neurons-gallery", "adversarial-gallery"} <= set(galleries)
+    for props in galleries.values():
+        assert "clipscope-gallery" in props["elem_classes"] and props["object_fit"] == "contain"
+        assert props["height"] == "auto"
+    assert galleries["adversarial-gallery"]["columns"] <= 4
+    assert ".caption-label" in ui.CSS and "position: static" in ui.CSS

@@ -83,6 +83,10 @@ def test_texts_follow_the_example_and_the_link(app_url, page):
     _pick_example(page, "decomposition", "example:5")
     page.wait_for_function("(want) => document.querySelector('#decomposition-texts textarea').value === want",
                            arg="\n".join(default_texts("example:5")), timeout=30_000)
+    page.locator("#decomposition-image-id textarea, #decomposition-image-id input").first.fill("world:7:12")
+    page.locator("#decomposition-image-id textarea, #decomposition-image-id input").first.press("Enter")
+    page.wait_for_function("(want) => document.querySelector('#decomposition-texts textarea').value === want",
+                           arg="\n".join(default_texts("world:7:12")), timeout=30_000)  # a typed id too
     _tab(page, "Heads")
     _pick_example(page, "heads", "example:4")
     page.wait_for_function("(want) => document.querySelector('#heads-texts-input textarea').value === want",
