@@ -44,6 +44,7 @@ def load_tab(folder: str):
 
 
 def build_app():
+    from core import units
     from core.paths import TOY_DISPLAY_NAMES
 
     # Nothing heavy before the first request: no model is loaded here (ui.launch loads the default one right after
@@ -58,7 +59,8 @@ def build_app():
     tabs = [(title, folder, load_tab(folder)) for title, folder in TABS]
     tabs = [(title, folder, module) for title, folder, module in tabs if module is not None]
     with gr.Blocks(title="clipscope") as demo:
-        gr.Markdown(f"# clipscope: what CLIP's heads and neurons do, in words\n{notice}", elem_id="app-notice")
+        gr.Markdown(f"# clipscope: what CLIP's heads and neurons do, in words\n{notice}  \n{units.POLICY}",
+                    elem_id="app-notice")
         with gr.Tabs(elem_id="app-tabs") as tab_set:
             for title, folder, module in tabs:
                 with gr.Tab(title, id=folder, elem_id=f"tab-{folder}") as tab:

@@ -50,8 +50,9 @@ DISK_ERRORS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)
 
 def message(err: BaseException, where: str | None = None) -> gr.Error:
     """A gr.Error that shows `err`'s message as core.messages.error_message formats it (no server path in public
-    mode; escaped: Gradio renders it as HTML)."""
-    return gr.Error(html.escape(error_message(err, where=where)), print_exception=False)
+    mode). Gradio renders it as (sanitised) HTML, so `<`, `>` and `&` are escaped; quotes are not, so that API clients
+(gradio_client) read "can't", not "can&#x27;t"."""
+    return gr.Error(html.escape(error_message(err, where=where), quote=False), print_exception=False)
 
 
 def _one_line_refusals() -> None:
@@ -75,7 +76,7 @@ def _one_line_refusals() -> None:
         except ComponentProcessingError as err:  # a component could not read the value it was sent
             text = " ".join(str(err).split())[:300]
             log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), text)
-            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}"))),
+            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}")), quote=False),
                            print_exception=False) from None
 
     preprocess_data._one_line = True
@@ -199,7 +200,7 @@ def _safe_preprocess(preprocess: Callable, payload):
             load_image(path or b"", name=f"The uploaded file {name}")
         except CoreError as err:
             raise message(err) from None
-        raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read."),
+        raise gr.Error(html.escape(f"The uploaded file {name} is not an image this app can read.", quote=False),
                        print_exception=False) from None
 
 
@@ -252,6 +253,21 @@ def constant(values: list) -> Callable:
     return lambda: result
 
 
+# Galleries (elem_classes=GALLERY): each picture whole (never cropped to a square, so colour-bar labels stay),
+# its caption underneath in full (not over the picture's bottom, not cut to "CLIP: squ..."), and the gallery's
+# label above the first picture, not on it. Given to launch(): Gradio 6 takes page CSS there.
+GALLERY = ["clipscope-gallery"]
+CSS = """
+.clipscope-gallery .grid-wrap { padding-top: 2.4em !important; }
+.clipscope-gallery .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column !important; overflow: visible !important; }
+.clipscope-gallery .thumbnail-item img { object-fit: contain !important; width: 100% !important; height: auto !important; }
+.clipscope-gallery .caption-label { position: static !important; max-width: none !important; white-space: normal !important;
+  overflow: visible !important; text-overflow: clip !important; opacity: 1 !important; border: none !important;
+  border-radius: 0 !important; overflow-wrap: anywhere; }
+"""
+
+
 def frame(rows: list[dict] | None, columns: list[str]) -> pd.DataFrame:
     """A table with named columns even when empty (never Gradio's '1 2 3' placeholder headers)."""
     return pd.DataFrame(rows or [], columns=columns)
@@ -277,11 +293,22 @@ def image_id_box(elem_id: str) -> gr.Textbox:
                       info="example:N or world:SEED:INDEX (a generated scene); empty for an upload. Enter to show it.")
 
 
-def examples(image, image_id, label="Generated-world examples") -> gr.Examples:
+def examples(image, image_id, label="Generated-world examples", texts=None, n_texts: int = 3) -> gr.Examples:
+    """The examples; with a `texts` box, choosing one also writes its own texts there (the first `n_texts` of
+    core.links.images.default_texts, as a link to that example computes with), so the view and the box agree."""
     from core.links.images import EXAMPLE_COUNT, image_ref_path
 
-    rows = [[image_ref_path(f"example:{i}"), f"example:{i}"] for i in range(EXAMPLE_COUNT)]
-    return gr.Examples(examples=rows, inputs=[image, image_id], label=label, examples_per_page=EXAMPLE_COUNT)
+    rows = [[image_ref_path(f"example:{i}"), f"example:{i}"] + ([example_texts(f"example:{i}", n_texts)] if texts else [])
+            for i in range(EXAMPLE_COUNT)]
+    return gr.Examples(examples=rows, inputs=[image, image_id] + ([texts] if texts else []), label=label,
+                       examples_per_page=EXAMPLE_COUNT)
+
+
+def example_texts(ref: str, n_texts: int = 3) -> str:
+    """The texts box's value for a generated-world image reference: its own texts, one per line."""
+    from core.links.images import default_texts
+
+    return "\n".join(default_texts(ref)[:n_texts])
 
 
 # ---------------------------------------------------------------- links
@@ -295,7 +322,8 @@ REPLACE_JS = """(query) => {
 COPY_JS = """async (query) => {
   const embedded = document.querySelector('gradio-app[src]');
   const base = embedded ? embedded.getAttribute('src').split('?')[0] : location.origin + location.pathname;
-  const url = base + '?' + (query || '');
+  // No link of a computed view (e.g. the linked view failed): the page's own address, never a bare '/?'.
+  const url = query ? base + '?' + query : (embedded ? embedded.getAttribute('src') : location.href);
   try { await navigator.clipboard.writeText(url); } catch (err) {
     const area = document.createElement('textarea'); area.value = url; document.body.appendChild(area);
     area.select(); document.execCommand('copy'); area.remove();
@@ -358,6 +386,22 @@ def show_image_id(image_id: str):
     from core.links.images import image_from_ref
 
     return picture(image_from_ref(image_id)) if (image_id or "").strip() else gr.skip()
+
+
+def image_id_with_texts(n_texts: int = 3) -> Callable:
+    """A handler for an image id typed in a tab with a texts box: the picture, and that image's own texts (as an
+    example or a link to it gives them); an upload or an empty id keeps both."""
+
+    @guard(model=False)
+    def show(image_id: str):
+        from core.links.images import image_from_ref
+
+        ref = (image_id or "").strip()
+        if not ref or ref == "upload":
+            return gr.skip(), gr.skip()
+        return picture(image_from_ref(ref)), example_texts(ref, n_texts)
+
+    return show
 
 
 # A link's first answer is restored without Gradio's queue: its numbers are on screen 1.6-1.8 s after navigation
@@ -439,7 +483,7 @@ def launch(demo: gr.Blocks, host: str, port: int) -> None:
         warm_up()
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=True, max_threads=MAX_THREADS,
-        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]}, prevent_thread_lock=True)
+        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]}, prevent_thread_lock=True, css=CSS)
     if not ON_ZERO_GPU:
         threading.Thread(target=warm_up, name="clipscope-warm-up", daemon=True).start()
     demo.block_thread()

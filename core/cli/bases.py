@@ -97,11 +97,39 @@ def _add_build(subparsers) -> None:
     parser.set_defaults(bases_func=_build)
 
 
-SUBCOMMANDS = [_add_build, _add_verify, _add_info, _add_pull, _add_push]
+def _add_show(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "show", help="print a table the Heads or Neurons tab shows, in the same units",
+        description="Print what the Heads and Neurons tabs show, in their units (cosines x100, variance shares in "
+        "percent; --json: raw floats with a `units` field): a head's TextSpan texts (--head L.H), an image's top "
+        "texts for a head (--head L.H --image IMG), a neuron's texts and top images (--neuron L.N), or the "
+        "neurons of a layer nearest a text (--search TEXT --layer L).",
+        epilog="examples:\n  python -m core bases show --model toy --head 3.1\n"
+        "  python -m core bases show --model toy --head 3.1 --image scene.png --texts toy\n"
+        "  python -m core bases show --model toy --neuron 2.17\n"
+        "  python -m core bases show --model toy --search 'a red circle' --layer 2 --top 10",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_argument(parser)
+    parser.add_argument("--bases", default=None, metavar="DIR|REPO@REV",
+                        help="bases folder or ORG/NAME@SHA (default: $CLIPSCOPE_BASES, then the shipped ones)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--head", metavar="L.H", help="a head: its TextSpan texts (with --image: the image's top texts)")
+    what.add_argument("--neuron", metavar="L.N", help="an MLP neuron: its texts and its top images")
+    what.add_argument("--search", metavar="TEXT", help="the neurons of --layer whose first PC is nearest TEXT")
+    parser.add_argument("--layer", type=int, default=None, help="--search: the MLP layer")
+    parser.add_argument("--top", type=int, default=10, help="--search: how many neurons (default 10, at most 200)")
+    parser.add_argument("--image", default=None, help="--head: an image file; prints its top texts for the head")
+    parser.add_argument("--texts", default="toy", help="--image: the text pool, 'toy' (default) or a file")
+    parser.add_argument("--convention", default="paper", help="--image: paper (default) or centered")
+    parser.add_argument("--json", action="store_true", help="print JSON (raw floats; `units` names each unit)")
+    parser.set_defaults(bases_func=_show)
+
+
+SUBCOMMANDS = [_add_build, _add_verify, _add_info, _add_pull, _add_push, _add_show]
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bases", help="precomputed bases: verify, info, pull, push",
+    parser = subparsers.add_parser("bases", help="precomputed bases: build, verify, info, show, pull, push",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_subparsers(dest="bases_command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
@@ -253,3 +281,118 @@ def _shard_size(batch_size: int) -> int:
     from core.distributed.bases import DEFAULT_SHARD_SIZE
 
     return max(batch_size, DEFAULT_SHARD_SIZE // batch_size * batch_size)
+
+
+def _pair(value: str, flag: str) -> tuple[int, int]:
+    """'L.H' / 'L.N' -> (L, index); ConfigError otherwise."""
+    from core.errors import ConfigError
+
+    parts = str(value).strip().split(".")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 6 for p in parts):
+        raise ConfigError(f"{flag} must be LAYER.INDEX with whole numbers (e.g. 3.1), got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    """Rows as aligned text columns (numbers as the UI's tables show them)."""
+    cells = [[str(column) for column in columns]] + [[str(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+
+
+def _plain(markdown: str) -> str:
+    """A view's markdown info as plain lines (no emphasis, links kept as their text)."""
+    import re
+
+    lines = [line for line in markdown.replace("**", "").replace("`", "").splitlines()
+             if line.strip() and not re.fullmatch(r"\s*\[[^\]]*\]\([^)]*\)\s*", line)]  # links to other views
+    return "\n".join(re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line).rstrip() for line in lines)
+
+
+def _show(args) -> int:
+    """The Heads/Neurons tab's tables, computed by the same core.explorer functions the tabs call."""
+    from core import units
+    from core.cli.common import count, existing_file, model_spec, print_json
+    from core.errors import ConfigError
+    from core.explorer import heads as heads_view
+    from core.explorer import neurons as neurons_view
+
+    from core.cli.segment import check_device
+    from core.engine.text import check_texts
+
+    check_device(args)
+    if args.search is not None:
+        check_texts([args.search], what="--search")
+    if args.model is not None and not args.model.strip():
+        from core.engine.models import load_clip
+
+        load_clip(args.model)  # the loader's own message for an empty spec
+    if args.bases is not None:
+        from core.artifacts.hub import check_user_source
+
+        check_user_source(args.bases)
+    count(args.top, "top", "--top")
+    for flag, given in (("--image", args.image is not None), ("--layer", args.layer is not None)):
+        wanted = {"--image": args.head, "--layer": args.search}[flag]
+        if given and wanted is None:
+            raise ConfigError(f"{flag} goes with {'--head' if flag == '--image' else '--search'}")
+    spec = model_spec(args)
+    from core import settings
+
+    with settings.overridden(device=args.device) if args.device else _nothing():
+        if args.head is not None:
+            layer, head = _pair(args.head, "--head")
+            if args.image is not None:
+                image = existing_file(args.image, "image file", hint="give an image file")
+                rows, info = heads_view.image_top_texts(spec, str(image), None, layer, head, args.texts,
+                                                        args.convention)
+                key = f"score ({units.COSINE_UNIT})"
+                record = {"model": spec, "head": f"{layer}.{head}", "image": str(args.image), "info": info,
+                          "texts": [{"text": r["text"], "score": r["raw score"]} for r in rows],
+                          "units": units.units(score=units.RAW_COSINE)}
+                columns = ["text", key]
+            else:
+                found = heads_view.head_texts(spec, layer, head, args.bases)
+                if not found.rows:
+                    raise ConfigError(_plain(found.info).splitlines()[-1])
+                rows, info, columns = found.rows, found.info, heads_view.TEXT_COLUMNS
+                record = {"model": spec, "head": f"{layer}.{head}", "source": found.source, "info": _plain(info),
+                          "texts": [{"order": r["#"], "text": r["text"],
+                                     "variance_explained": r["raw variance_explained"],
+                                     "cumulative_variance": r["raw cumulative_variance"]} for r in rows],
+                          "units": units.units(variance_explained=units.RAW_FRACTION,
+                                               cumulative_variance=units.RAW_FRACTION)}
+            tables = [(rows, columns)]
+        elif args.neuron is not None:
+            layer, neuron = _pair(args.neuron, "--neuron")
+            view = neurons_view.show_neuron(spec, args.bases, layer, neuron, pictures=False)
+            info = view.info
+            tables = [(view.terms, neurons_view.TERM_COLUMNS), (list(view.top_images), ["rank", "image", "|effect|"])]
+            record = {"model": spec, "neuron": f"{layer}.{neuron}", "info": _plain(info), "terms": view.terms,
+                      "top_images": list(view.top_images),
+                      "units": units.units(weight="the text's coefficient in the sparse decomposition of the PC",
+                                           **{"|effect|": "norm of the second-order effect (x coefficient, / |y|)"})}
+        else:
+            if args.layer is None:
+                raise ConfigError("--search needs --layer (the MLP layer to search)")
+            rows, info = neurons_view.search_neurons(spec, args.bases, args.layer, args.search, args.top)
+            tables = [(rows, neurons_view.SEARCH_COLUMNS)]
+            record = {"model": spec, "layer": args.layer, "text": args.search, "info": _plain(info),
+                      "neurons": [{"neuron": r["neuron"], "cosine": r["raw cosine"],
+                                   "top_texts": r["top texts"]} for r in rows],
+                      "units": units.units(cosine=units.RAW_COSINE)}
+    if args.json:
+        print_json(record, device=settings.resolve_device(args.device))
+        return 0
+    print(_plain(info))
+    print(units.POLICY)
+    for rows, columns in tables:
+        print()
+        print(_table(rows, columns))
+    return 0
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from core import guards
+    from core import guards, units
     from core.engine.decomposition import decompose_image
     from core.engine.images import load_image
     from core.engine.text import check_texts
@@ -41,16 +41,19 @@ def run(args) -> int:
     print(model_line(bundle))
     print(f"image: {args.image}   convention: {result.convention}   "
           f"reconstruction error: {result.reconstruction_error:.2e} (relative, vs encode_image)")
+    print(f"units: {units.COSINE_UNIT} (cos(image, text) and every share of it; --json gives raw cosines)")
+    points = units.cosine_points
     for index, text in enumerate(result.texts):
-        print(f"\ntext: {text!r}   cosine: {float(result.cosine[index]):+.5f}")
-        print(f"  embedding term: {float(result.embedding_term[index]):+.5f}")
+        print(f"\ntext: {text!r}   cos(image, text): {points(result.cosine[index]):+.3f}")
+        print(f"  embedding term: {points(result.embedding_term[index]):+.3f}")
         heads = result.heads[:, :, index]
-        header = "  layer |  total  | MLP     | " + " ".join(f"h{h:<6d}" for h in range(heads.shape[1]))
+        header = "  layer |  total  |   MLP   | " + " ".join(f"h{h:<7d}" for h in range(heads.shape[1]))
         print(header)
         for layer in range(heads.shape[0]):
-            row = " ".join(f"{float(v):+.4f}" for v in heads[layer])
+            row = " ".join(f"{points(v):+8.3f}" for v in heads[layer])
             total = float(heads[layer].sum() + result.mlps[layer, index])
-            print(f"  {layer:5d} | {total:+.4f} | {float(result.mlps[layer, index]):+.4f} | {row}")
-        tops = ", ".join(f"token {t['token']} (row {t['row']}, col {t['col']}) {t['score']:+.4f}" for t in result.top_tokens(index))
+            print(f"  {layer:5d} | {points(total):+7.3f} | {points(result.mlps[layer, index]):+7.3f} | {row}")
+        tops = ", ".join(f"token {t['token']} (row {t['row']}, col {t['col']}) {points(t['score']):+.3f}"
+                         for t in result.top_tokens(index))
         print(f"  top tokens: {tops}")
     return 0

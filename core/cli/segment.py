@@ -149,11 +149,11 @@ def run(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from core import guards
+    from core import guards, settings, units
     from core.cli.common import existing_file, model_spec
     from core.engine.images import load_image
     from core.engine.text import check_texts as check_text_values
-    from core.messages import display_source
+    from core.messages import display_source, without_paths
     from core.segmentation.pictures import heat_picture, label_picture, mask_picture
     from core.segmentation.protocols import parse_threshold
     from core.segmentation.segment import check_texts, segment_image
@@ -201,21 +201,25 @@ def run(args) -> int:
     record_options = options.record(method)
     if record_options.get("bases"):
         record_options["bases"] = display_source(record_options["bases"])
+    command = ("python -m core segment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+               if len(sys.argv) > 2 and sys.argv[1] == "segment" else None)
     record = {**result.settings(), "image": str(image_path), "background_text": args.background,
-              "options": record_options, "files": files,
-              "command": "python -m core segment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-              if len(sys.argv) > 2 and sys.argv[1] == "segment" else None}
+              "options": record_options, "files": files, "command": command,
+              "units": units.units(cosine=units.RAW_COSINE, threshold="score in [0, 1] (maps are min-max scaled)")}
+    if settings.public():  # a public server's folders never leave it, not even in a file it writes
+        record.update(image=without_paths(record["image"]), command=command and without_paths(command))
     folder.write_text("segment.json", json.dumps(record, indent=2), save=False)
     folder.remove_stale(targets)  # an earlier run's other files (other texts), if unchanged; saves the manifest
     if args.json:
         print_json(record)
         return 0
     print(model_line(bundle))
-    print(f"method: {result.description}\nthreshold: {result.threshold}; clamp: {'yes' if result.clamp else 'no'}; "
-          f"heads minus mean over texts: {'yes' if result.subtract_mean else 'no'}")
+    subtract = (f"; minus the mean over texts: {'yes' if result.subtract_mean else 'no'}" if method == "heads" else "")
+    print(f"method: {method} ({result.description})\nthreshold: {result.threshold}; "
+          f"clamp: {'yes' if result.clamp else 'no'}{subtract}")
     if result.text_free:
         print(f"note: {method} does not depend on the text; every text gets the same map")
     for index, text in enumerate(result.texts):
-        print(f"  {text!r}: cos {result.cosine[index]:+.4f}, foreground {100 * masks[index].mean():.1f}% of the view")
+        print(f"  {text!r}: cos(image, text) {units.format_cosine(result.cosine[index])} ({units.COSINE_UNIT}), foreground {100 * masks[index].mean():.1f}% of the view")
     print(f"wrote {len(files)} files and segment.json to {out}")
     return 0

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from core import units
 from core.engine.contributions import direct_effects, fold_weights, spatial_value_maps
 from core.engine.images import load_image
 from core.engine.models import ClipBundle
@@ -72,6 +73,8 @@ class ImageDecomposition:
                     "heads": [[float(v) for v in row] for row in self.heads[:, :, index]],
                     "top_tokens": self.top_tokens(index),
                     "random_weights": bool(self.model["random_init"]),
+                    "units": units.units(**{key: units.RAW_COSINE for key in (
+                        "cosine", "embedding_term", "mlps", "heads", "top_tokens.score")}),
                 }
             )
         return out

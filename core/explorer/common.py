@@ -1,6 +1,7 @@
 """Inputs every tab shares, and the pieces of a view every tab shows (link, provenance, colour scale).
 
-Scores in the UI are cosine contributions x100 ("cosine points") in every view: grids, bars and tables alike.
+Scores in the UI are cosine contributions x100 ("cosine points") in every view: grids, bars and tables alike
+(the policy: core.units).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core import settings
+from core import settings, units
 from core.errors import ConfigError, CoreError, ImageError, TextError
 from core.explorer import access
 from core.links.codec import ViewState, encode
@@ -22,8 +23,8 @@ from core.links.commands import CITATIONS
 from core.links.images import describe_ref, image_from_ref
 from core.messages import display_source, error_message, without_paths  # noqa: F401  (the tabs' shortening)
 
-UNIT = 100.0  # scores are shown as cosine x100
-UNIT_NAME = "cosine x100"
+UNIT = units.COSINE_SCALE  # scores are shown as cosine x100 (core.units)
+UNIT_NAME = units.COSINE_UNIT
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -190,6 +191,12 @@ def colour_bar(picture: Image.Image, limit: float, label: str) -> Image.Image:
     draw.text((width - pad - draw.textlength(right, font=font), y), right, fill="black", font=font)
     draw.text(((width - draw.textlength(label, font=font)) // 2, y + 16), label, fill="dimgray", font=font)
     return canvas
+
+
+def grid_with_scale(grid: Image.Image, scores) -> Image.Image:
+    """A head grid (core.engine.viz.heat_grid of raw cosine shares) with its colour scale underneath, x100."""
+    limit = float(np.abs(np.asarray(scores, dtype=np.float64)).max()) or 1e-12
+    return colour_bar(grid, limit * UNIT, UNIT_NAME)
 
 
 def maybe_int(value) -> int | None:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from core.engine.labels import head_label
 from core.errors import ConfigError
-from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, colour_bar, link_panel, load_model,
-                                  progress_or_silent, query_image, read_texts)
+from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, colour_bar, grid_with_scale, link_panel,
+                                  load_model, progress_or_silent, query_image, read_texts)
 from core.links.codec import ViewState
 from core.links.commands import reproduce_commands
 
@@ -106,8 +106,8 @@ def render_decomposition(result: ImageDecomposition, image: Image.Image, image_r
     if scale not in SCALES:
         raise ConfigError(f"colour scale must be one of {', '.join(SCALES)}")
     text = result.texts[t]
-    grid = heat_grid(result.heads[:, :, t], title=f"cos(image, '{text[:32]}') by head, x100",
-                     cell=44 if n_heads <= 16 else 36)
+    grid = grid_with_scale(heat_grid(result.heads[:, :, t], title=f"cos(image, '{text[:32]}') by head, x100",
+                                     cell=44 if n_heads <= 16 else 36), result.heads[:, :, t])
     maps = [result.token_map(i, layer_index, head_index) for i in range(len(result.texts))]
     limit = float(max(m.abs().max() for m in maps)) if scale == "shared" else float(maps[t].abs().max())
     limit = limit or 1e-12

@@ -8,17 +8,18 @@ the caller, who keeps them per session; nothing here is shared between visitors 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image
 
-from core import budget
+from core import budget, units
 from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
-                                  colour_bar, display_source, link_model, link_panel, load_model, maybe_int,
-                                  progress_or_silent, query_image, read_texts, text_pool, without_paths)
+                                  colour_bar, display_source, grid_with_scale, link_model, link_panel, load_model,
+                                  maybe_int, progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 from core.messages import error_message
@@ -31,7 +32,7 @@ FROM_BASES, FROM_SESSION = "bases", "computed here"
 METRICS = ("cosine", "centered", "dot")
 MAX_GALLERIES = 2  # per session
 SPURIOUS_TEMPLATES = "80 OpenAI ImageNet templates"  # the command line's default (`spurious --templates openai`)
-TEXT_COLUMNS = ["#", "text", "variance explained", "cumulative"]
+TEXT_COLUMNS = ["#", "text", "variance explained (%)", "cumulative (%)"]
 
 
 class FittedSpan(NamedTuple):
@@ -42,6 +43,8 @@ class FittedSpan(NamedTuple):
     result: object  # TextSpanResult
     texts: list[str]
     provenance: str
+    asked: int = 0  # texts per head the visitor asked for (the fit may stop earlier: see _from_session)
+    rank_cap: int = 0  # the span rank asked of the fit (each head's own is at most its numerical rank)
 
 
 class HeadTexts(NamedTuple):
@@ -59,8 +62,12 @@ def _model_line(info) -> str:
 
 
 def _text_rows(rows: list[dict]) -> list[dict]:
-    return [{"#": row["order"] + 1, "text": row["text"], "variance explained": round(row["variance_explained"], 4),
-             "cumulative": round(row["cumulative_variance"], 4)} for row in rows]
+    return [{"#": row["order"] + 1, "text": row["text"],
+             "variance explained (%)": units.shown_percent(row["variance_explained"]),
+             "cumulative (%)": units.shown_percent(row["cumulative_variance"]),
+             # raw values for JSON (`bases show --json`); tables show only TEXT_COLUMNS
+             "raw variance_explained": row["variance_explained"], "raw cumulative_variance": row["cumulative_variance"]}
+            for row in rows]
 
 
 # ---------------------------------------------------------------- bases
@@ -98,7 +105,18 @@ def _from_session(fitted: FittedSpan | None, spec: str, head) -> tuple[list[dict
     if fitted is None or fitted.spec != spec or head not in fitted.heads:
         return None
     rows = table_rows([head], select_heads(fitted.result, [fitted.heads.index(head)]), fitted.texts)
-    return rows, fitted.provenance
+    if not rows:
+        return None
+    rank = rows[0]["rank"]
+    provenance = f"{fitted.provenance}, data span rank {rank}" + (
+        f" (the numerical rank of this head's outputs; at most {fitted.rank_cap} was asked)"
+        if fitted.rank_cap and rank < fitted.rank_cap else "")
+    if fitted.asked and len(rows) < fitted.asked:
+        why = (f"this head's outputs span only {rank} directions on these images, and TextSpan stops once the "
+               "texts span them all" if len(rows) >= rank else "TextSpan keeps fewer texts than the span rank, the "
+               "head's width plus 3 and the text pool's size")
+        provenance += f"  \n**{len(rows)} texts, not the {fitted.asked} asked:** {why}."
+    return rows, provenance
 
 
 def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitted: FittedSpan | None = None,
@@ -131,7 +149,7 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
         also = "  \n(No TextSpan for this head was computed in this session: these are the bases' texts.)"
     total = rows[-1]["cumulative_variance"]
     return HeadTexts(f"{_model_line(bundle.info)}  \n**Head {name}** ({source_name}): {len(rows)} texts explain "
-                     f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}"
+                     f"{units.percent(total):.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}"
                      f"{_circuit_link(bundle, bases, chosen)}", _text_rows(rows), source_name)
 
 
@@ -193,7 +211,7 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     chosen = _head(bundle, layer, head)
     heads = check_heads(list(dict.fromkeys(default_heads(bundle.info) + [chosen])), bundle.info)
     n_images = access.check_count(n_images, "the number of images", 2, 2000)
-    per_head = access.check_count(per_head, "texts per head", 1, 100)
+    per_head = asked = access.check_count(per_head, "texts per head", 1, 100)
     texts, _, pool_description = text_pool(pool_upload)
     batches, n_images, images_description = _image_set(bundle, source, folder, uploads, n_images, progress)
     # The span cannot be wider than the data: one direction per image less the mean, per output dimension, and
@@ -206,8 +224,8 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     tracked = progress.tqdm(batches, total=-(-n_images // 32), desc="head outputs")
     result, fitted = fit_in_memory(bundle, tracked, n_images, embeddings, heads, per_head=per_head, rank=rank)
     provenance = (f"TextSpan computed here on {images_description} ({fitted.count} used), text pool "
-                  f"{pool_description}, convention paper, data span rank {rank}, criterion std")
-    span = FittedSpan(bundle.info.spec, list(fitted.heads), result, texts, provenance)
+                  f"{pool_description}, convention paper, criterion std")
+    span = FittedSpan(bundle.info.spec, list(fitted.heads), result, texts, provenance, asked, rank)
     return span, head_texts(bundle.info.spec, *chosen, fitted=span, prefer=FROM_SESSION)
 
 
@@ -220,6 +238,7 @@ class ExplainView:
     grid: Image.Image
     maps: list[tuple[Image.Image, str]]
     top_texts: list[dict]
+    texts: tuple[str, ...] = ()  # the texts the view computed with
 
 
 def rank_by_magnitude(scores, k: int = 10) -> list[dict]:
@@ -252,9 +271,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
                   pool_upload, convention: str, *, scale: str = "shared", progress: Progress | None = None) -> ExplainView:
     """Which heads respond to the first text, the chosen head's token maps, and its top pool texts."""
     from core.engine.decomposition import decompose_image
-    from core.engine.text import encode_texts
     from core.engine.viz import heat_grid
-    from core.heads.outputs import image_head_texts
 
     progress = progress_or_silent(progress)
     bundle = load_model(spec, progress)
@@ -263,21 +280,52 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     texts = read_texts(raw_texts)
     progress(0.2, desc="decomposing the image")
     result = decompose_image(bundle, query.image, texts, convention=convention)
-    pool, _, pool_description = text_pool(pool_upload)
-    budget.admit(budget.text_pool(bundle, texts=len(pool)))
     progress(0.6, desc="scoring the text pool for the head")
-    top = image_head_texts(bundle, query.image, chosen, encode_texts(bundle, pool), k=10, convention=convention)
+    top_rows, pool_description = _top_texts(bundle, query.image, chosen, pool_upload, None, convention)
     scores = result.heads[:, :, 0]
-    grid = heat_grid(scores, title=f"cos(image, '{texts[0][:32]}') by head, x100",
-                     cell=44 if scores.shape[1] <= 16 else 36)
+    grid = grid_with_scale(heat_grid(scores, title=f"cos(image, '{texts[0][:32]}') by head, x100",
+                                     cell=44 if scores.shape[1] <= 16 else 36), scores)
     name = head_label(*chosen)
     info = (f"{_model_line(bundle.info)}  \n**Image:** {query.description}  ·  **Convention:** {convention}; scores are "
             f"cosine contributions x100 (the head's share of cos(image, text)), ranked by magnitude, sign kept.  \n"
             f"**Heads ranked** for '{texts[0]}'; **token maps** of head {name} for {len(texts)} text(s) "
             f"(colour scale {scale}); **top texts** of head {name} from {pool_description}.")
-    top_rows = [{"text": pool[i], f"score ({UNIT_NAME})": round(score * UNIT, 4)} for i, score in top]
     return ExplainView(info, rank_by_magnitude(scores), grid, _token_maps(result, query.image, chosen, bundle.info, scale),
-                       top_rows)
+                       top_rows, tuple(texts))
+
+
+TOP_TEXTS = 10
+
+
+def _top_texts(bundle, image, head, pool_upload, pool_typed, convention: str) -> tuple[list[dict], str]:
+    """(rows, pool description): the pool texts the head's contribution to this image points to most."""
+    from core.engine.text import encode_texts
+    from core.heads.outputs import image_head_texts
+
+    pool, _, pool_description = text_pool(pool_upload, pool_typed)
+    budget.admit(budget.text_pool(bundle, texts=len(pool)))
+    top = image_head_texts(bundle, image, head, encode_texts(bundle, pool), k=TOP_TEXTS, convention=convention)
+    return [{"text": pool[i], f"score ({UNIT_NAME})": units.shown_cosine(score), "raw score": float(score)}
+            for i, score in top], pool_description
+
+
+def image_top_texts(spec: str | None, image_path: str | None, image_ref: str | None, layer, head, pool: str | None,
+                    convention: str = "paper", *, pool_upload: str | None = None,
+                    progress: Progress | None = None) -> tuple[list[dict], str]:
+    """(rows, info): the Heads tab's "image's own top texts" table for one head, as `bases show --head L.H
+    --image IMG` prints it. `pool`: 'toy' (default) or a text file on this machine."""
+    from core.engine.conventions import CONVENTIONS
+
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"Unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
+    progress = progress_or_silent(progress)
+    bundle = load_model(spec, progress)
+    chosen = _head(bundle, layer, head)
+    query = query_image(image_path, image_ref, what="the image")
+    rows, pool_description = _top_texts(bundle, query.image, chosen, pool_upload, pool, convention)
+    described = query.description if query.ref != "upload" else f"image {Path(image_path).name}"
+    return rows, (f"top texts of head {head_label(*chosen)} for {described}, from {pool_description}; "
+                  f"convention {convention}; model {bundle.info.spec}")
 
 
 # ---------------------------------------------------------------- property retrieval

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from core import budget, caches
+from core import budget, caches, units
 from core.engine.labels import neuron_label
 from core.errors import ConfigError, CoreError, OutputError
 from core.explorer import access
@@ -30,6 +30,8 @@ WORLD, FOLDER = "generated world", "image folder on this machine"
 N_GALLERY = 8
 RELIABLE_SHARE = 0.05  # k / images above this: the k-th largest effect is no longer a rare event
 TERM_COLUMNS = ["text", "weight"]
+SEARCH_SCORE = f"cos(PC, text) ({units.COSINE_UNIT})"
+SEARCH_COLUMNS = ["neuron", SEARCH_SCORE, "top texts"]
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,13 @@ class NeuronView:
     info: str
     terms: list[dict]
     gallery: list[tuple[Image.Image, str]]
+    top_images: list[dict] = ()  # rank, image (its id in the image set), |effect|: what the gallery shows
 
 
-def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None, *,
+def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None, *, pictures: bool = True,
                 progress: Progress | None = None) -> NeuronView:
-    """The neuron's texts (signed weights), its top images and its statistics."""
+    """The neuron's texts (signed weights), its top images and its statistics (pictures=False: the images' ids
+    and effects only, as `bases show --neuron L.N` prints them)."""
     progress = progress_or_silent(progress)
     bundle = load_model(spec, progress)
     found = find_basis(bundle, bases, layer, session)
@@ -122,9 +126,11 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
     rows = [{"text": text, "weight": round(weight, 4)} for text, weight in terms]
     gallery = []
     top = list(zip(stats.top_images[n, :N_GALLERY].tolist(), stats.top_norms[n].tolist()))
-    for rank, (index, norm) in enumerate(progress.tqdm(top, total=len(top), desc="top images"), 1):
+    top_images = [{"rank": rank, "image": index, "|effect|": round(norm, 2)} for rank, (index, norm) in enumerate(top, 1)]
+    for row in progress.tqdm(top_images if pictures else [], total=len(top_images), desc="top images"):
         try:
-            gallery.append((basis.image_set.image(index), f"#{rank}: image {index}, |effect| {norm:.2f}"))
+            gallery.append((basis.image_set.image(row["image"]),
+                            f"#{row['rank']}: image {row['image']}, |effect| {row['|effect|']:.2f}"))
         except CoreError:
             continue  # a file of the image set that is no longer there
     info = (f"**Layer {stats.layer}, neuron {n}** ({neuron_label(stats.layer, n)}): threshold (the {stats.k}-th largest |effect - mean|) "
@@ -133,7 +139,7 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
             f"{float(basis.words.reconstruction_cosine[n]):.3f} (dictionary {basis.words.dictionary_mode}).  \n"
             f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}  \n"
             f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})")
-    return NeuronView(info, rows, gallery)
+    return NeuronView(info, rows, gallery, top_images)
 
 
 def _circuit_query(bundle, bases: str | None, layer: int, neuron: int) -> str:
@@ -186,7 +192,7 @@ def search_neurons(spec: str | None, bases: str | None, layer, text: str, top, s
     query = read_texts(text, limit=1)[0]
     top = access.check_count(top, "the number of neurons", 1, 200)
     embedding = encode_texts(bundle, [query], use_cache=False)[0]
-    rows = [{"neuron": n, "cosine": round(cos, 4),
+    rows = [{"neuron": n, SEARCH_SCORE: units.shown_cosine(cos), "raw cosine": float(cos),
              "top texts": "; ".join(f"{t} ({w:+.2f})" for t, w in basis.words.terms(n, basis.texts)[:4])}
             for n, cos in ranked(basis.stats.pcs, embedding, top=top)]
     return rows, f"Neurons of layer {basis.stats.layer} ranked by cos(PC, '{query}'). {found.status()}"

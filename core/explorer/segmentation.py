@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from core import units
 from core.errors import ConfigError, CoreError, TextError
 from core.explorer.common import LinkPanel, Progress, link_panel, load_model, progress_or_silent, query_image
 from core.links.codec import ViewState
@@ -168,7 +169,7 @@ def render(key, results: dict, methods: tuple[str, ...], background: int | None,
     notes = ["The threshold 0 cannot travel in a link (links carry thresholds above 0): the link uses each "
              "method's rule."] if threshold == 0 else []
     commands = reproduce_commands(state)
-    info = _info(shown_results, image_description, truth, threshold, commands)
+    info = _info(shown_results, image_description, truth, threshold, commands, background)
     return SegmentationView(key, results, methods, background, truth, image_ref, image_description, threshold, index,
                             heat, masks, labels, truth_picture, info, link_panel(state, commands, notes))
 
@@ -182,7 +183,8 @@ def rerender(view: SegmentationView | None, shown=None, threshold="keep") -> Seg
                   view.image_description, threshold, view.shown if shown is None else shown)
 
 
-def _info(results: list, image_description: str, truth, threshold: float | None, commands: list[str]) -> str:
+def _info(results: list, image_description: str, truth, threshold: float | None, commands: list[str],
+          background: int | None = None) -> str:
     from core.segmentation.segment import iou
 
     model = results[0].model
@@ -193,18 +195,25 @@ def _info(results: list, image_description: str, truth, threshold: float | None,
         rule = result.threshold if threshold is None else threshold
         rule_text = "S > mean(S)" if rule == "mean" else f"S > {rule:g}"
         note = " It does not depend on the text: every text gets the same map." if result.text_free else ""
+        subtract = (f"; minus the mean over texts: {'yes' if result.subtract_mean else 'no'}"
+                    if result.method == "heads" else "")
         lines.append(f"**{result.method}:** {result.description}; foreground {rule_text}; clamp "
-                     f"{'yes' if result.clamp else 'no'}; heads minus the mean over texts: "
-                     f"{'yes' if result.subtract_mean else 'no'}.{note}")
+                     f"{'yes' if result.clamp else 'no'}{subtract}.{note}")
     texts = results[0].texts
-    lines.append("**cos(image, text):** " + ", ".join(f"{t} {c:+.3f}" for t, c in zip(texts, results[0].cosine)))
+    lines.append(f"**cos(image, text)** ({units.COSINE_UNIT}): "
+                 + ", ".join(f"{t} {units.format_cosine(c)}" for t, c in zip(texts, results[0].cosine)))
     if truth is not None:
         truth_mask, name = truth
-        header = "| text | " + " | ".join(f"IoU {r.method}" for r in results) + " |"
-        rows = [f"| {text} | " + " | ".join(f"{iou(r.masks(threshold)[i], truth_mask):.3f}" for r in results) + " |"
-                for i, text in enumerate(texts)]
+        header = "| text | scored against | " + " | ".join(f"IoU {r.method}" for r in results) + " |"
+        rows = []
+        for i, text in enumerate(texts):
+            # the background text's mask is the pixels it wins: compared with the true background, not the object
+            is_background = background is not None and i == background
+            target = ~truth_mask if is_background else truth_mask
+            rows.append(f"| {text} | {'the true background' if is_background else 'the true object'} | "
+                        + " | ".join(f"{iou(r.masks(threshold)[i], target):.3f}" for r in results) + " |")
         lines.append(f"Generated-world example: **{name}**; IoU of each text's mask with the true mask:\n\n"
-                     + "\n".join([header, "|---|" + "---|" * len(results)] + rows) + "\n")
+                     + "\n".join([header, "|---|---|" + "---|" * len(results)] + rows) + "\n")
     segment_lines = [line for line in commands if " core segment " in line]
     lines.append("Reproduce: " + "; ".join(f"`{line}`" for line in segment_lines))
     return "  \n".join(lines)

@@ -50,13 +50,25 @@ def _bases_lines(bases_source: str | None, recipe: str | None) -> list[str]:
     return lines
 
 
+def _show(state: ViewState, what: str) -> str:
+    """The `bases show` line that prints one of the Heads/Neurons tab's tables, in the tab's units. The bases are
+    the link's (ORG/NAME@SHA), else the command finds the configured ones as the tab does (from any folder)."""
+    bases = f" --bases {_q(state.bases)}" if state.bases else ""
+    return f"python -m core bases show --model {_q(state.model)}{bases} {what}"
+
+
 def _heads(state: ViewState, *, bases_source: str | None = None, recipe: str | None = None, **_) -> list[str]:
     lines = _bases_lines(bases_source, recipe)
+    if state.layer is not None and state.head is not None:
+        lines.append(_show(state, f"--head {state.layer}.{state.head}") + "   # the head's texts")
     if state.image and state.texts:
         setup, image = image_argument(state.image)
         texts = " ".join(f"--text {_q(t)}" for t in state.texts)
         lines += setup + [f"python -m core decompose --model {_q(state.model)} --image {_q(image)} {texts} "
                           f"--convention {state.convention or 'paper'}   # per-head scores of the image"]
+        if state.layer is not None and state.head is not None:
+            lines.append(_show(state, f"--head {state.layer}.{state.head} --image {_q(image)} --texts toy "
+                                            f"--convention {state.convention or 'paper'}") + "   # its top texts")
         lines += ["python -m core toy scenes --n 48 --seed 7 --split heldout --out gallery-seed7",
                   f"python -m core retrieve --model {_q(state.model)} --image {_q(image)} --gallery gallery-seed7/images "
                   f"--layer {state.layer} --head {state.head} --metric {state.method or 'cosine'}   # retrieval"]
@@ -65,6 +77,12 @@ def _heads(state: ViewState, *, bases_source: str | None = None, recipe: str | N
 
 def _neurons(state: ViewState, *, bases_source: str | None = None, recipe: str | None = None, **_) -> list[str]:
     lines = _bases_lines(bases_source, recipe)
+    if state.layer is not None and state.neuron is not None:
+        lines.append(_show(state, f"--neuron {state.layer}.{state.neuron}")
+                     + "   # its texts and top images")
+    if state.layer is not None and state.texts:
+        lines.append(_show(state, f"--search {_q(state.texts[0])} --layer {state.layer} --top 10")
+                     + "   # neuron search")
     if state.image:
         setup, image = image_argument(state.image)
         bases = f" --bases {_q(bases_source)}" if bases_source else ""

@@ -196,13 +196,13 @@ class Segmenter:
     def describe(self) -> str:
         o = self.options
         if self.method == "heads":
-            return (f"heads: token direct effects summed over {'all heads' if o.heads is None else f'heads {_heads_text(o.heads)}'}"
+            return (f"token direct effects summed over {'all heads' if o.heads is None else f'heads {_heads_text(o.heads)}'}"
                     f", convention {o.convention}")
         if self.pool is not None:
             layers = ", ".join(map(str, self.pool.layers))
             chosen = (f"{o.top_k} random neurons per class (seed {o.seed})" if self.method == "random-neurons"
                       else f"the top {o.top_k} neurons per class by |<PC, text>|")
-            return (f"{self.method}: {chosen} of layers {layers} (bases {display_source(self.pool.source)}), mean "
+            return (f"{chosen} of layers {layers} (bases {display_source(self.pool.source)}), mean "
                     "activation map"
                     f"{', sign-weighted' if o.sign_weight else ''}")
         if self.method == "rollout":

@@ -162,7 +162,8 @@ def build() -> gr.Blocks:
                 word_plot = gr.BarPlot(x="word", y="score", label="Top words (score towards c2)", sort="-y",
                                        x_label_angle=-40, height=380, elem_id="adversarial-words")
                 gallery = gr.Gallery(label="Generated images (second-order words) with CLIP's verdict and margin",
-                                     columns=8, height=420, elem_id="adversarial-gallery")
+                                     columns=4, height="auto", elem_id="adversarial-gallery",
+                                     elem_classes=ui.GALLERY, object_fit="contain")
                 with gr.Row():
                     neuron_table = gr.Dataframe(label="Chosen neurons", max_height=260, elem_id="adversarial-neurons")
                     description_table = gr.Dataframe(label="Descriptions", max_height=260,

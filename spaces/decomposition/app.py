@@ -85,9 +85,16 @@ def restore(query: str, request: gr.Request):
         return [gr.skip()] * (len(CONTROLS) + len(VIEW_OUTPUTS)) + [linked.notice or gr.skip()]
     s = linked.state
     controls = [s.model or gr.skip(), ui.picture(linked.picture) or gr.skip(), s.image if linked.picture else gr.skip(),
-                "\n".join(s.texts) or gr.skip(), s.convention or gr.skip()]
+                _texts_of(linked), s.convention or gr.skip()]
     views = _views(linked.view) if linked.view is not None else [gr.skip()] * len(VIEW_OUTPUTS)
     return controls + list(views) + [linked.notice]
+
+
+def _texts_of(linked):
+    """The texts box after a link: the texts its view computed with (a link without texts uses its image's own)."""
+    if linked.view is not None:
+        return "\n".join(linked.view.texts)
+    return "\n".join(linked.state.texts) or gr.skip()
 
 
 def _default_texts() -> str:
@@ -107,9 +114,10 @@ def build() -> gr.Blocks:
                 model = ui.model_box("decomposition-model")
                 image = ui.image_input("decomposition-image")
                 image_id = ui.image_id_box("decomposition-image-id")
-                ui.examples(image, image_id)
                 texts = gr.Textbox(label="Texts (one per line)", value=_default_texts(), lines=3,
-                                   elem_id="decomposition-texts")
+                                   elem_id="decomposition-texts", render=False)
+                ui.examples(image, image_id, texts=texts)
+                texts.render()
                 convention = gr.Radio(list(CONVENTIONS), value="paper", label="Convention",
                                       elem_id="decomposition-convention")
                 button = gr.Button("Decompose", variant="primary", elem_id="decomposition-run")
@@ -139,7 +147,7 @@ def build() -> gr.Blocks:
             pick.input(change_view, [state, text_pick, layer_pick, head_pick, scale], VIEW_OUTPUTS,
                        api_visibility="private")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.image_id_with_texts(3), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo

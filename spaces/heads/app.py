@@ -114,7 +114,7 @@ def restore(query: str, request: gr.Request):
     s = linked.state
     controls = [s.model or gr.skip(), s.bases or gr.skip(), gr.skip() if s.layer is None else s.layer,
                 gr.skip() if s.head is None else s.head, ui.picture(linked.picture) or gr.skip(),
-                s.image if linked.picture else gr.skip(), "\n".join(s.texts) or gr.skip(), s.convention or gr.skip(),
+                s.image if linked.picture else gr.skip(), _texts_of(linked), s.convention or gr.skip(),
                 s.method or gr.skip()]
     texts, explained = linked.view or (None, None)
     text_values = [texts.info, ui.frame(texts.rows, explorer.TEXT_COLUMNS)] if texts else [gr.skip()] * 2
@@ -123,6 +123,14 @@ def restore(query: str, request: gr.Request):
                        ui.frame(explained.top_texts, TOP_TEXT_COLUMNS)] if explained else [gr.skip()] * 5)
     link = list(ui.link_values(linked.link)) if linked.link else [gr.skip()] * 2
     return controls + text_values + explain_values + link + [linked.notice]
+
+
+def _texts_of(linked):
+    """The texts box after a link: those its image view computed with (a link without texts uses its image's own)."""
+    explained = (linked.view or (None, None))[1]
+    if explained is not None:
+        return "\n".join(explained.texts)
+    return "\n".join(linked.state.texts) or gr.skip()
 
 
 # ---------------------------------------------------------------- layout
@@ -167,9 +175,11 @@ def build() -> gr.Blocks:
             with gr.Column(scale=1):
                 image = ui.image_input("heads-image")
                 image_id = ui.image_id_box("heads-image-id")
-                ui.examples(image, image_id)
                 texts = gr.Textbox(label="Texts (one per line; two give a difference map)",
-                                   value="\n".join(default_texts()[:2]), lines=2, elem_id="heads-texts-input")
+                                   value="\n".join(default_texts()[:2]), lines=2, elem_id="heads-texts-input",
+                                   render=False)
+                ui.examples(image, image_id, texts=texts, n_texts=2)
+                texts.render()
                 convention = gr.Radio(list(CONVENTIONS), value="paper", label="Convention", elem_id="heads-convention")
                 scale = gr.Radio(["shared", "own"], value="shared", label="Colour scale of the token maps",
                                  elem_id="heads-scale")
@@ -181,7 +191,7 @@ def build() -> gr.Blocks:
                                          "heads-top-heads")
                     grid = gr.Image(show_label=False, elem_id="heads-grid", buttons=["download"])
                 maps = gr.Gallery(label="Chosen head's token maps (red: towards the text)", columns=3, height="auto",
-                                  elem_id="heads-maps")
+                                  elem_id="heads-maps", elem_classes=ui.GALLERY, object_fit="contain")
                 top_texts = ui.table("The image's own top texts for the chosen head", TOP_TEXT_COLUMNS,
                                      "heads-top-texts")
 
@@ -198,7 +208,8 @@ def build() -> gr.Blocks:
                               info="centered: cosine after removing the head's mean over the gallery")
             retrieve_button = gr.Button("Find similar images", elem_id="heads-retrieve")
         retrieval_info = gr.Markdown(elem_id="heads-retrieval-info")
-        gallery = gr.Gallery(label="Nearest images", columns=8, height="auto", elem_id="heads-gallery")
+        gallery = gr.Gallery(label="Nearest images", columns=8, height="auto", elem_id="heads-gallery",
+                             elem_classes=ui.GALLERY, object_fit="contain")
 
         with gr.Accordion("Spurious-cue removal (a grouped folder on this machine, Waterbirds layout)", open=False,
                           visible=not public):
@@ -240,7 +251,7 @@ def build() -> gr.Blocks:
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.image_id_with_texts(2), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query],
                   CONTROLS + TEXT_OUTPUTS + EXPLAIN_OUTPUTS + links.outputs + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)

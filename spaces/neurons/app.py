@@ -40,7 +40,7 @@ TAB = "neurons"
 ALONE = False
 ACTIVATED_COLUMNS = ["neuron", "|effect - mean|", "threshold", "ratio"]
 WORD_COLUMNS = ["word", "score"]
-SEARCH_COLUMNS = ["neuron", "cosine", "top texts"]
+SEARCH_COLUMNS = explorer.SEARCH_COLUMNS
 
 
 # ---------------------------------------------------------------- handlers: one core call each
@@ -189,7 +189,8 @@ def build() -> gr.Blocks:
                 show = gr.Button("Show neuron", elem_id="neurons-show")
                 neuron_info = gr.Markdown(elem_id="neurons-neuron-info")
                 terms = ui.table("Texts (signed weights)", explorer.TERM_COLUMNS, "neurons-terms", max_height=320)
-                gallery = gr.Gallery(label="Top images", columns=4, height="auto", elem_id="neurons-gallery")
+                gallery = gr.Gallery(label="Top images", columns=4, height="auto", elem_id="neurons-gallery",
+                                     elem_classes=ui.GALLERY, object_fit="contain")
             with gr.Column(scale=1):
                 image = ui.image_input("neurons-image", "Your image")
                 image_id = ui.image_id_box("neurons-image-id")

@@ -104,7 +104,8 @@ def restore(query: str, request: gr.Request):
         return [gr.skip()] * (len(CONTROLS) + len(VIEW_OUTPUTS)) + [linked.notice or gr.skip()]
     s = linked.state
     controls = [s.model or gr.skip(), ui.picture(linked.picture) or gr.skip(), s.image if linked.picture else gr.skip(),
-                "\n".join(s.texts) or gr.skip(), s.background or gr.skip(), s.method or gr.skip(),
+                "\n".join(linked.view.class_texts() if linked.view is not None else s.texts) or gr.skip(),
+                s.background or gr.skip(), s.method or gr.skip(),
                 s.compare or gr.skip(), SLIDER if s.threshold is not None else gr.skip(),
                 s.threshold if s.threshold is not None else gr.skip()]
     views = _views(linked.view) if linked.view is not None else [gr.skip()] * len(VIEW_OUTPUTS)
@@ -125,9 +126,10 @@ def build() -> gr.Blocks:
                 model = ui.model_box("segmentation-model")
                 image = ui.image_input("segmentation-image")
                 image_id = ui.image_id_box("segmentation-image-id")
-                ui.examples(image, image_id, label="Generated-world examples (ground truth known)")
                 texts = gr.Textbox(label="Class texts (one per line)", value="\n".join(explorer.DEFAULT_TEXTS),
-                                   lines=3, elem_id="segmentation-texts")
+                                   lines=3, elem_id="segmentation-texts", render=False)
+                ui.examples(image, image_id, label="Generated-world examples (ground truth known)", texts=texts)
+                texts.render()
                 background = gr.Textbox(label="Background text (optional; pixels it wins are background)",
                                         elem_id="segmentation-background")
                 method = gr.Dropdown(list(METHODS), value="heads", label="Method", elem_id="segmentation-method")
@@ -142,25 +144,33 @@ def build() -> gr.Blocks:
                                           elem_id="segmentation-threshold")
                     text_pick = gr.Dropdown(label="Text (mask view)", choices=[], interactive=True,
                                             elem_id="segmentation-text")
-                heat = gr.Image(label="Score maps in [0, 1], one row per text (colour scale beside each)",
-                                elem_id="segmentation-heat")
+                # Each picture carries its own title (method: text); a Gradio label would sit on top of it.
+                gr.Markdown("Score maps in [0, 1], one row per text (colour scale beside each); below, the mask "
+                            "overlay, the argmax over the texts and, for generated-world examples, the ground truth.")
+                heat = gr.Image(label="Score maps", show_label=False, elem_id="segmentation-heat")
                 with gr.Row():
-                    mask = gr.Image(label="Mask overlay", elem_id="segmentation-mask")
-                    labels = gr.Image(label="Argmax over the texts", elem_id="segmentation-labels")
-                truth = gr.Image(label="Ground truth (generated-world examples)", elem_id="segmentation-truth")
+                    mask = gr.Image(label="Mask overlay", show_label=False, elem_id="segmentation-mask")
+                    labels = gr.Image(label="Argmax over the texts", show_label=False, elem_id="segmentation-labels")
+                truth = gr.Image(label="Ground truth (generated-world examples)", show_label=False,
+                                 elem_id="segmentation-truth")
                 info = gr.Markdown(elem_id="segmentation-info")
         CONTROLS = [model, image, image_id, texts, background, method, compare, rule, threshold]
         VIEW_OUTPUTS = [state, text_pick, heat, truth, mask, labels, info, *links.outputs]
         inputs = [model, image, image_id, texts, background, method, compare, rule, threshold, state]
-        button.click(compute, inputs, VIEW_OUTPUTS, api_name="segment", **ui.MODEL_QUEUE)
+        # A failed run leaves no earlier result on screen (info, IoU table, maps): they would read as its answer.
+        view_only = VIEW_OUTPUTS[:-len(links.outputs)]
+        cleared = ui.constant([None, gr.Dropdown(choices=[], value=None), None, None, None, None, ""])
+        button.click(compute, inputs, VIEW_OUTPUTS, api_name="segment", **ui.MODEL_QUEUE).failure(
+            cleared, None, view_only, queue=False, api_visibility="private")
         for switch in (method, compare):
-            switch.input(switch_method, inputs, VIEW_OUTPUTS, api_visibility="private", **ui.MODEL_QUEUE)
+            switch.input(switch_method, inputs, VIEW_OUTPUTS, api_visibility="private", **ui.MODEL_QUEUE).failure(
+                cleared, None, view_only, queue=False, api_visibility="private")
         threshold.input(slide, [state, text_pick, threshold], VIEW_OUTPUTS, api_visibility="private").then(
             lambda: SLIDER, None, rule, queue=False, api_visibility="private")
         for control in (rule, text_pick):
             control.input(change_view, [state, text_pick, rule, threshold], VIEW_OUTPUTS, api_visibility="private")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
-        image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
+        image_id.submit(ui.image_id_with_texts(3), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo

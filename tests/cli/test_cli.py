@@ -32,7 +32,8 @@ def test_decompose_json_schema(scene_png):
 def test_decompose_several_texts_and_table(scene_png, capsys):
     assert main(["decompose", "--model", "Tiny-ViT/none", "--image", str(scene_png), "--text", "a", "--text", "b"]) == 0
     printed = capsys.readouterr().out
-    assert "RANDOM weights" in printed and "reconstruction error" in printed and printed.count("cosine:") == 2
+    assert "RANDOM weights" in printed and "reconstruction error" in printed and printed.count("cos(image, text):") == 2
+    assert "units: cosine x100" in printed  # the table is x100, as the tabs show it (docs/cli.md, Units)
     assert main(["decompose", "--model", "Tiny-ViT/none", "--image", str(scene_png), "--text", "a", "--text", "b",
                  "--json"]) == 0
     assert [item["text"] for item in json.loads(capsys.readouterr().out)] == ["a", "b"]

@@ -317,6 +317,26 @@ COMMANDS["circuit head"] = Command(_base("circuit", "--model", MODEL, "--head", 
     ("--layer", [("5", r"out of range")]), ("--neuron", [("3", r"one of them")]),
     ("--images", [("world:5", r"weight edges")])))
 
+# Every view's table from the command line (issue 23): a head's texts, an image's top texts, a neuron, the search.
+PAIR = [("x", r"LAYER\.INDEX"), ("1.2.3", r"LAYER\.INDEX"), ("1.-1", r"LAYER\.INDEX"), ("", r"LAYER\.INDEX"),
+        ("1.9999999", r"LAYER\.INDEX")]
+SHOW = ("bases", "show", "--model", MODEL, "--bases", "{bases}")
+COMMANDS["bases show"] = Command(_base(*SHOW, "--neuron", "1.3"), 2, (
+    ("--neuron", PAIR + [("1.999", r"neuron must be a whole number from 0 to"), ("9.1", r"layer must be a whole"),
+                         ("0.1", r"neuron statistics for layer\(s\) 1, not layer 0")]),
+    ("--bases", BASES_FOLDER[:-1] + [("{tampered[nan_tensor]}", r"NaN|infinite|finite")]), ("--model", MODELS[:8]),
+    ("--device", CHOICE),
+    ("--layer", [("1", r"--layer goes with --search")]), ("--image", [("{png}", r"--image goes with --head")])))
+COMMANDS["bases show head"] = Command(_base(*SHOW, "--head", "2.1"), 2, (
+    ("--head", PAIR + [("2.9", r"head must be a whole number from 0 to"), ("9.1", r"layer must be a whole")]),
+    ("--bases", [("{missing}", r"no bases folder|not found"), ("{folder}", r"no manifest.json")])))
+COMMANDS["bases show head image"] = Command(_base(*SHOW, "--head", "2.1", "--image", "{png}", "--texts", "{pool}"),
+                                            2, (("--image", IMAGE), ("--texts", POOL[:-1]), ("--convention", CHOICE)))
+COMMANDS["bases show search"] = Command(_base(*SHOW, "--search", "a red circle", "--layer", "1"), 2, (
+    ("--search", TEXT), ("--layer", [("-1", r"layer must be a whole"), ("99", r"layer must be a whole"),
+                                     ("abc", r"invalid int value")]),
+    ("--top", POSITIVE)))
+
 # Paths each command reads or writes, given a valid value: in public mode every one of them is refused.
 PUBLIC_PATHS = {
     "decompose": ["--image"], "ablate": ["--images", "--means-from", "--templates"],
@@ -331,6 +351,7 @@ PUBLIC_VALUES = {"--images": "{images}", "--means-from": "{images}", "--template
                  "--heads": "{heads_json}", "--bases": "{bases}", "": "{bases}"}
 PUBLIC_PATHS.update({"reproduce": ["--out"], "adversarial": ["--out", "--bases"], "segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
 PUBLIC_PATHS.update({"circuit": ["--bases"], "circuit data": ["--images"]})
+PUBLIC_PATHS.update({"bases show": ["--bases"], "bases show head image": ["--image", "--texts"]})
 PUBLIC_VALUES.update({"--dataset": "{scenes}", "--state-dir": "{tmp}/state", "--save-maps": "{tmp}/maps",
                       "--classes": "{pool}"})
 

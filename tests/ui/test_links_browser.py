@@ -153,6 +153,7 @@ def test_links_restore_every_tab_with_its_numbers_and_again_after_a_restart(app_
 
 def _check_segmentation(shown: dict) -> None:
     """The linked segmentation's cosines and IoUs are the library's, computed here directly."""
+    from core import units
     from core.engine.models import load_clip
     from core.links.images import image_from_ref
     from core.segmentation.segment import iou, segment_image, world_truth
@@ -163,15 +164,17 @@ def _check_segmentation(shown: dict) -> None:
     assert name in shown["main"] and "Ignored the unknown link parameter 'bogus'" in shown["notice"]
     assert shown["controls"] == ["heads", "rollout", "example:0"] and float(shown["threshold"]) == 0.5
     assert shown["rule"] == "the slider" and "S > 0.5" in shown["main"]
-    rows = {cells[0].strip(): [c.strip() for c in cells[1:]]  # the IoU table: text, IoU heads, IoU rollout
-            for cells in (line.split("\t") for line in shown["main"].splitlines()) if len(cells) == 3}
-    for column, method in enumerate(("heads", "rollout")):
+    # the IoU table: text, scored against, IoU heads, IoU rollout (the background text against the background)
+    rows = {cells[0].strip(): [c.strip() for c in cells[1:]]
+            for cells in (line.split("\t") for line in shown["main"].splitlines()) if len(cells) == 4}
+    for column, method in enumerate(("heads", "rollout"), 1):
         result = segment_image(load_clip("toy"), image, texts, method=method)
         if method == "heads":
             for text, cosine in zip(texts, result.cosine):
-                assert f"{text} {cosine:+.3f}" in shown["main"]
+                assert f"{text} {units.format_cosine(cosine)}" in shown["main"]  # x100, as every tab
         for i, text in enumerate(texts):
-            assert rows[text][column] == f"{iou(result.masks(0.5)[i], truth):.3f}", (method, text, rows)
+            target = ~truth if i == len(texts) - 1 else truth
+            assert rows[text][column] == f"{iou(result.masks(0.5)[i], target):.3f}", (method, text, rows)
     assert "python -m core segment --model toy" in shown["cite"] and "--method rollout" in shown["cite"]
 
 
