@@ -220,7 +220,9 @@ def _judge(bundle: ClipBundle, spec: str | None) -> ClipBundle:
 
     if spec is None or spec.strip() == bundle.info.spec:
         return bundle
-    return load_clip(spec.strip())  # an empty spec is refused there, like an empty --model
+    if not spec.strip():  # load_clip would take blank for the default model: a judge is named or absent
+        raise ConfigError("the synonym judge's model spec is empty: name a model, or leave the judge out")
+    return load_clip(spec.strip())
 
 
 def _method_words(method, repeat, config, direction, bases, judge, selection, words, similar):

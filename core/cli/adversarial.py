@@ -93,10 +93,11 @@ def _check_generator_options(args) -> None:
 
 def run(args) -> int:
     from core.adversarial.defaults import SD_REPO, SD_REVISION, SD_STEPS
+    from core import engine
     from core.adversarial.descriptions import load_text_generator
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
     from core.adversarial.results import check_output_folder, write_results
-    from core.cli.common import device_of, load_model, model_line, print_json
+    from core.cli.common import device_of, model_line, print_json
 
     from core.artifacts.hub import check_user_source
     from core.engine.text import check_texts
@@ -119,7 +120,7 @@ def run(args) -> int:
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint or SD_REPO,
         sd_revision=args.revision if args.revision is not None or args.checkpoint else SD_REVISION,
         sd_steps=args.steps or SD_STEPS, sd_size=args.size, device=str(device_of(args)))
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     say = (lambda line: print(line, file=sys.stderr, flush=True))
     say(model_line(bundle.info))
     llm = load_text_generator(args.llm, args.llm_revision, device=str(device_of(args))) if args.llm else None

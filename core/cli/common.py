@@ -62,12 +62,6 @@ def device_of(args: argparse.Namespace):
     return resolve_device(getattr(args, "device", None))
 
 
-def load_model(args: argparse.Namespace):
-    from core.engine.models import load_clip
-
-    return load_clip(model_spec(args), device=device_of(args))
-
-
 def check_convention(value: str) -> str:
     from core.errors import ConfigError
 

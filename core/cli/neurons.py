@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_model_argument, model_line, print_json
 
 EPILOG = """examples:
   python -m core neurons --model ViT-B-32/openai --layer 9 --images imagenet_subset --texts 30k.txt --out out/b32-neurons
@@ -109,7 +110,7 @@ def run(args) -> int:
     image_set = _image_set(args.images)
     texts, pool_name, problems = _texts(args.texts)
     labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     evaluation = _evaluation(args, bundle, labelled) if labelled else None
     options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, mode=args.mode, half=args.half,
                            batch_size=args.batch_size)

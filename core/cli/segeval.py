@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from core import engine
 from core.cli.common import add_model_argument, model_line, print_json
 from core.cli.segment import (METHOD_CHOICES, add_method_options, add_yes_no,
-                              check_device, check_method_inputs, load_on_device, method_options, resolve_method,
+                              check_device, check_method_inputs, method_options, resolve_method,
                               yes_no)
 
 EPILOG = """examples:
@@ -94,7 +95,7 @@ def run(args) -> int:
     dataset = open_dataset(args.dataset, classnames)
     if args.limit is not None:
         dataset = first_images(dataset, args.limit)
-    bundle = load_on_device(args, spec)
+    bundle = engine.load_clip(spec, device=args.device)
     report = evaluate(bundle, dataset, methods, protocol=args.protocol, options=method_options(args, bundle),
                       class_source=args.class_source, threshold=threshold, clamp=yes_no(args.clamp),
                       subtract_class_mean=yes_no(args.subtract_class_mean), batch_size=args.batch_size,

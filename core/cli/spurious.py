@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
 
 EXAMPLES = """examples:
   python -m core spurious --model ViT-B-16/laion2b_s34b_b88k --images waterbirds/ --split 2 \\
@@ -81,7 +82,7 @@ def run(args) -> int:
                              split=args.split)
     reference = (image_files(existing_folder(args.means_from, "image folder --means-from")) if args.means_from is not None
                  else grouped.paths)
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     heads = check_heads(heads, bundle.info)
     if args.random_layers:
         check_heads([(layer, 0) for layer in args.random_layers], bundle.info)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
 
 EXAMPLES = """examples:
   python -m core textspan --model toy --images scenes/images --texts core/data/toy_texts.txt --out bases/toy
@@ -113,7 +114,7 @@ def run(args) -> int:
     texts, problems = pool.texts, pool.problems
     for problem in problems:
         print(f"text pool {pool.name}: {problem}", file=sys.stderr)
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     heads = _heads(args, bundle.info)
     build = build_textspan_bases(
         bundle, paths, texts, heads, args.out, pool_name=pool.name,

@@ -176,13 +176,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from core import guards
-    from core.cli.common import device_of, positive
+    from core.cli.common import positive
     from core.engine.models import load_clip
     from core.world.toy import evaluate_toy
 
     guards.check_count(args.n, "scenes", "--n (scenes)")
     positive(args.seed, "--seed", minimum=0)
-    bundle = load_clip(guards.check_model_allowed(args.model), device=device_of(args))
+    bundle = load_clip(args.model, device=args.device)
     accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
     if args.json:
         print(json.dumps({**accuracy, "device": str(bundle.device)}))

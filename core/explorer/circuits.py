@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core import engine
 from core.engine.labels import head_label, neuron_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
-                                  display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
+                                  display_source, link_model, link_panel, maybe_int, progress_or_silent,
                                   read_texts, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
@@ -97,7 +98,7 @@ def show_circuit(spec: str | None, bases: str | None, layer, neuron, kind: str =
     from core.circuits.report import neuron_circuit, neuron_basis_or_none
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     layer = check_index(layer, "layer", bundle.info.n_layers - 1)
     neuron = check_index(neuron, "neuron", bundle.info.d_mlp)
     top = access.check_count(top, "the number of paths", 1, MAX_TOP)
@@ -166,7 +167,7 @@ def measure_ablation(spec: str | None, bases: str | None, layer, neuron, text: s
     from core.circuits.report import MEAN_IMAGES, neuron_basis_or_none, neuron_circuit
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     layer = check_index(layer, "layer", bundle.info.n_layers - 1)
     neuron = check_index(neuron, "neuron", bundle.info.d_mlp)
     artifact, source = _bases(bundle, bases)
@@ -209,7 +210,7 @@ def show_in_edges(spec: str | None, bases: str | None, head, text: str | None = 
     """The neurons of earlier layers with the strongest weight edges into the head, with their terms."""
     from core.circuits.report import head_circuit
 
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     l2, h = parse_head(head)
     check_index(l2, "layer", bundle.info.n_layers)
     check_index(h, "head", bundle.info.n_heads)
@@ -245,7 +246,7 @@ def circuits_link(spec: str | None, bases: str | None, layer, neuron, head, text
                       method=kind if kind in KINDS and kind != "weight" else None)
     source = recipe = images = None
     try:
-        bundle = load_model(spec)
+        bundle = engine.load_clip(spec)
         artifact, source = _bases(bundle, bases or None)
         if artifact is not None:
             recipe = bases_recipe(artifact)
@@ -285,7 +286,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
     text = s.texts[0] if s.texts else None
     kind = s.method or "weight"
     try:
-        bundle = load_model(s.model)
+        bundle = engine.load_clip(s.model)
         layer = default_neuron_layer(bundle.info.n_layers) if s.layer is None else s.layer
         circuit = show_circuit(s.model, s.bases, layer, s.neuron, kind, text) if s.neuron is not None else None
         in_edges = show_in_edges(s.model, s.bases, s.head, text) if isinstance(s.head, str) else None

@@ -71,15 +71,6 @@ class Bounded:
             yield item
 
 
-def load_model(spec: str | None, progress: Progress | None = None):
-    """The model a visitor asked for, checked against the server's rules, on the configured device."""
-    from core.engine.models import load_clip
-
-    spec = access.check_model(spec)
-    progress_or_silent(progress)(0.05, desc=f"loading model {spec}")
-    return load_clip(spec, device=settings.resolve_device())
-
-
 def read_texts(raw: str | Iterable[str] | None, *, limit: int = access.MAX_TEXTS) -> list[str]:
     """Texts, one per line (or a list), stripped and de-duplicated in order; TextError when none or too many."""
     if isinstance(raw, str):  # refused before it is split: its length bounds the work

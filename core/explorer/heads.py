@@ -12,12 +12,12 @@ from typing import NamedTuple
 
 from PIL import Image
 
-from core import budget
+from core import budget, engine
 from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
-                                  colour_bar, display_source, link_model, link_panel, load_model, maybe_int,
+                                  colour_bar, display_source, link_model, link_panel, maybe_int,
                                   progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
@@ -104,7 +104,7 @@ def _from_session(fitted: FittedSpan | None, spec: str, head) -> tuple[list[dict
 def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitted: FittedSpan | None = None,
                prefer: str = FROM_BASES, progress: Progress | None = None) -> HeadTexts:
     """The head's TextSpan texts with the variance of its outputs each explains: from bases, or this session."""
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     name = head_label(*chosen)
     problem, from_bases = "", None
@@ -189,7 +189,7 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     from core.heads.textspan import DEFAULT_RANK
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     heads = check_heads(list(dict.fromkeys(default_heads(bundle.info) + [chosen])), bundle.info)
     n_images = access.check_count(n_images, "the number of images", 2, 2000)
@@ -257,7 +257,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     from core.heads.outputs import image_head_texts
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     query = query_image(image_path, image_ref)
     texts = read_texts(raw_texts)
@@ -325,7 +325,7 @@ def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | 
     from core.heads.retrieval import nearest, query_contributions
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     k = access.check_count(k, "the number of images", 1, 64)
     query = query_image(image_path, image_ref, what="the query image")
@@ -354,7 +354,7 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
     root = access.check_server_path(folder, "grouped folder")
     if root is None:
         raise ConfigError("Type the grouped folder (with metadata.csv).")
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     trials = access.check_count(trials, "random trials", 1, 20)
     names = [name.strip() for name in (classnames or "").split(",") if name.strip()] or None
     grouped = grouped_folder(root, classnames=names)
@@ -398,7 +398,7 @@ def heads_link(spec: str | None, bases: str | None, layer, head, raw_texts, imag
     source = recipe = None
     notes = []
     try:
-        artifact, source = bases_artifact(load_model(spec), bases or None)
+        artifact, source = bases_artifact(engine.load_clip(spec), bases or None)
         recipe = bases_recipe(artifact) if artifact is not None else None
     except CoreError:
         pass
@@ -420,7 +420,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
         return linked
     s = linked.state
     try:
-        bundle = load_model(s.model)
+        bundle = engine.load_clip(s.model)
         layer = bundle.info.n_layers - 1 if s.layer is None else s.layer
         head = 0 if s.head is None else s.head
         texts = head_texts(s.model, layer, head, s.bases)

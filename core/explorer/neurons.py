@@ -16,12 +16,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from core import budget, caches
+from core import budget, caches, engine
 from core.engine.labels import neuron_label
 from core.errors import ConfigError, CoreError, OutputError
 from core.explorer import access
 from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
-                                  display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
+                                  display_source, link_model, link_panel, maybe_int, progress_or_silent,
                                   query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
@@ -97,7 +97,7 @@ def find_basis(bundle, bases: str | None, layer, session=None) -> Basis:
 
 def bases_status(spec: str | None, bases: str | None, layer, session=None, *, progress: Progress | None = None) -> str:
     """What the tab will read for this model and layer (the 'Load bases' button and the page's first view)."""
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     return find_basis(bundle, bases, layer, session).status()
 
 
@@ -114,7 +114,7 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
                 progress: Progress | None = None) -> NeuronView:
     """The neuron's texts (signed weights), its top images and its statistics."""
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis, stats = found.basis, found.basis.stats
     n = check_index(neuron, "neuron", stats.mean.shape[0])
@@ -153,7 +153,7 @@ def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_pa
     from core.neurons.texts import activation_map, image_effects
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis = found.basis
     n = check_index(neuron, "neuron", basis.stats.mean.shape[0])
@@ -180,7 +180,7 @@ def search_neurons(spec: str | None, bases: str | None, layer, text: str, top, s
     from core.engine.text import encode_texts
     from core.neurons.texts import search_neurons as ranked
 
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis = found.basis
     query = read_texts(text, limit=1)[0]
@@ -198,7 +198,7 @@ def discover_concepts(spec: str | None, bases: str | None, layer, image_path: st
     from core.neurons.concepts import image_concepts
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     query = query_image(image_path, image_ref)
     top = access.check_count(top, "the number of words", 1, 200)
@@ -230,7 +230,7 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     from core.neurons.bases import BuildOptions, ImageSet, build_neuron_bases, find_neuron_bases, load_neuron_basis
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     layer = check_index(layer, "layer", bundle.info.n_layers)
     k = access.check_count(k, "k", 1, 1000)
     if source == WORLD:
@@ -386,7 +386,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
     s = linked.state
     image_ref = s.image if s.image and s.image != "upload" else None
     try:
-        bundle = load_model(s.model)
+        bundle = engine.load_clip(s.model)
         layer = default_layer(bundle.info.n_layers) if s.layer is None else s.layer
         status = bases_status(s.model, s.bases, layer)
         neuron = None if s.neuron is None else show_neuron(s.model, s.bases, layer, s.neuron)

@@ -1,0 +1,82 @@
+"""One of each, read from the source: one model loader, one progress protocol, one `check_index`, one list of
+conventions; and the world's image sets work in a fresh interpreter without importing core.world first.
+
+A "model loader" is a function that turns a user's spec into a loaded model with rules of its own: one named
+like a loader (load_model, load_clip, load_on_device, ...), or one that calls `load_clip` beside an allow-list of
+its own (allowed_models, or the guard's check wrapped around the spec it loads). Front doors only parse (a spec,
+a --device) and call `core.engine.models.load_clip`, which owns the spec, the device and the public allow-list
+(core.guards); no caller pins a device (a constant, or one chosen by the model).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted([*(ROOT / "core").rglob("*.py"), *(ROOT / "spaces").rglob("*.py"), ROOT / "app.py"])
+LOADER_NAME = re.compile(r"_?load_(user_)?(clip|model|bundle|on_device)\w*")
+RULES = {"allowed_models", "check_model_allowed"}  # an allow-list applied beside load_clip
+
+
+def _name(node) -> str:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+
+def _functions():
+    for path in SOURCES:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield f"{path.relative_to(ROOT).with_suffix('')}:{node.name}".replace("/", "."), node
+
+
+def _is_loader(function) -> bool:
+    if LOADER_NAME.fullmatch(function.name):
+        return True
+    loads = [node for node in ast.walk(function) if isinstance(node, ast.Call) and _name(node.func) == "load_clip"]
+    names = {_name(node) for node in ast.walk(function) if isinstance(node, (ast.Name, ast.Attribute))}
+    checked = any(isinstance(arg, ast.Call) and _name(arg.func) in RULES for call in loads for arg in call.args)
+    return bool(loads) and ("allowed_models" in names or checked)
+
+
+def model_loaders() -> list[str]:
+    return sorted(name for name, function in _functions() if _is_loader(function))
+
+
+def test_exactly_one_model_loader():
+    assert model_loaders() == ["core.engine.models:load_clip"]
+
+
+def test_the_loader_count_catches_a_wrapper(tmp_path, monkeypatch):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def load_model(spec):\n    return load_clip(spec)\n\n"
+                       "def listed(spec):\n    if spec not in allowed_models():\n        raise ValueError(spec)\n"
+                       "    return load_clip(spec)\n"
+                       "def checked(spec):\n    return load_clip(guards.check_model_allowed(spec))\n"
+                       "def caller(spec):\n    bundle = load_clip(spec)\n    return bundle.info\n")
+    monkeypatch.setattr(sys.modules[__name__], "SOURCES", [planted])
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path.parent)
+    found = [name.rsplit(":", 1)[1] for name in model_loaders() if "planted" in name]
+    assert found == ["checked", "listed", "load_model"]
+
+
+def test_no_load_clip_call_pins_a_device(tmp_path, monkeypatch):
+    """A device is the user's (--device, $CLIPSCOPE_DEVICE) or load_clip's default; never pinned by a caller."""
+    pinned = []
+    for name, function in _functions():
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call) and _name(node.func) == "load_clip":
+                device = next((kw.value for kw in node.keywords if kw.arg == "device"), None)
+                if isinstance(device, (ast.Constant, ast.IfExp)):
+                    pinned.append(name)
+    assert pinned == []
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(spec):\n    return load_clip(spec, device=resolve_device() if spec not in TOY_MODELS else 'cpu')\n")
+    monkeypatch.setattr(sys.modules[__name__], "SOURCES", [planted])
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path.parent)
+    assert [name for name, function in _functions() for node in ast.walk(function) if isinstance(node, ast.Call)
+            and _name(node.func) == "load_clip" and isinstance(node.keywords[0].value, ast.IfExp)] != []
