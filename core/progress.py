@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Iterable, Protocol, runtime_checkable
 
-__all__ = ["Progress", "NullProgress", "TqdmProgress", "SILENT", "track", "report"]
+__all__ = ["Progress", "NullProgress", "LogProgress", "TqdmProgress", "SILENT", "track", "report"]
 
 
 @runtime_checkable
@@ -36,6 +36,17 @@ class NullProgress:
 
 
 SILENT = NullProgress()
+
+
+class LogProgress(NullProgress):
+    """Progress as lines to a log function (`print`, a table's log): messages only, no bars."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, fraction: float | None, desc: str | None = None) -> None:
+        if desc:
+            self.log(desc)
 
 
 class TqdmProgress:

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "core").rglob("*.py"), *(ROOT / "spaces").rglob("*.py"), ROOT / "app.py"])
 LOADER_NAME = re.compile(r"_?load_(user_)?(clip|model|bundle|on_device)\w*")
@@ -80,3 +82,40 @@ def test_no_load_clip_call_pins_a_device(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path.parent)
     assert [name for name, function in _functions() for node in ast.walk(function) if isinstance(node, ast.Call)
             and _name(node.func) == "load_clip" and isinstance(node.keywords[0].value, ast.IfExp)] != []
+
+
+def _definitions(pattern: str) -> list[str]:
+    """Module-level names matching `pattern` that core/ and spaces/ define (classes, functions, assignments)."""
+    found = []
+    for path in SOURCES:
+        module = str(path.relative_to(ROOT).with_suffix("")).replace("/", ".")
+        for node in ast.parse(path.read_text(), str(path)).body:
+            names = ([node.name] if isinstance(node, (ast.ClassDef, ast.FunctionDef)) else
+                     [t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign) else
+                     [node.target.id] if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) else [])
+            found += [f"{module}:{name}" for name in names if re.fullmatch(pattern, name)]
+    return sorted(found)
+
+
+def test_one_progress_protocol_and_one_null_progress():
+    assert _definitions(r"\w*Progress\w*|Silent") == [
+        "core.progress:LogProgress", "core.progress:NullProgress", "core.progress:Progress", "core.progress:TqdmProgress"]
+    assert _definitions(r"_?progress") == []  # no home-made tqdm wrappers beside core.progress
+
+
+def test_one_check_index_and_one_list_of_conventions():
+    assert _definitions(r"_?check_index") == ["core.errors:check_index"]
+    assert _definitions(r"CONVENTIONS") == ["core.engine.conventions:CONVENTIONS"]
+    literal = [f"{path.relative_to(ROOT)}" for path in SOURCES
+               if re.search(r"""\(\s*["']paper["'],\s*["']centered["']\s*\)""", path.read_text())]
+    assert literal == ["core/engine/conventions.py"]
+
+
+def test_check_index_takes_name_value_size():
+    from core.errors import IndexRangeError, check_index
+
+    assert check_index("layer", 3.0, 4) == 3  # a UI number box
+    for value, message in ((None, "Choose a layer"), (True, "whole number"), (2.5, "whole number"),
+                           (4, r"layer 4 is out of range: this model has 4 \(layer 0..3\)"), (-1, "out of range")):
+        with pytest.raises(IndexRangeError, match=message):
+            check_index("layer", value, 4)

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.progress import Progress, report
 from core.adversarial.descriptions import Descriptions, drop_naming, llm_descriptions, template_descriptions
 from core.adversarial.directions import ClassDirection, class_direction
 from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, PAPER_EMBED_DIMS,
@@ -39,7 +40,6 @@ from core.errors import ConfigError
 METHODS = ("second-order", "random neurons", "similar words")
 MAX_IMAGES = 1000
 MAX_REPEATS = 10
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,9 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
     built by `make_generator`; pass a loaded `StableDiffusionGenerator` for sd). llm: a transformers
     text-generation pipeline for the descriptions (default: templates).
     """
-    say = progress or (lambda _: None)
+    def say(line: str) -> None:
+        report(progress, line)
+
     seconds: dict[str, float] = {}
 
     def timed(stage, fn, *args, **kwargs):

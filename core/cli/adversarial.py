@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EXAMPLES = """examples:
   python -m core adversarial --model toy-biased --present square --target triangle --baselines --out adv/
@@ -98,6 +97,7 @@ def run(args) -> int:
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
     from core.adversarial.results import check_output_folder, write_results
     from core.cli.common import device_of, model_line, print_json
+    from core.progress import TqdmProgress
 
     from core.artifacts.hub import check_user_source
     from core.engine.text import check_texts
@@ -121,8 +121,8 @@ def run(args) -> int:
         sd_revision=args.revision if args.revision is not None or args.checkpoint else SD_REVISION,
         sd_steps=args.steps or SD_STEPS, sd_size=args.size, device=str(device_of(args)))
     bundle = engine.load_clip(args.model, device=args.device)
-    say = (lambda line: print(line, file=sys.stderr, flush=True))
-    say(model_line(bundle.info))
+    say = TqdmProgress()  # its lines go to stderr
+    say(None, desc=model_line(bundle.info))
     llm = load_text_generator(args.llm, args.llm_revision, device=str(device_of(args))) if args.llm else None
     report = run_adversarial(bundle, config, llm=llm, progress=say)
     write_results(report, out)

@@ -106,11 +106,11 @@ def run(args) -> int:
 
 def _out_edges(args, bundle, image_set, artifact, source) -> int:
     from core.circuits.report import neuron_circuit
-    from core.cli.neurons import _progress
+    from core.progress import TqdmProgress
 
     circuit = neuron_circuit(bundle, args.layer, args.neuron, image_set=image_set, target=args.target,
                              artifact=artifact, k=args.k, mode=args.mode, batch_size=args.batch_size,
-                             ablation=args.ablation, mean_images=args.mean_images, progress=_progress,
+                             ablation=args.ablation, mean_images=args.mean_images, progress=TqdmProgress(),
                              bases_source=source)
     if args.json:
         result = circuit.as_dict()

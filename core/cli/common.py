@@ -13,6 +13,8 @@ import sys
 from typing import Any
 
 from core import guards
+from core.engine import conventions
+from core.engine.conventions import CONVENTIONS  # noqa: F401  (re-exported)
 from core.inputs import (TEMPLATE_NAMES, check_templates, classifier_for,  # noqa: F401
                          existing_file, existing_folder, image_source, labelled_source, parse_images)
 
@@ -45,9 +47,6 @@ def add_convention_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-CONVENTIONS = ("paper", "centered")
-
-
 def model_spec(args: argparse.Namespace) -> str:
     """The --model spec (or the default), checked against this server's allow-list before anything loads."""
     from core import settings
@@ -63,11 +62,7 @@ def device_of(args: argparse.Namespace):
 
 
 def check_convention(value: str) -> str:
-    from core.errors import ConfigError
-
-    if value not in CONVENTIONS:
-        raise ConfigError(f"unknown --convention {value[:40]!r}: choose one of {', '.join(CONVENTIONS)}")
-    return value
+    return conventions.check_convention(value, "--convention")
 
 
 def count(value: int | None, bound: str, flag: str, *, minimum: int = 1) -> int | None:

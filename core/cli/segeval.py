@@ -9,6 +9,7 @@ from core.cli.common import add_model_argument, model_line, print_json
 from core.cli.segment import (METHOD_CHOICES, add_method_options, add_yes_no,
                               check_device, check_method_inputs, method_options, resolve_method,
                               yes_no)
+from core.progress import TqdmProgress
 
 EPILOG = """examples:
   python -m core segeval --dataset world:500:2718 --method heads --method raw-attention --method oracle
@@ -61,12 +62,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _progress(iterable, desc: str, total: int | None = None):
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True, unit="batch")
 
 
 def run(args) -> int:
@@ -99,7 +94,7 @@ def run(args) -> int:
     report = evaluate(bundle, dataset, methods, protocol=args.protocol, options=method_options(args, bundle),
                       class_source=args.class_source, threshold=threshold, clamp=yes_no(args.clamp),
                       subtract_class_mean=yes_no(args.subtract_class_mean), batch_size=args.batch_size,
-                      state_dir=state_dir, save_maps=maps_dir, progress=_progress,
+                      state_dir=state_dir, save_maps=maps_dir, progress=TqdmProgress(),
                       log=lambda line: print(line, file=sys.stderr), random_draws=args.random_draws)
     if args.json:
         print_json(report.as_dict())

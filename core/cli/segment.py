@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core import engine
+from core.engine.conventions import CONVENTIONS
 from core.cli.common import add_model_argument, model_line, print_json
 
 METHOD_CHOICES = "heads|neurons|random-neurons|raw-attention|rollout|gradcam|chefer"
@@ -31,7 +32,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options")
     group.add_argument("--heads", default=None,
                        help="heads: sum only these heads, LAYER.HEAD pairs (e.g. 10.3,11.0); default all")
-    group.add_argument("--convention", default="paper", choices=("paper", "centered"),
+    group.add_argument("--convention", default="paper", choices=CONVENTIONS,
                        help="heads: how the final LayerNorm's mean and bias are shared (default paper)")
     group.add_argument("--neuron-layers", type=int, nargs="+", default=None,
                        help="neurons: candidate layers (default: every layer of the bases; paper: 8 9 10 of ViT-B-32)")

@@ -6,6 +6,7 @@ import argparse
 
 from core import engine
 from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
+from core.progress import TqdmProgress
 
 EXAMPLES = """examples:
   python -m core textspan --model toy --images scenes/images --texts core/data/toy_texts.txt --out bases/toy
@@ -66,10 +67,6 @@ def _heads(args, info):
     return heads_of_layers(info, args.layers) if args.layers else default_heads(info)
 
 
-def _progress():
-    from tqdm import tqdm
-
-    return lambda iterable, total=None, desc=None: tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def _check_inputs(args):
@@ -120,7 +117,7 @@ def run(args) -> int:
         bundle, paths, texts, heads, args.out, pool_name=pool.name,
         image_description=str(args.images), per_head=args.per_head, rank=args.rank,
         criterion=args.criterion, span=args.span, convention=args.convention, batch_size=args.batch_size,
-        overwrite=args.overwrite, progress=_progress())
+        overwrite=args.overwrite, progress=TqdmProgress())
     completeness = _completeness(args, bundle, build, labelled) if labelled else None
     extra = None
     if completeness:

@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.progress import Progress, track
 from core.artifacts.store import ArtifactWriter, text_pool_identity
 from core.distributed import runtime as rt
 from core.distributed.headstats import HeadStatistics, accumulate, text_span_from_stats
@@ -59,7 +60,6 @@ from core.neurons.stats import check_k
 
 DEFAULT_SHARD_SIZE = 2048
 WORK_FORMAT = 2
-Progress = Callable[..., Iterable]
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,7 @@ def _run_pass(number, bundle, image_set, plan, work, mine, runtime, report, prog
         if resume is not None:
             resume(shard, stored)
         resumed += 1
-    shards = progress(todo, total=len(todo), desc=f"pass {number} (shards)") if progress and runtime.is_main else todo
+    shards = track(progress if runtime.is_main else None, todo, f"pass {number} (shards)", len(todo))
     for shard in shards:
         work.save(number, shard, compute(shard))
         computed += 1

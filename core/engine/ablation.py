@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from core.progress import Progress, track
 from core.engine.contributions import cls_to_cls, direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError, check_index
 from core.engine.images import LabelledImages, iter_image_batches
@@ -80,12 +81,12 @@ def component_means(
     description: str,
     convention: str = "paper",
     batch_size: int = 32,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    progress: Progress | None = None,
     skipped: list[str] | None = None,
 ) -> ComponentMeans:
     """Mean of every normalised component over the image files at `paths`."""
     batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
-    return means_from_batches(bundle, progress(batches) if progress else batches, description=description, convention=convention)
+    return means_from_batches(bundle, track(progress, batches), description=description, convention=convention)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def ablation_accuracies(
     *,
     classifier_description: str,
     batch_size: int = 32,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    progress: Progress | None = None,
 ) -> AblationReport:
     """Top-1 zero-shot accuracy of `classifier` [class, d_out] on a labelled image set under each ablation."""
     if classifier.shape[0] != len(labelled.classnames):
@@ -200,7 +201,7 @@ def ablation_accuracies(
     skipped: list[str] = []
     batches = ((pixels, {"label": labels[indices]})
                for indices, pixels in iter_image_batches(labelled.paths, bundle.preprocess, batch_size, skipped=skipped))
-    table, seen = accuracies_from_batches(bundle, progress(batches) if progress else batches, {"label": classifier},
+    table, seen = accuracies_from_batches(bundle, track(progress, batches), {"label": classifier},
                                           means, ablations)
     return AblationReport(table["label"], seen, means.description, means.count, labelled.description,
                           means.convention, bundle.info.spec, classifier_description, skipped)

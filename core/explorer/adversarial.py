@@ -135,8 +135,7 @@ def generate(spec: str | None, present: str, target: str, *, layers=None, neuron
                                **config_args)
     generator_object = _sd_generator(checkpoint, revision) if config.generator == "sd" else None
     progress(0.05, desc="neurons and words")
-    report = run_adversarial(bundle, config, generator=generator_object,
-                             progress=lambda line: progress(None, desc=line[:60]))
+    report = run_adversarial(bundle, config, generator=generator_object, progress=progress)
     sd = (checkpoint or SD_REPO, revision or SD_REVISION) if config.generator == "sd" else None
     return views(report, sd)
 

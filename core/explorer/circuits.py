@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 
 from core import engine
 from core.engine.labels import head_label, neuron_label
-from core.errors import BasesError, ConfigError, CoreError
+from core.errors import BasesError, ConfigError, CoreError, check_index
 from core.explorer import access
-from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
+from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, colour_bar,
                                   display_source, link_model, link_panel, maybe_int, progress_or_silent,
                                   read_texts, without_paths)
 from core.links.codec import BASES, ViewState
@@ -99,8 +99,8 @@ def show_circuit(spec: str | None, bases: str | None, layer, neuron, kind: str =
 
     progress = progress_or_silent(progress)
     bundle = engine.load_clip(spec, progress=progress)
-    layer = check_index(layer, "layer", bundle.info.n_layers - 1)
-    neuron = check_index(neuron, "neuron", bundle.info.d_mlp)
+    layer = check_index("layer", layer, bundle.info.n_layers - 1)
+    neuron = check_index("neuron", neuron, bundle.info.d_mlp)
     top = access.check_count(top, "the number of paths", 1, MAX_TOP)
     if kind not in KINDS:
         raise ConfigError(f"Choose weight or data edges, not {kind!r}.")
@@ -168,8 +168,8 @@ def measure_ablation(spec: str | None, bases: str | None, layer, neuron, text: s
 
     progress = progress_or_silent(progress)
     bundle = engine.load_clip(spec, progress=progress)
-    layer = check_index(layer, "layer", bundle.info.n_layers - 1)
-    neuron = check_index(neuron, "neuron", bundle.info.d_mlp)
+    layer = check_index("layer", layer, bundle.info.n_layers - 1)
+    neuron = check_index("neuron", neuron, bundle.info.d_mlp)
     artifact, source = _bases(bundle, bases)
     basis = neuron_basis_or_none(artifact, layer, bundle.info)
     if basis is None:
@@ -212,8 +212,8 @@ def show_in_edges(spec: str | None, bases: str | None, head, text: str | None = 
 
     bundle = engine.load_clip(spec, progress=progress)
     l2, h = parse_head(head)
-    check_index(l2, "layer", bundle.info.n_layers)
-    check_index(h, "head", bundle.info.n_heads)
+    check_index("layer", l2, bundle.info.n_layers)
+    check_index("head", h, bundle.info.n_heads)
     top = access.check_count(top, "the number of neurons", 1, MAX_TOP)
     artifact, source = _bases(bundle, bases)
     circuit = head_circuit(bundle, (l2, h), target=_target(text), artifact=artifact, top=top, bases_source=source)

@@ -9,7 +9,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -21,34 +21,17 @@ from core.links.codec import ViewState, encode
 from core.links.commands import CITATIONS
 from core.links.images import describe_ref, image_from_ref
 from core.messages import display_source, error_message, without_paths  # noqa: F401  (the tabs' shortening)
+from core.progress import NullProgress, Progress  # noqa: F401  (Progress: the tabs' type, re-exported)
 
 UNIT = 100.0  # scores are shown as cosine x100
 UNIT_NAME = "cosine x100"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class Progress(Protocol):
-    """What the tabs pass in (Gradio's gr.Progress has this shape); core never imports Gradio."""
-
-    def __call__(self, fraction: float, desc: str | None = None) -> None: ...
-
-    def tqdm(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable: ...
-
-
-class Silent:
-    """Progress that shows nothing (library use, tests)."""
-
-    def __call__(self, fraction: float, desc: str | None = None) -> None:
-        return None
-
-    def tqdm(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
-        return iterable
-
-
 def progress_or_silent(progress: Progress | None) -> Progress:
     """The tab's progress (or none), stopping the request at any step once it ran past its public deadline
     (core.budget.checkpoint)."""
-    return progress if isinstance(progress, Bounded) else Bounded(progress if progress is not None else Silent())
+    return progress if isinstance(progress, Bounded) else Bounded(progress if progress is not None else NullProgress())
 
 
 class Bounded:
@@ -132,13 +115,6 @@ def text_pool(upload: str | None, typed: str | None = None) -> tuple[list[str], 
     if len(texts) > max_texts:
         raise TextError(f"The text pool {name} has {len(texts)} texts; the limit is {max_texts}.")
     return texts, name, f"{name} ({len(texts)} texts{', uploaded' if upload else ''})"
-
-
-def check_index(value, name: str, size: int) -> int:
-    """An index typed in a number box (float or None) within 0..size-1."""
-    if value is None or value == "":
-        raise ConfigError(f"Choose a {name}.")
-    return access.check_count(value, name, 0, max(size - 1, 0)) if size > 0 else 0
 
 
 # ---------------------------------------------------------------- link and reproduce panel

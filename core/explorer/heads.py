@@ -14,9 +14,9 @@ from PIL import Image
 
 from core import budget, engine
 from core.engine.labels import head_label
-from core.errors import BasesError, ConfigError, CoreError
+from core.errors import BasesError, ConfigError, CoreError, check_index
 from core.explorer import access
-from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
+from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact,
                                   colour_bar, display_source, link_model, link_panel, maybe_int,
                                   progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
@@ -51,7 +51,7 @@ class HeadTexts(NamedTuple):
 
 
 def _head(bundle, layer, head) -> tuple[int, int]:
-    return check_index(layer, "layer", bundle.info.n_layers), check_index(head, "head", bundle.info.n_heads)
+    return check_index("layer", layer, bundle.info.n_layers), check_index("head", head, bundle.info.n_heads)
 
 
 def _model_line(info) -> str:
@@ -310,9 +310,8 @@ def _gallery(bundle, source, folder, uploads, layer, convention, galleries: dict
         raise ConfigError(f"Unknown gallery {source!r}; choose one of {', '.join(SOURCES)}.")
     key = (bundle.info.spec, tuple(map(str, paths)), layer, convention)
     if key not in galleries:
-        wrap = lambda batches: progress.tqdm(batches, total=-(-len(paths) // 32), desc="indexing the gallery")  # noqa: E731
         index = build_gallery(bundle, paths, heads_of_layers(bundle.info, [layer]), description=description,
-                              convention=convention, progress=wrap, skipped=[])
+                              convention=convention, progress=progress, skipped=[])
         galleries = {**{k: v for k, v in list(galleries.items())[-(MAX_GALLERIES - 1):]}, key: index}
     return galleries[key], galleries
 

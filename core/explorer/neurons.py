@@ -18,9 +18,9 @@ from PIL import Image
 
 from core import budget, caches, engine
 from core.engine.labels import neuron_label
-from core.errors import ConfigError, CoreError, OutputError
+from core.errors import ConfigError, CoreError, OutputError, check_index
 from core.explorer import access
-from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
+from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, colour_bar,
                                   display_source, link_model, link_panel, maybe_int, progress_or_silent,
                                   query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
@@ -81,7 +81,7 @@ def find_basis(bundle, bases: str | None, layer, session=None) -> Basis:
     from core.artifacts.hub import resolve_bases_source
     from core.neurons.bases import BUILD_COMMAND
 
-    layer = check_index(layer, "layer", bundle.info.n_layers)
+    layer = check_index("layer", layer, bundle.info.n_layers)
     named = access.check_bases_source(bases)
     if (session is not None and not named and session.provenance.get("model") == bundle.info.spec
             and session.stats.layer == layer):
@@ -117,7 +117,7 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
     bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis, stats = found.basis, found.basis.stats
-    n = check_index(neuron, "neuron", stats.mean.shape[0])
+    n = check_index("neuron", neuron, stats.mean.shape[0])
     terms = basis.words.terms(n, basis.texts)
     rows = [{"text": text, "weight": round(weight, 4)} for text, weight in terms]
     gallery = []
@@ -156,7 +156,7 @@ def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_pa
     bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis = found.basis
-    n = check_index(neuron, "neuron", basis.stats.mean.shape[0])
+    n = check_index("neuron", neuron, basis.stats.mean.shape[0])
     query = query_image(image_path, image_ref)
     progress(0.3, desc="second-order effects of the layer")
     phi, trace = image_effects(bundle.model.visual, basis.stats.layer, bundle.preprocess(query.image)[None],
@@ -231,7 +231,7 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
 
     progress = progress_or_silent(progress)
     bundle = engine.load_clip(spec, progress=progress)
-    layer = check_index(layer, "layer", bundle.info.n_layers)
+    layer = check_index("layer", layer, bundle.info.n_layers)
     k = access.check_count(k, "k", 1, 1000)
     if source == WORLD:
         images = ImageSet.world(access.check_count(n_scenes, "the number of world scenes", 10,
@@ -250,11 +250,10 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
                                           images_name="world scenes" if source == WORLD else "images"))
     key = texts_sha256([bundle.info.spec, str(bundle.info.weights_sha256), images.description, pool_name,
                         texts_sha256(texts), str(layer), str(k), dictionary])[:20]
-    track = lambda iterable, desc, total=None: progress.tqdm(iterable, desc=desc, total=total)  # noqa: E731
 
     def build(out: Path) -> None:
         build_neuron_bases(bundle, out, layers=[layer], image_set=images, texts=texts, pool_name=pool_name,
-                           options=BuildOptions(k=k, dictionary=dictionary), progress=track)
+                           options=BuildOptions(k=k, dictionary=dictionary), progress=progress)
 
     def load(out: Path):
         return load_neuron_basis(find_neuron_bases(bundle, str(out)), layer)

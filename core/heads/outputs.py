@@ -19,6 +19,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 from PIL import Image
 
+from core.progress import Progress, track
 from core.engine.contributions import direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError, TextError, check_index
 from core.engine.images import iter_image_batches, load_image
@@ -32,7 +33,6 @@ DEFAULT_LAST_LAYERS = 4
 SPAN_TOLERANCE = 1e-6
 
 Head = tuple[int, int]
-Progress = Callable[[Iterable], Iterable]
 
 
 # ---------------------------------------------------------------- choosing heads
@@ -202,7 +202,7 @@ def head_outputs(
 ) -> HeadOutputs:
     """Head outputs over the image files at `paths` (unreadable ones named in `skipped` if given)."""
     batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
-    return head_outputs_from_batches(bundle, progress(batches) if progress else batches, heads,
+    return head_outputs_from_batches(bundle, track(progress, batches, "head outputs", -(-len(paths) // batch_size)), heads,
                                      capacity=len(paths), convention=convention)
 
 
@@ -218,7 +218,8 @@ def head_statistics(
 ) -> StreamedHeadStatistics:
     """TextSpan's sufficient statistics over the image files at `paths` (see head_statistics_from_batches)."""
     batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
-    return head_statistics_from_batches(bundle, progress(batches) if progress else batches, heads,
+    tracked = track(progress, batches, "head outputs (image batches)", -(-len(paths) // batch_size))
+    return head_statistics_from_batches(bundle, tracked, heads,
                                         convention=convention)
 
 

@@ -32,9 +32,10 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from core.progress import Progress, track
 from core.engine.ablation import Ablation, ComponentMeans, ablate, image_components
 from core.errors import ConfigError, DatasetError
-from core.heads.outputs import Head, Progress, check_heads, head_name
+from core.heads.outputs import Head, check_heads, head_name
 from core.engine.images import iter_image_batches
 from core.engine.models import ClipBundle, ModelInfo
 
@@ -412,7 +413,7 @@ def _correct_per_condition(bundle, grouped, classifier, means, ablations, contex
     covered = torch.tensor([l in context.attention_layers for l, _ in pool])  # already ablated by the context
     weights = classifier.double().T
     batches = iter_image_batches(grouped.paths, bundle.preprocess, batch_size, skipped=skipped)
-    for indices, pixels in progress(batches) if progress else batches:
+    for indices, pixels in track(progress, batches):
         parts = image_components(bundle, pixels, convention=means.convention)
         representations = [parts.representation()] + [ablate(parts, means.means, a) for a in ablations]
         truth = labels[indices].to(bundle.device)
