@@ -119,3 +119,18 @@ def test_check_index_takes_name_value_size():
                            (4, r"layer 4 is out of range: this model has 4 \(layer 0..3\)"), (-1, "out of range")):
         with pytest.raises(IndexRangeError, match=message):
             check_index("layer", value, 4)
+
+
+def test_world_image_sets_work_in_a_fresh_interpreter_without_importing_the_world():
+    code = ("import sys\n"
+            "from core.engine.imagesets import ImageSet, parse_image_set\n"
+            "assert 'core.world' not in sys.modules\n"
+            "assert parse_image_set('world:8').count == 8\n"
+            "assert ImageSet.world(5, seed=2).count == 5\n"
+            "import core.world.imagesets as w\n"
+            "assert 'register' not in vars(w)  # nothing registers by importing\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    source = (ROOT / "core" / "world" / "__init__.py").read_text()
+    assert "register" not in source  # the world package has no import-time registration

@@ -8,9 +8,3 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "toy": ["TrainConfig", "train_toy", "evaluate_toy", "build_card", "write_model_card"],
     "examples": ["example_images"],
 })
-
-# The engine's image sets read `world:N[:SEED]` through this generator; registering it here keeps the
-# engine free of imports from the world.
-from core.world.imagesets import register as _register_world_images  # noqa: E402
-
-_register_world_images()
