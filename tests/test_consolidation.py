@@ -134,3 +134,27 @@ def test_world_image_sets_work_in_a_fresh_interpreter_without_importing_the_worl
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
     source = (ROOT / "core" / "world" / "__init__.py").read_text()
     assert "register" not in source  # the world package has no import-time registration
+
+
+def test_analyses_take_an_image_set_and_agree_with_its_files(tmp_path, monkeypatch):
+    import torch
+
+    from core.engine.ablation import component_means
+    from core.engine.imagesets import ImageSet
+    from core.engine.models import load_clip
+    from core.heads.outputs import head_outputs, head_statistics
+
+    monkeypatch.setenv("CLIPSCOPE_CACHE", str(tmp_path))  # local_paths() exports the scenes there
+    bundle = load_clip("toy")
+    images = ImageSet.world(6, seed=5)
+    files = images.local_paths()
+    heads = [(3, 0), (2, 1)]
+    by_set = component_means(bundle, images, description="six", batch_size=4)
+    by_files = component_means(bundle, files, description="six", batch_size=4)
+    assert by_set.count == by_files.count == 6
+    for name in ("embedding_term", "mlps", "heads", "cls_to_cls"):
+        assert torch.allclose(getattr(by_set.means, name), getattr(by_files.means, name), atol=1e-6), name
+    assert torch.allclose(head_outputs(bundle, images, heads).outputs, head_outputs(bundle, files, heads).outputs,
+                          atol=1e-6)
+    streamed = head_statistics(bundle, images, heads, batch_size=4)
+    assert streamed.count == 6

@@ -57,7 +57,7 @@ def run(args) -> int:
     labelled = labelled_source(args.images, args.label_column, "--images")
     means_paths = labelled.paths
     if args.means_from is not None:
-        means_paths = parse_images(args.means_from, "--means-from", generator_split="heldout").local_paths()
+        means_paths = parse_images(args.means_from, "--means-from", generator_split="heldout")  # an ImageSet
     bundle = engine.load_clip(args.model, device=args.device)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     source = f"{args.means_from or folder} ({len(means_paths)} images{'; the evaluation set itself' if not args.means_from else ''})"

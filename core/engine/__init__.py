@@ -17,7 +17,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
                  "standard_ablations"],
     "text": ["encode_texts", "read_text_pool", "zero_shot_classifier", "prompt_classifier", "component_scores",
              "cache_dir"],
-    "imagesets": ["ImageSet", "ImageShard", "parse_image_set", "register_generator"],
+    "imagesets": ["ImageSet", "ImageShard", "parse_image_set", "register_generator", "image_batches"],
     "images": ["LabelledImages", "load_image", "image_files", "image_folder", "labelled_from_csv",
                "iter_image_batches"],
     "reference": ["literal_direct_effects", "literal_components", "literal_second_order"],

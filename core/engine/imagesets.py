@@ -39,7 +39,8 @@ from PIL import Image
 
 from core import guards, settings
 from core.errors import ConfigError, DatasetError, ImageError, PathNotAllowedError, check_index
-from core.engine.images import IMAGE_SUFFIXES, LabelledImages, image_files, image_folder, labelled_from_csv, load_image
+from core.engine.images import (IMAGE_SUFFIXES, LabelledImages, image_files, image_folder, iter_image_batches,
+                                labelled_from_csv, load_image)
 
 if TYPE_CHECKING:  # torch is imported where a batch is stacked: registering a generator needs none of it
     import torch
@@ -388,6 +389,17 @@ class ImageShard:
 
 
 # ---------------------------------------------------------------- parsing specs
+
+
+def image_batches(images, preprocess: Callable, batch_size: int = 32, skipped: list[str] | None = None
+                  ) -> Iterator[tuple[Any, "torch.Tensor"]]:
+    """(ids, pixels [batch, 3, H, W]) over an analysis's images: an `ImageSet` (or a shard of one), or, for callers
+    that still hold them, a `LabelledImages` or a list of image files. The one place an analysis turns its image
+    input into batches; unreadable images are named in `skipped` (else raise)."""
+    if isinstance(images, (ImageSet, ImageShard)):
+        return images.batches(preprocess, batch_size, skipped)
+    paths = images.paths if isinstance(images, LabelledImages) else list(images)
+    return iter_image_batches(paths, preprocess, batch_size, skipped=skipped)
 
 
 def parse_image_set(spec: str, *, generator_split: str | None = None, labelled: bool = False,
