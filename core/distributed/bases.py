@@ -50,7 +50,7 @@ from core.engine.text import cache_dir, encode_texts
 from core.engine.trace import trace_vit
 from core.errors import ConfigError, DatasetError
 from core.writes import OutputFolder
-from core.heads.bases import (MEANS_GROUP, TABLE, _check_sizes, group_name, result_tensors, table_rows,
+from core.heads.bases import (MEANS_GROUP, TABLE, check_sizes, group_name, result_tensors, table_rows,
                               textspan_build_params, textspan_metrics)
 from core.heads.outputs import Head, check_heads
 from core.neurons.bases import (STORED_FLOAT, BuildOptions, neuron_build_params, write_neuron_layer,
@@ -221,7 +221,7 @@ def _check_plan(bundle: ClipBundle, plan: BasesPlan, count: int, n_texts: int, r
     if not isinstance(size, int) or size < batch or size % batch:
         raise ConfigError(f"--shard-size {size} must be a positive multiple of --batch-size {batch}: batch "
                           "boundaries inside a shard are what make every world size give the same sums")
-    _check_sizes(bundle, count, n_texts, plan.per_head, plan.rank, "data", None)
+    check_sizes(bundle, count, n_texts, plan.per_head, plan.rank, "data", None)
     if plan.neuron_layers:
         check_k(plan.options.k, count)
 

@@ -55,14 +55,14 @@ def default_neuron_layer(n_layers: int) -> int:
 
 def edge_map(values: np.ndarray, later_layers: tuple[int, ...], title: str, unit: str) -> Image.Image:
     """A signed later-layer x head heat map, one colour scale for all cells (+-max |edge|) with its legend."""
-    from core.engine.viz import _font, diverging_colours
+    from core.engine.viz import diverging_colours, label_font
 
     rows, cols = values.shape
     cell = 56 if cols <= 8 else 40 if cols <= 16 else 28
     left, top = 60, 46
-    font, small = _font(14), _font(11)
+    font, small = label_font(14), label_font(11)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_width = max(measure.textlength(title, font=font), measure.textlength(unit, font=_font(13)))
+    text_width = max(measure.textlength(title, font=font), measure.textlength(unit, font=label_font(13)))
     width, height = max(left + cols * cell + 12, 320, int(text_width) + 16), top + rows * cell + 10
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)

@@ -142,14 +142,14 @@ def link_panel(state: ViewState, commands: list[str], notes: Iterable[str] = ())
 
 def colour_bar(picture: Image.Image, limit: float, label: str) -> Image.Image:
     """`picture` with a diverging colour scale from -limit to +limit (in display units) underneath."""
-    from core.engine.viz import _font, diverging_colours
+    from core.engine.viz import diverging_colours, label_font
 
     width, bar_height, pad = picture.width, 14, 6
     canvas = Image.new("RGB", (width, picture.height + bar_height + 46), "white")
     canvas.paste(picture, (0, 0))
     ramp = diverging_colours(np.linspace(-1.0, 1.0, width - 2 * pad)[None, :].repeat(bar_height, 0), 1.0)
     canvas.paste(Image.fromarray(ramp), (pad, picture.height + 4))
-    draw, font = ImageDraw.Draw(canvas), _font(13)
+    draw, font = ImageDraw.Draw(canvas), label_font(13)
     y = picture.height + bar_height + 8
     draw.text((pad, y), f"-{limit:.3g}", fill="black", font=font)
     draw.text((width // 2 - 4, y), "0", fill="black", font=font)

@@ -227,7 +227,8 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     Written under the clipscope cache, keyed by everything that determines them, and resumable.
     """
     from core.engine.text import cache_dir, texts_sha256
-    from core.neurons.bases import BuildOptions, ImageSet, build_neuron_bases, find_neuron_bases, load_neuron_basis
+    from core.engine.imagesets import ImageSet
+    from core.neurons.bases import BuildOptions, build_neuron_bases, find_neuron_bases, load_neuron_basis
 
     progress = progress_or_silent(progress)
     bundle = engine.load_clip(spec, progress=progress)

@@ -222,7 +222,7 @@ def _checked(bundle, heads, n_images, n_texts, per_head, rank, criterion, span):
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     bases = weight_span_bases(bundle.model.visual, heads) if span == "weights" else None
-    _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases)
+    check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases)
     return heads, bases
 
 
@@ -257,7 +257,7 @@ def finish_textspan_bases(build: TextSpanBuild, completeness: dict | None = None
     return path
 
 
-def _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases) -> None:
+def check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases) -> None:
     """Fail before the expensive pass on what text_span would refuse after it."""
     if not isinstance(per_head, int) or per_head < 1:
         raise ConfigError(f"--per-head must be a positive integer, got {per_head!r}")
