@@ -344,10 +344,9 @@ def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | 
 def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classnames: str, trials, convention: str,
                     *, progress: Progress | None = None) -> tuple[str, list[dict]]:
     """Worst-group accuracy of a grouped folder (a local user's) with the heads mean-ablated, against random heads."""
-    from core.engine.ablation import component_means
     from core.engine.text import imagenet_classifier_texts, zero_shot_classifier
     from core.heads.outputs import check_heads, parse_heads
-    from core.heads.spurious import grouped_folder, spurious_report
+    from core.heads.spurious import grouped_folder, remove_spurious_cues
 
     progress = progress_or_silent(progress)
     root = access.check_server_path(folder, "grouped folder")
@@ -361,10 +360,8 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
     progress(0.1, desc="zero-shot classifier")
     classifier = zero_shot_classifier(bundle, grouped.classnames, imagenet_classifier_texts()[1])
     progress(0.2, desc="component means")
-    means = component_means(bundle, grouped.paths, description=f"the evaluated set ({len(grouped.paths)} images)",
-                            convention=convention, skipped=[])
-    report = spurious_report(bundle, grouped, classifier, heads, means, provenance="picked in the UI",
-                             means_from_evaluated_set=True, trials=trials, progress=progress.tqdm)
+    report = remove_spurious_cues(bundle, grouped, classifier, heads, convention=convention,
+                                  provenance="picked in the UI", trials=trials, progress=progress)
     summary = report.random_summary()
     rows = [{"model": "unmodified", "overall": report.base.overall, "worst group": report.base.worst},
             {"model": "chosen heads ablated", "overall": report.ablated.overall, "worst group": report.ablated.worst},

@@ -343,6 +343,35 @@ class SpuriousReport:
 
 
 @torch.no_grad()
+def remove_spurious_cues(
+    bundle: ClipBundle,
+    grouped: GroupedImages,
+    classifier: torch.Tensor,
+    heads: Sequence[Head],
+    *,
+    means_from=None,
+    means_description: str | None = None,
+    convention: str = "paper",
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    **report_options,
+) -> SpuriousReport:
+    """The spurious-cue removal recipe (paper 1, section 4.3), written once for the command line, the Heads tab
+    and the world's planted-bias experiment: mean-ablate `heads` (direct effects, means over `means_from`: an
+    ImageSet or image files; default the evaluated set itself, flagged in the report) and compare worst-group
+    accuracy with random head sets of the same size (`spurious_report`, which takes `report_options`)."""
+    from core.engine.ablation import component_means
+
+    evaluated_set = means_from is None
+    reference = grouped.paths if evaluated_set else means_from
+    description = means_description or (f"the evaluated set itself ({len(reference)} images)" if evaluated_set
+                                        else f"{len(reference)} images")
+    means = component_means(bundle, reference, description=description, convention=convention,
+                            batch_size=batch_size, progress=progress, skipped=[])
+    return spurious_report(bundle, grouped, classifier, heads, means, means_from_evaluated_set=evaluated_set,
+                           batch_size=batch_size, progress=progress, **report_options)
+
+
 def spurious_report(
     bundle: ClipBundle,
     grouped: GroupedImages,
