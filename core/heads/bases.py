@@ -352,9 +352,10 @@ def fit_in_memory(
     span: str = "data",
     convention: str = "paper",
 ) -> tuple[TextSpanResult, HeadOutputs]:
-    """TextSpan over pixel batches without writing anything (the tab's compute button)."""
+    """TextSpan over pixel batches without writing anything (the tab's compute button); the same checks as
+    `build_textspan_bases`, before the pass over the images."""
+    heads, bases = _checked(bundle, heads, capacity, text_embeddings.shape[0], per_head, rank, criterion, span)
     fitted = head_outputs_from_batches(bundle, batches, heads, capacity=capacity, convention=convention)
-    bases = weight_span_bases(bundle.model.visual, fitted.heads) if span == "weights" else None
     result = fit_text_span(fitted.outputs, text_embeddings, n_texts=per_head, rank=rank, criterion=criterion,
                            span=span, span_bases=bases)
     return result, fitted
