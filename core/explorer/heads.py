@@ -148,27 +148,29 @@ def _circuit_link(bundle, bases: str | None, head: tuple[int, int]) -> str:
 
 
 def _image_set(bundle, source: str, folder: str | None, uploads, n_images: int, progress):
-    """(pixel batches, count, description) of the images TextSpan or a gallery is computed on."""
-    from core.engine.images import image_files, iter_image_batches
-    from core.heads.outputs import pil_batches
-    from core.world.scenes import heldout_scenes
+    """(pixel batches, count, description) of the images TextSpan or a gallery is computed on: an ImageSet, batched
+    where every analysis batches one (core.engine.imagesets.image_batches)."""
+    from core.engine.imagesets import ImageSet, image_batches
 
     if source == WORLD:
-        scenes = (image for image, _, _ in heldout_scenes(n_images, seed=WORLD_SEED))
-        return pil_batches(bundle, scenes), n_images, f"{n_images} generated held-out world scenes (seed {WORLD_SEED})"
-    if source == UPLOADS:
-        paths = _uploads(uploads)[:n_images]
-        description = f"{len(paths)} uploaded images"
+        images = ImageSet.world(n_images, seed=WORLD_SEED, split="heldout")
+        description = f"{n_images} generated held-out world scenes (seed {WORLD_SEED})"
+    elif source == UPLOADS:
+        images = ImageSet.files(_uploads(uploads)[:n_images])
+        description = f"{images.count} uploaded images"
     elif source == FOLDER:
         root = access.check_server_path(folder, "image folder")
         if root is None:
             raise ConfigError("Type the image folder, or choose another image set.")
-        paths = image_files(root)[:n_images]
-        description = f"{len(paths)} images of folder {root.name}"
+        images = ImageSet.folder(root)
+        if images.count == 0:
+            raise ConfigError(f"No images in folder {root.name}.")
+        images = images.slice(0, min(n_images, images.count))
+        description = f"{len(images)} images of folder {root.name}"
     else:
         raise ConfigError(f"Unknown image set {source!r}; choose one of {', '.join(SOURCES)}.")
-    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, 32, skipped=[]))
-    return batches, len(paths), description
+    batches = (pixels for _, pixels in image_batches(images, bundle.preprocess, 32, skipped=[]))
+    return batches, len(images), description
 
 
 def _uploads(uploads) -> list[str]:
