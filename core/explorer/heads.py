@@ -225,12 +225,14 @@ class ExplainView:
 
 
 def rank_by_magnitude(scores, k: int = 10) -> list[dict]:
-    """Heads of a [layer, head] score matrix by |score| (ties by index), sign kept."""
-    n_heads = scores.shape[1]
-    cells = [(i // n_heads, i % n_heads, float(v)) for i, v in enumerate(scores.flatten().tolist())]
-    cells.sort(key=lambda c: (-abs(c[2]), c[0], c[1]))
-    return [{"head": head_label(l, h), "layer": l, "head index": h, f"score ({UNIT_NAME})": round(v * UNIT, 4),
-             "sign": "+" if v > 0 else "-" if v < 0 else "0"} for l, h, v in cells[:k]]
+    """Heads of a [layer, head] score matrix by |score| (ties by index), sign kept: core.heads.outputs.rank_heads,
+    as the tab's rows."""
+    from core.heads.outputs import rank_heads
+
+    return [{"head": head_label(r["layer"], r["head"]), "layer": r["layer"], "head index": r["head"],
+             f"score ({UNIT_NAME})": round(r["score"] * UNIT, 4),
+             "sign": "+" if r["score"] > 0 else "-" if r["score"] < 0 else "0"}
+            for r in rank_heads(scores, k, magnitude=True)]
 
 
 def _token_maps(result, image, head, info, scale: str) -> list[tuple[Image.Image, str]]:

@@ -333,10 +333,12 @@ def select_heads(result: TextSpanResult, rows: Sequence[int]) -> TextSpanResult:
 
 # ---------------------------------------------------------------- one image
 
-def rank_heads(scores: torch.Tensor, k: int | None = None) -> list[dict]:
-    """Heads of a [layer, head] score matrix sorted by score, highest first: [{layer, head, score}]."""
+def rank_heads(scores: torch.Tensor, k: int | None = None, *, magnitude: bool = False) -> list[dict]:
+    """Heads of a [layer, head] score matrix sorted by score (by |score| with `magnitude`), highest first:
+    [{layer, head, score}] with the score's sign kept. The one head ranking of the suite."""
     n_heads = scores.shape[1]
-    order = torch.argsort(scores.flatten(), descending=True, stable=True)[: k or scores.numel()]  # ties: by index
+    key = scores.flatten().abs() if magnitude else scores.flatten()
+    order = torch.argsort(key, descending=True, stable=True)[: k or scores.numel()]  # ties: by index
     return [{"layer": int(i) // n_heads, "head": int(i) % n_heads, "score": float(scores.flatten()[i])} for i in order]
 
 
