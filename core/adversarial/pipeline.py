@@ -221,7 +221,7 @@ def _judge(bundle: ClipBundle, spec: str | None) -> ClipBundle:
     if spec is None or spec.strip() == bundle.info.spec:
         return bundle
     if not spec.strip():  # load_clip would take blank for the default model: a judge is named or absent
-        raise ConfigError("the synonym judge's model spec is empty: name a model, or leave the judge out")
+        raise ConfigError("empty model spec for the synonym judge: name a model, or leave the judge out")
     return load_clip(spec.strip())
 
 

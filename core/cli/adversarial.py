@@ -96,13 +96,14 @@ def run(args) -> int:
     from core.adversarial.descriptions import load_text_generator
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
     from core.adversarial.results import check_output_folder, write_results
-    from core.cli.common import device_of, model_line, print_json
+    from core.cli.common import device_of, model_line, model_spec, print_json
     from core.progress import TqdmProgress
 
     from core.artifacts.hub import check_user_source
     from core.engine.text import check_texts
 
     out = check_output_folder(args.out)  # before any work
+    model_spec(args)
     _check_generator_options(args)
     if args.bases is not None:
         check_user_source(args.bases)

@@ -51,7 +51,17 @@ def model_spec(args: argparse.Namespace) -> str:
     """The --model spec (or the default), checked against this server's allow-list before anything loads."""
     from core import settings
 
-    return guards.check_model_allowed(args.model if args.model is not None else settings.default_model())
+    return check_spec(args.model if args.model is not None else settings.default_model())
+
+
+def check_spec(value: str, flag: str = "--model") -> str:
+    """A model spec typed on the command line, allowed by core.guards. A typed empty one is refused (load_clip would
+    read it as the default model, as a tab's empty box is; on the command line it is more likely a mistake)."""
+    from core.errors import ConfigError
+
+    if not value.strip():
+        raise ConfigError(f"empty model spec for {flag}: name a model (e.g. toy), or leave {flag} out for the default")
+    return guards.check_model_allowed(value)
 
 
 def device_of(args: argparse.Namespace):
