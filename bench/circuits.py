@@ -148,7 +148,6 @@ def speed(args) -> dict:
 def validation(args) -> dict:
     import numpy as np
 
-    import core.world  # noqa: F401
     from core.artifacts.hub import resolve_bases_source
     from core.artifacts.store import load_artifact
     from core.circuits import validation as v

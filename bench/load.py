@@ -172,7 +172,6 @@ def heavy_requests() -> list[tuple[str, str, dict]]:
     from core.explorer.access import MAX_WORLD_SCENES
     from core.guards import PUBLIC_MAX_SCENES
 
-    import core.world  # noqa: F401  (the world image generator)
 
     with settings.overridden(public=True):
         toy = load_clip("toy")

@@ -143,7 +143,6 @@ def cpu_section(args) -> None:
 def gpu_section(args) -> None:
     import torch
 
-    import core.world  # noqa: F401  (registers world:N)
     from core.distributed.bases import BasesPlan, build_bases
     from core.engine.contributions import direct_effects, fold_weights, spatial_value_maps
     from core.engine.models import load_clip

@@ -67,10 +67,21 @@ class OutputError(CoreError, OSError):
     """An output that cannot be written, or that would replace files the tool did not write."""
 
 
-def check_index(name: str, value: int, size: int) -> int:
-    """Return `value` if 0 <= value < size, else raise IndexRangeError naming the range."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise IndexRangeError(f"{name} must be an integer, got {value!r}")
+def check_index(name: str, value, size: int) -> int:
+    """`value` as an index in 0..size-1, else IndexRangeError naming the range. The one index check of the suite
+    (the command line, the tabs, the library): a whole float from a UI number box (3.0) counts as 3; None or an
+    empty box says to choose one; booleans, fractions and text are refused."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise IndexRangeError(f"Choose a {name}.")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool):
+        raise IndexRangeError(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(value, int):
+        try:
+            value = int(value.__index__())  # numpy integers
+        except (AttributeError, TypeError):
+            raise IndexRangeError(f"{name} must be a whole number, got {value!r}"[:200]) from None
     if not 0 <= value < size:
         raise IndexRangeError(f"{name} {value} is out of range: this model has {size} ({name} 0..{size - 1})")
     return value

@@ -4,7 +4,8 @@ The command line and the Gradio tabs call these before any work, so a refusal co
 depends on whether a server path exists. Every refusal is a `CoreError` subclass with a one-line message.
 
 Public mode (`core.settings.public()`: on a Space, on a non-loopback address, or forced with --public):
-- models: only the allow-list (`CLIPSCOPE_MODELS`, default: the default model and `toy`); random weights
+- models: only the allow-list (`settings.allowed_models()`: `CLIPSCOPE_MODELS`, default the default model and
+  `toy`, plus each tab's default model); random weights
   (`ARCH/none`) never, a local checkpoint file only when the operator listed exactly that spec;
 - server paths: none at all (text pools are uploads or shipped pools, images are uploads, examples or
   generated scenes, bases come from the Hub or are the shipped ones); the check never touches the file system;
@@ -104,6 +105,7 @@ def _where() -> str:
 # ---------------------------------------------------------------- models
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+MAX_SPEC_CHARS = 300
 
 
 def spec_kind(spec: str) -> str:
@@ -131,6 +133,8 @@ def check_model_allowed(spec: str) -> str:
     if not isinstance(spec, str):
         raise ConfigError(f"a model spec must be a string, got {type(spec).__name__}")
     spec = spec.strip()
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ConfigError(f"the model spec is too long ({len(spec):,} characters; at most {MAX_SPEC_CHARS})")
     kind = spec_kind(spec)
     if not settings.public():
         if kind == "file":

@@ -82,7 +82,6 @@ def parse_images(value: str, kind: str = "--images", *, labelled: bool = False, 
                  generator_split: str | None = None):
     """The engine's ImageSet (core.engine.imagesets) of an image-set option: a folder (allowed by core.guards),
     world:N[:SEED[:SPLIT]] (N within the scene bound) or hf:ORG/NAME@REVISION:SPLIT[:COLUMN] / hf:PATH:SPLIT."""
-    import core.world  # noqa: F401  (registers the generated world's images: world:N[:SEED])
     from core.engine.imagesets import HF_PREFIX, parse_image_set
 
     spec = value.strip() if isinstance(value, str) else value

@@ -8,7 +8,7 @@ wins over the environment. Importing this module has no side effects and pulls i
 | variable | meaning | default |
 |---|---|---|
 | `CLIPSCOPE_MODEL` | default model spec | `toy` |
-| `CLIPSCOPE_MODELS` | models a public server may load, separated by `,` | the default model and `toy` |
+| `CLIPSCOPE_MODELS` | models a public server may load, separated by `,` (each tab's default model is added) | the default model and `toy` |
 | `CLIPSCOPE_BASES` | where bases come from, `SPEC=SOURCE;...` | shipped defaults |
 | `CLIPSCOPE_CACHE` | cache folder | `~/.cache/clipscope` |
 | `CLIPSCOPE_MODEL_CONFIGS` | extra open_clip config files/folders, separated by `os.pathsep` | none |
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 TOY_SPEC = "toy"
+TOY_BIASED_SPEC = "toy-biased"  # also core.paths.TOY_BIASED_SPEC (that module names the weights)
+TABS = ("decomposition", "heads", "neurons", "circuits", "segmentation", "adversarial")
 _TRUE = ("1", "true", "yes", "on")
 _overrides: dict[str, Any] = {}
 
@@ -150,10 +152,20 @@ def public() -> bool:
     return bool(_overrides.get("public")) or _flag("CLIPSCOPE_PUBLIC") or space_id() is not None
 
 
+def tab_default_model(tab: str) -> str:
+    """The model a tab starts on: the default model, except that the Adversarial tab runs on toy-biased when the
+    default is the toy model (the toy model has no spurious cue to find)."""
+    if tab not in TABS:
+        raise ValueError(f"unknown tab {tab!r}; known: {', '.join(TABS)}")
+    spec = default_model()
+    return TOY_BIASED_SPEC if tab == "adversarial" and spec == TOY_SPEC else spec
+
+
 def allowed_models() -> tuple[str, ...]:
-    """The models a public server may load."""
+    """The models a public server may load: `CLIPSCOPE_MODELS` (default: the default model and toy), and always
+    each tab's default model, so that a server never refuses what its own tabs start on."""
     listed = [part.strip() for part in _env("CLIPSCOPE_MODELS").split(",") if part.strip()]
-    return tuple(dict.fromkeys(listed or [default_model(), TOY_SPEC]))
+    return tuple(dict.fromkeys([*(listed or [default_model(), TOY_SPEC]), *map(tab_default_model, TABS)]))
 
 
 def allowed_paths() -> tuple[Path, ...]:

@@ -462,7 +462,7 @@ def warm_up() -> None:
         from core.engine.models import load_clip
         from core.engine.trace import trace_vit
 
-        bundle = load_clip(settings.default_model(), device=settings.resolve_device())
+        bundle = load_clip()  # the default model on the configured device
         size = bundle.info.image_size
         trace_vit(bundle.model.visual, torch.zeros(1, 3, size, size, device=bundle.device))
     except CoreError as err:

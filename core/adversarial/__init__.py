@@ -15,8 +15,10 @@ __all__, __getattr__ = lazy_exports(__name__, {
               "plural_forms"],
     "descriptions": ["Descriptions", "template_descriptions", "llm_descriptions", "load_text_generator", "drop_naming"],
     "generators": ["GeneratedImages", "WorldGenerator", "StableDiffusionGenerator", "load_sd_pipeline",
-                   "parse_world_words", "sd_gpu_seconds"],
+                   "parse_world_words", "sd_gpu_seconds", "SD_SECONDS_PER_STEP_IMAGE"],
     "verdict": ["BinaryClassifier", "Verdicts", "binary_classifier", "judge"],
     "pipeline": ["AdversarialConfig", "AdversarialReport", "Attempt", "run_adversarial", "make_generator"],
-    "results": ["write_results"],
+    "results": ["write_results", "check_output_folder"],
+    "defaults": ["DEFAULT_SIMILARITY", "DEFAULT_WORDS", "SD_REPO", "SD_REVISION", "SD_STEPS", "DEFAULT_NEURONS",
+                 "PAPER_EMBED_DIMS"],
 })

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.progress import Progress, report
 from core.adversarial.descriptions import Descriptions, drop_naming, llm_descriptions, template_descriptions
 from core.adversarial.directions import ClassDirection, class_direction
 from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, PAPER_EMBED_DIMS,
@@ -39,7 +40,6 @@ from core.errors import ConfigError
 METHODS = ("second-order", "random neurons", "similar words")
 MAX_IMAGES = 1000
 MAX_REPEATS = 10
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,9 @@ def _judge(bundle: ClipBundle, spec: str | None) -> ClipBundle:
 
     if spec is None or spec.strip() == bundle.info.spec:
         return bundle
-    return load_clip(spec.strip())  # an empty spec is refused there, like an empty --model
+    if not spec.strip():  # load_clip would take blank for the default model: a judge is named or absent
+        raise ConfigError("empty model spec for the synonym judge: name a model, or leave the judge out")
+    return load_clip(spec.strip())
 
 
 def _method_words(method, repeat, config, direction, bases, judge, selection, words, similar):
@@ -252,7 +254,9 @@ def run_adversarial(bundle: ClipBundle, config: AdversarialConfig, *, generator=
     built by `make_generator`; pass a loaded `StableDiffusionGenerator` for sd). llm: a transformers
     text-generation pipeline for the descriptions (default: templates).
     """
-    say = progress or (lambda _: None)
+    def say(line: str) -> None:
+        report(progress, line)
+
     seconds: dict[str, float] = {}
 
     def timed(stage, fn, *args, **kwargs):

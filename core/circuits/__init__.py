@@ -17,8 +17,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
               "data_edges", "select_active", "head_in_edges"],
     "ablation": ["PathAblation", "token_means", "lens_path_effects", "real_path_effects", "real_neuron_effect",
                  "attribution_scores", "ablate_paths"],
-    "report": ["NeuronCircuit", "HeadCircuit", "neuron_circuit", "head_circuit"],
-    "bases": ["write_circuit_group", "load_weight_edges", "circuit_layers"],
+    "report": ["NeuronCircuit", "HeadCircuit", "neuron_circuit", "head_circuit", "neuron_basis_or_none", "MEAN_IMAGES"],
+    "bases": ["write_circuit_group", "load_weight_edges", "circuit_layers", "circuit_build_params"],
     "validation": ["Faithfulness", "faithfulness", "labels_predict_causes"],
     "reference": ["literal_path_parts"],
 })

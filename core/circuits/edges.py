@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from core.progress import Progress, track
 from core.circuits.paths import (DEFAULT_CHUNK, PathWeights, later_layers, neuron_list, path_terms, path_weights)
 from core.engine.trace import trace_vit
 from core.errors import ConfigError, DatasetError
@@ -34,11 +35,7 @@ from core.neurons.second_order import (COEFFICIENT, bias_paths, check_layer, mlp
 from core.neurons.stats import TopDeviations, check_k, first_principal_components
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (ids [batch], pixels [batch, 3, H, W])
-Progress = Callable[..., Iterable]
 
-
-def _progress(progress: Progress | None, iterable, desc: str, total: int | None = None):
-    return progress(iterable, desc=desc, total=total) if progress else iterable
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
@@ -220,7 +217,7 @@ def data_edges(visual: nn.Module, layer: int, batches: Batches, targets: torch.T
     accumulator = DataEdgeAccumulator(visual, layer, targets, neurons=neurons, later=later, active=active,
                                       target=target, mode=mode, coefficient=coefficient, chunk=chunk)
     device = accumulator.bias.ones_proj.device
-    for ids, pixels in _progress(progress, batches, f"layer {layer}: data edges", total):
+    for ids, pixels in track(progress, batches, f"layer {layer}: data edges", total):
         accumulator.add(trace_vit(visual, pixels.to(device), mlp_layers=[layer]), ids)
     return accumulator.result()
 
@@ -283,7 +280,7 @@ def select_active(visual: nn.Module, layer: int, batches: Callable[[], Batches],
     device = weights[0][1].values.device
     bias = bias_paths(visual, layer)
     total_sum, count = None, 0
-    for ids, pixels in _progress(progress, batches(), f"layer {layer}: means", total):
+    for ids, pixels in track(progress, batches(), f"layer {layer}: means", total):
         phi = _neuron_effects(visual, bias, weights, directions, chosen, pixels.to(device), mode, coefficient)
         part_sum = phi.sum(0, dtype=torch.float64)
         total_sum = part_sum if total_sum is None else total_sum + part_sum
@@ -294,7 +291,7 @@ def select_active(visual: nn.Module, layer: int, batches: Callable[[], Batches],
     mean = (total_sum / count).float()
     top = TopDeviations(len(chosen), k, mean.shape[1], dtype=torch.float32, device=mean.device)
     seen = 0
-    for ids, pixels in _progress(progress, batches(), f"layer {layer}: top-{k} images", total):
+    for ids, pixels in track(progress, batches(), f"layer {layer}: top-{k} images", total):
         deviations = _neuron_effects(visual, bias, weights, directions, chosen, pixels.to(device), mode,
                                      coefficient) - mean
         top.update(torch.as_tensor(ids, dtype=torch.long), deviations, deviations.norm(dim=-1))

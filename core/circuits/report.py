@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from core.progress import Progress
 from core.circuits.ablation import PathAblation, ablate_paths, token_means
 from core.circuits.edges import (DataEdges, InEdges, WeightEdges, data_edges, head_in_edges, select_active,
                                  weight_edges)
@@ -33,7 +34,6 @@ NEURON_TERMS = 6  # sparse terms shown per neuron
 ABLATION_IMAGES = 16  # a neuron's top active images the path ablation runs on
 MEAN_IMAGES = 256  # the first images of the set give the per-token mean activations of mean ablation
 MAX_TARGET_CHARS = 200
-Progress = Callable[..., Iterable]
 
 
 @dataclass(frozen=True)

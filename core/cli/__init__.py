@@ -20,6 +20,8 @@ import sys
 
 from core.messages import without_paths
 
+__all__ = ["main"]  # the command line, for core.__main__ and the `clipscope` console script
+
 COMMAND_MODULES = (
     "decompose",
     "ablate",

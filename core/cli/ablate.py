@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
 
 
 def register(subparsers) -> None:
@@ -56,8 +57,8 @@ def run(args) -> int:
     labelled = labelled_source(args.images, args.label_column, "--images")
     means_paths = labelled.paths
     if args.means_from is not None:
-        means_paths = parse_images(args.means_from, "--means-from", generator_split="heldout").local_paths()
-    bundle = load_model(args)
+        means_paths = parse_images(args.means_from, "--means-from", generator_split="heldout")  # an ImageSet
+    bundle = engine.load_clip(args.model, device=args.device)
     classifier, described = classifier_for(bundle, labelled.classnames, args.templates, args.label_column)
     source = f"{args.means_from or folder} ({len(means_paths)} images{'; the evaluation set itself' if not args.means_from else ''})"
     means = component_means(bundle, means_paths, description=source, convention=args.convention, batch_size=args.batch_size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EXAMPLES = """examples:
   python -m core adversarial --model toy-biased --present square --target triangle --baselines --out adv/
@@ -93,15 +92,18 @@ def _check_generator_options(args) -> None:
 
 def run(args) -> int:
     from core.adversarial.defaults import SD_REPO, SD_REVISION, SD_STEPS
+    from core import engine
     from core.adversarial.descriptions import load_text_generator
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
     from core.adversarial.results import check_output_folder, write_results
-    from core.cli.common import device_of, load_model, model_line, print_json
+    from core.cli.common import device_of, model_line, model_spec, print_json
+    from core.progress import TqdmProgress
 
     from core.artifacts.hub import check_user_source
     from core.engine.text import check_texts
 
     out = check_output_folder(args.out)  # before any work
+    model_spec(args)
     _check_generator_options(args)
     if args.bases is not None:
         check_user_source(args.bases)
@@ -119,9 +121,9 @@ def run(args) -> int:
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint or SD_REPO,
         sd_revision=args.revision if args.revision is not None or args.checkpoint else SD_REVISION,
         sd_steps=args.steps or SD_STEPS, sd_size=args.size, device=str(device_of(args)))
-    bundle = load_model(args)
-    say = (lambda line: print(line, file=sys.stderr, flush=True))
-    say(model_line(bundle.info))
+    bundle = engine.load_clip(args.model, device=args.device)
+    say = TqdmProgress()  # its lines go to stderr
+    say(None, desc=model_line(bundle.info))
     llm = load_text_generator(args.llm, args.llm_revision, device=str(device_of(args))) if args.llm else None
     report = run_adversarial(bundle, config, llm=llm, progress=say)
     write_results(report, out)

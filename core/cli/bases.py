@@ -219,7 +219,8 @@ def _build(args: argparse.Namespace) -> int:
 
     from core import guards
     from core.cli.common import count, model_spec, parse_images, positive
-    from core.cli.neurons import _progress, _texts
+    from core.cli.neurons import _texts
+    from core.progress import TqdmProgress
     from core.distributed import runtime as rt
     from core.distributed.bases import BasesPlan, build_bases
     from core.engine.models import load_clip
@@ -262,7 +263,7 @@ def _build(args: argparse.Namespace) -> int:
         log(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
             f"{image_set.description}, text pool {pool_name} ({len(texts)})")
         report = build_bases(bundle, image_set, texts, args.out, plan, pool_name=pool_name, runtime=runtime,
-                             work_dir=args.work_dir, overwrite=args.overwrite, progress=_progress if main else None,
+                             work_dir=args.work_dir, overwrite=args.overwrite, progress=TqdmProgress() if main else None,
                              log=log)
     finally:
         rt.stop(runtime)

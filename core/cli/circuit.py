@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from core.cli.common import add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_model_argument, model_line, print_json
 
 EPILOG = """examples:
   python -m core circuit --model toy --layer 1 --neuron 5 --images world:2000:1:heldout          # out-edges
@@ -96,7 +97,7 @@ def run(args) -> int:
     check_device(args)
     model_spec(args)
     image_set = parse_images(args.images, generator_split="heldout") if args.images is not None else None
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     artifact, source = _artifact(bundle, args.bases)
     if head is not None:
         return _in_edges(args, bundle, head, artifact, source)
@@ -105,11 +106,11 @@ def run(args) -> int:
 
 def _out_edges(args, bundle, image_set, artifact, source) -> int:
     from core.circuits.report import neuron_circuit
-    from core.cli.neurons import _progress
+    from core.progress import TqdmProgress
 
     circuit = neuron_circuit(bundle, args.layer, args.neuron, image_set=image_set, target=args.target,
                              artifact=artifact, k=args.k, mode=args.mode, batch_size=args.batch_size,
-                             ablation=args.ablation, mean_images=args.mean_images, progress=_progress,
+                             ablation=args.ablation, mean_images=args.mean_images, progress=TqdmProgress(),
                              bases_source=source)
     if args.json:
         result = circuit.as_dict()

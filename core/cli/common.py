@@ -13,6 +13,8 @@ import sys
 from typing import Any
 
 from core import guards
+from core.engine import conventions
+from core.engine.conventions import CONVENTIONS  # noqa: F401  (re-exported)
 from core.inputs import (TEMPLATE_NAMES, check_templates, classifier_for,  # noqa: F401
                          existing_file, existing_folder, image_source, labelled_source, parse_images)
 
@@ -45,14 +47,21 @@ def add_convention_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-CONVENTIONS = ("paper", "centered")
-
-
 def model_spec(args: argparse.Namespace) -> str:
     """The --model spec (or the default), checked against this server's allow-list before anything loads."""
     from core import settings
 
-    return guards.check_model_allowed(args.model if args.model is not None else settings.default_model())
+    return check_spec(args.model if args.model is not None else settings.default_model())
+
+
+def check_spec(value: str, flag: str = "--model") -> str:
+    """A model spec typed on the command line, allowed by core.guards. A typed empty one is refused (load_clip would
+    read it as the default model, as a tab's empty box is; on the command line it is more likely a mistake)."""
+    from core.errors import ConfigError
+
+    if not value.strip():
+        raise ConfigError(f"empty model spec for {flag}: name a model (e.g. toy), or leave {flag} out for the default")
+    return guards.check_model_allowed(value)
 
 
 def device_of(args: argparse.Namespace):
@@ -62,18 +71,8 @@ def device_of(args: argparse.Namespace):
     return resolve_device(getattr(args, "device", None))
 
 
-def load_model(args: argparse.Namespace):
-    from core.engine.models import load_clip
-
-    return load_clip(model_spec(args), device=device_of(args))
-
-
 def check_convention(value: str) -> str:
-    from core.errors import ConfigError
-
-    if value not in CONVENTIONS:
-        raise ConfigError(f"unknown --convention {value[:40]!r}: choose one of {', '.join(CONVENTIONS)}")
-    return value
+    return conventions.check_convention(value, "--convention")
 
 
 def count(value: int | None, bound: str, flag: str, *, minimum: int = 1) -> int | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_model_argument, model_line, print_json
 
 
 def register(subparsers) -> None:
@@ -34,7 +35,7 @@ def run(args) -> int:
         check_user_source(args.bases)
     model_spec(args)
     image = load_image(existing_file(args.image, "image file", hint="upload an image"))
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     artifact = find_neuron_bases(bundle, args.bases)
     layers = [args.layer] if args.layer is not None else neuron_layers(artifact)
     results = []

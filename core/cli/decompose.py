@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from core.cli.common import (add_convention_argument, add_model_argument, check_convention, existing_file, load_model,
-                             model_line, model_spec, print_json)
+from core import engine
+from core.cli.common import (add_convention_argument, add_model_argument, check_convention, existing_file, model_line,
+                             model_spec, print_json)
 
 
 def register(subparsers) -> None:
@@ -32,7 +33,7 @@ def run(args) -> int:
     check_convention(args.convention)
     model_spec(args)
     image = load_image(existing_file(args.image, "image file", hint="upload an image"))
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     result = decompose_image(bundle, image, args.text, convention=args.convention)
     if args.json:
         objects = result.to_json()

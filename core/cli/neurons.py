@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_model_argument, model_line, print_json
+from core.progress import TqdmProgress
 
 EPILOG = """examples:
   python -m core neurons --model ViT-B-32/openai --layer 9 --images imagenet_subset --texts 30k.txt --out out/b32-neurons
@@ -80,12 +82,6 @@ def _evaluation(args, bundle, labelled):
     return Evaluation(batches, classifier, labelled.description, described, -(-len(labels) // args.batch_size))
 
 
-def _progress(iterable, desc: str, total: int | None = None):
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def run(args) -> int:
@@ -109,7 +105,7 @@ def run(args) -> int:
     image_set = _image_set(args.images)
     texts, pool_name, problems = _texts(args.texts)
     labelled = labelled_source(args.evaluate, args.label_column, "--evaluate") if args.evaluate is not None else None
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     evaluation = _evaluation(args, bundle, labelled) if labelled else None
     options = BuildOptions(k=args.k, n_terms=args.terms, dictionary=args.dictionary, mode=args.mode, half=args.half,
                            batch_size=args.batch_size)
@@ -119,7 +115,7 @@ def run(args) -> int:
     if evaluation and image_set.kind == "folder" and Path(args.evaluate).resolve() == Path(image_set.params["root"]):
         log("note: --evaluate is the statistics' own image set (the paper code's protocol); a held-out set is fairer")
     path = build_neuron_bases(bundle, args.out, layers=args.layer, image_set=image_set, texts=texts,
-                              pool_name=pool_name, options=options, evaluation=evaluation, progress=_progress,
+                              pool_name=pool_name, options=options, evaluation=evaluation, progress=TqdmProgress(),
                               overwrite=args.overwrite, log=log)
     artifact = load_artifact(path, expect_model=bundle.info.identity())
     bases = [load_neuron_basis(artifact, layer, bundle.info) for layer in args.layer]

@@ -89,8 +89,7 @@ def run(args) -> int:
     import time
     from datetime import datetime, timezone
 
-    from core import guards
-    from core.cli.common import count, device_of, positive
+    from core.cli.common import check_spec, count, device_of, positive
     from core.errors import ConfigError
     from core.reproduce.registry import TableOptions, table
     from core.writes import atomic_write_text
@@ -104,7 +103,7 @@ def run(args) -> int:
     positive(args.repeats, "--repeats", maximum=10)
     if args.generator not in ("sd", "world"):
         raise ConfigError(f"--generator must be sd or world, got {args.generator!r}")
-    models = tuple(guards.check_model_allowed(m) for m in args.model or ())
+    models = tuple(check_spec(m) for m in args.model or ())
     out = _check_out(args.out or f"reproduce-{chosen.name}.json")
     device = device_of(args)
     options = TableOptions(models=models, images=args.images, label_column=args.label_column,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
 
 
 def register(subparsers) -> None:
@@ -56,7 +57,7 @@ def run(args) -> int:
     model_spec(args)
     image = load_image(existing_file(args.image, "query image", hint="upload an image"))
     paths = image_files(existing_folder(args.gallery, "gallery folder", hint="upload the gallery images"))
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     (head,) = check_heads([(args.layer, args.head)], bundle.info)
     layer_heads = heads_of_layers(bundle.info, [args.layer])
     index = _gallery(args, bundle, layer_heads, paths)

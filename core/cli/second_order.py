@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.cli.common import add_model_argument, load_model
+from core import engine
+from core.cli.common import add_model_argument
 
 
 def register(subparsers) -> None:
@@ -73,7 +74,7 @@ def run(args) -> int:
     out = _check_out(args.out, args.overwrite)
     model_spec(args)
     image = load_image(existing_file(args.image, "image file", hint="upload an image"))
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     check_layer(bundle.model.visual, args.layer)
     phi, _ = image_effects(bundle.model.visual, args.layer, bundle.preprocess(image)[None], mode=args.mode)
     info = bundle.info

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from core import engine
 from core.cli.common import add_model_argument, model_line, print_json
 from core.cli.segment import (METHOD_CHOICES, add_method_options, add_yes_no,
-                              check_device, check_method_inputs, load_on_device, method_options, resolve_method,
+                              check_device, check_method_inputs, method_options, resolve_method,
                               yes_no)
+from core.progress import TqdmProgress
 
 EPILOG = """examples:
   python -m core segeval --dataset world:500:2718 --method heads --method raw-attention --method oracle
@@ -60,12 +62,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _progress(iterable, desc: str, total: int | None = None):
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True, unit="batch")
 
 
 def run(args) -> int:
@@ -94,11 +90,11 @@ def run(args) -> int:
     dataset = open_dataset(args.dataset, classnames)
     if args.limit is not None:
         dataset = first_images(dataset, args.limit)
-    bundle = load_on_device(args, spec)
+    bundle = engine.load_clip(spec, device=args.device)
     report = evaluate(bundle, dataset, methods, protocol=args.protocol, options=method_options(args, bundle),
                       class_source=args.class_source, threshold=threshold, clamp=yes_no(args.clamp),
                       subtract_class_mean=yes_no(args.subtract_class_mean), batch_size=args.batch_size,
-                      state_dir=state_dir, save_maps=maps_dir, progress=_progress,
+                      state_dir=state_dir, save_maps=maps_dir, progress=TqdmProgress(),
                       log=lambda line: print(line, file=sys.stderr), random_draws=args.random_draws)
     if args.json:
         print_json(report.as_dict())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core import engine
+from core.engine.conventions import CONVENTIONS
 from core.cli.common import add_model_argument, model_line, print_json
 
 METHOD_CHOICES = "heads|neurons|random-neurons|raw-attention|rollout|gradcam|chefer"
@@ -30,7 +32,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options")
     group.add_argument("--heads", default=None,
                        help="heads: sum only these heads, LAYER.HEAD pairs (e.g. 10.3,11.0); default all")
-    group.add_argument("--convention", default="paper", choices=("paper", "centered"),
+    group.add_argument("--convention", default="paper", choices=CONVENTIONS,
                        help="heads: how the final LayerNorm's mean and bias are shared (default paper)")
     group.add_argument("--neuron-layers", type=int, nargs="+", default=None,
                        help="neurons: candidate layers (default: every layer of the bases; paper: 8 9 10 of ViT-B-32)")
@@ -71,14 +73,6 @@ def check_device(args) -> None:
     if args.device is not None and not args.device.strip():
         raise ConfigError("--device is empty: choose auto, cpu, cuda or cuda:N")
     settings.resolve_device(args.device)
-
-
-def load_on_device(args, spec: str):
-    """The model `spec` (already allowed by core.guards) on --device."""
-    from core import settings
-    from core.engine.models import load_clip
-
-    return load_clip(spec, device=settings.resolve_device(args.device))
 
 
 def method_options(args, bundle):
@@ -176,7 +170,7 @@ def run(args) -> int:
     targets = _targets(texts, len(texts) > 1)
     folder.check_targets(targets)
     image = load_image(image_path)
-    bundle = load_on_device(args, spec)
+    bundle = engine.load_clip(spec, device=args.device)
     options = method_options(args, bundle)
     result = segment_image(bundle, image, texts, method=method, options=options, threshold=threshold,
                            clamp=yes_no(args.clamp), subtract_mean=yes_no(args.subtract_mean))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
 
 EXAMPLES = """examples:
   python -m core spurious --model ViT-B-16/laion2b_s34b_b88k --images waterbirds/ --split 2 \\
@@ -61,12 +62,11 @@ def _head_set(value: str):
 
 
 def run(args) -> int:
-    from core.engine.ablation import component_means
     from core.cli.common import (check_convention, check_templates, classifier_for, count, existing_folder,
                                  model_spec, positive)
     from core.engine.images import image_files
     from core.heads.outputs import check_heads
-    from core.heads.spurious import grouped_folder, spurious_report
+    from core.heads.spurious import grouped_folder, remove_spurious_cues
 
     check_convention(args.convention)
     count(args.trials, "trials", "--trials", minimum=0)
@@ -80,20 +80,17 @@ def run(args) -> int:
     grouped = grouped_folder(existing_folder(args.images, "grouped folder --images"), classnames=classnames,
                              split=args.split)
     reference = (image_files(existing_folder(args.means_from, "image folder --means-from")) if args.means_from is not None
-                 else grouped.paths)
-    bundle = load_model(args)
+                 else None)
+    bundle = engine.load_clip(args.model, device=args.device)
     heads = check_heads(heads, bundle.info)
     if args.random_layers:
         check_heads([(layer, 0) for layer in args.random_layers], bundle.info)
     classifier, described = classifier_for(bundle, grouped.classnames, args.templates, None)
-    means_description = (f"{args.means_from} ({len(reference)} images)" if args.means_from
-                         else f"the evaluated set itself ({len(reference)} images)")
-    means = component_means(bundle, reference, description=means_description, convention=args.convention,
-                            batch_size=args.batch_size, skipped=[])
-    report = spurious_report(bundle, grouped, classifier, heads, means, provenance=provenance,
-                             means_from_evaluated_set=not args.means_from, trials=args.trials, seed=args.seed,
-                             random_layers=args.random_layers, paper_extras=args.paper_extras,
-                             batch_size=args.batch_size, samples=args.samples)
+    report = remove_spurious_cues(
+        bundle, grouped, classifier, heads, means_from=reference, convention=args.convention,
+        means_description=f"{args.means_from} ({len(reference)} images)" if reference is not None else None,
+        provenance=provenance, trials=args.trials, seed=args.seed, random_layers=args.random_layers,
+        paper_extras=args.paper_extras, batch_size=args.batch_size, samples=args.samples)
     if args.json:
         print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()}, device=bundle.device)
         return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.common import add_convention_argument, add_model_argument, load_model, model_line, print_json
+from core import engine
+from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
+from core.progress import TqdmProgress
 
 EXAMPLES = """examples:
   python -m core textspan --model toy --images scenes/images --texts core/data/toy_texts.txt --out bases/toy
@@ -65,10 +67,6 @@ def _heads(args, info):
     return heads_of_layers(info, args.layers) if args.layers else default_heads(info)
 
 
-def _progress():
-    from tqdm import tqdm
-
-    return lambda iterable, total=None, desc=None: tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def _check_inputs(args):
@@ -113,13 +111,13 @@ def run(args) -> int:
     texts, problems = pool.texts, pool.problems
     for problem in problems:
         print(f"text pool {pool.name}: {problem}", file=sys.stderr)
-    bundle = load_model(args)
+    bundle = engine.load_clip(args.model, device=args.device)
     heads = _heads(args, bundle.info)
     build = build_textspan_bases(
         bundle, paths, texts, heads, args.out, pool_name=pool.name,
         image_description=str(args.images), per_head=args.per_head, rank=args.rank,
         criterion=args.criterion, span=args.span, convention=args.convention, batch_size=args.batch_size,
-        overwrite=args.overwrite, progress=_progress())
+        overwrite=args.overwrite, progress=TqdmProgress())
     completeness = _completeness(args, bundle, build, labelled) if labelled else None
     extra = None
     if completeness:

@@ -176,13 +176,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from core import guards
-    from core.cli.common import device_of, positive
+    from core.cli.common import model_spec, positive
     from core.engine.models import load_clip
     from core.world.toy import evaluate_toy
 
     guards.check_count(args.n, "scenes", "--n (scenes)")
     positive(args.seed, "--seed", minimum=0)
-    bundle = load_clip(guards.check_model_allowed(args.model), device=device_of(args))
+    bundle = load_clip(model_spec(args), device=args.device)
     accuracy = evaluate_toy(bundle, n=args.n, seed=args.seed)
     if args.json:
         print(json.dumps({**accuracy, "device": str(bundle.device)}))
@@ -206,10 +206,11 @@ def _register_evaluate(toy_subparsers) -> None:
 def _run_bias(args: argparse.Namespace) -> int:
     import json
 
+    from core.cli.common import model_spec
     from core.engine.models import load_clip
     from core.world.bias import PlantedBias, group_accuracy_table
 
-    bundle = load_clip(args.model)
+    bundle = load_clip(model_spec(args))
     table = group_accuracy_table(bundle, PlantedBias.parse(args.pairs), n_per_group=args.n, seed=args.seed)
     if args.json:
         print(json.dumps(table))
@@ -241,13 +242,14 @@ def _run_removal(args: argparse.Namespace) -> int:
 
     from core.artifacts.hub import resolve_bases_source
     from core.artifacts.store import load_artifact
+    from core.cli.common import model_spec
     from core.engine.models import load_clip
     from core.errors import BasesError
     from core.heads.spurious import describe_heads
     from core.world.bias import PlantedBias
     from core.world.bias_removal import background_heads, bias_removal_report
 
-    bundle = load_clip(args.model)
+    bundle = load_clip(model_spec(args))
     source = resolve_bases_source(bundle.info.spec, args.bases)
     if source is None:
         raise BasesError(f"no bases for {bundle.info.spec}: build them with `python -m core bases build --model "

@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.progress import Progress, track
 from core.artifacts.store import ArtifactWriter, text_pool_identity
 from core.distributed import runtime as rt
 from core.distributed.headstats import HeadStatistics, accumulate, text_span_from_stats
@@ -49,7 +50,7 @@ from core.engine.text import cache_dir, encode_texts
 from core.engine.trace import trace_vit
 from core.errors import ConfigError, DatasetError
 from core.writes import OutputFolder
-from core.heads.bases import (MEANS_GROUP, TABLE, _check_sizes, group_name, result_tensors, table_rows,
+from core.heads.bases import (MEANS_GROUP, TABLE, check_sizes, group_name, result_tensors, table_rows,
                               textspan_build_params, textspan_metrics)
 from core.heads.outputs import Head, check_heads
 from core.neurons.bases import (STORED_FLOAT, BuildOptions, neuron_build_params, write_neuron_layer,
@@ -59,7 +60,6 @@ from core.neurons.stats import check_k
 
 DEFAULT_SHARD_SIZE = 2048
 WORK_FORMAT = 2
-Progress = Callable[..., Iterable]
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def _check_plan(bundle: ClipBundle, plan: BasesPlan, count: int, n_texts: int, r
     if not isinstance(size, int) or size < batch or size % batch:
         raise ConfigError(f"--shard-size {size} must be a positive multiple of --batch-size {batch}: batch "
                           "boundaries inside a shard are what make every world size give the same sums")
-    _check_sizes(bundle, count, n_texts, plan.per_head, plan.rank, "data", None)
+    check_sizes(bundle, count, n_texts, plan.per_head, plan.rank, "data", None)
     if plan.neuron_layers:
         check_k(plan.options.k, count)
 
@@ -343,7 +343,7 @@ def _run_pass(number, bundle, image_set, plan, work, mine, runtime, report, prog
         if resume is not None:
             resume(shard, stored)
         resumed += 1
-    shards = progress(todo, total=len(todo), desc=f"pass {number} (shards)") if progress and runtime.is_main else todo
+    shards = track(progress if runtime.is_main else None, todo, f"pass {number} (shards)", len(todo))
     for shard in shards:
         work.save(number, shard, compute(shard))
         computed += 1

@@ -17,9 +17,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from core.progress import Progress, track
 from core.engine.contributions import cls_to_cls, direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError, check_index
-from core.engine.images import LabelledImages, iter_image_batches
+from core.engine.images import LabelledImages
+from core.engine.imagesets import ImageSet, image_batches
 from core.engine.models import ClipBundle
 from core.engine.trace import trace_vit
 
@@ -75,17 +77,18 @@ def means_from_batches(
 
 def component_means(
     bundle: ClipBundle,
-    paths: Sequence,
+    images: ImageSet | Sequence,
     *,
     description: str,
     convention: str = "paper",
     batch_size: int = 32,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    progress: Progress | None = None,
     skipped: list[str] | None = None,
 ) -> ComponentMeans:
-    """Mean of every normalised component over the image files at `paths`."""
-    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
-    return means_from_batches(bundle, progress(batches) if progress else batches, description=description, convention=convention)
+    """Mean of every normalised component over `images` (an ImageSet, or a list of image files)."""
+    batches = (pixels for _, pixels in image_batches(images, bundle.preprocess, batch_size, skipped))
+    tracked = track(progress, batches, "component means", -(-len(images) // batch_size))
+    return means_from_batches(bundle, tracked, description=description, convention=convention)
 
 
 @dataclass(frozen=True)
@@ -184,23 +187,26 @@ class AblationReport:
 
 def ablation_accuracies(
     bundle: ClipBundle,
-    labelled: LabelledImages,
+    labelled: ImageSet | LabelledImages,
     classifier: torch.Tensor,
     means: ComponentMeans,
     ablations: Sequence[Ablation],
     *,
     classifier_description: str,
     batch_size: int = 32,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    progress: Progress | None = None,
 ) -> AblationReport:
-    """Top-1 zero-shot accuracy of `classifier` [class, d_out] on a labelled image set under each ablation."""
+    """Top-1 zero-shot accuracy of `classifier` [class, d_out] on a labelled image set (an ImageSet with labels,
+    or a LabelledImages) under each ablation."""
+    if labelled.labels is None:
+        raise DatasetError(f"{labelled.description} has no labels: give a labelled folder or a label column")
     if classifier.shape[0] != len(labelled.classnames):
         raise ConfigError(f"classifier has {classifier.shape[0]} classes, the image set {len(labelled.classnames)}.")
     labels = torch.tensor(labelled.labels)
     skipped: list[str] = []
     batches = ((pixels, {"label": labels[indices]})
-               for indices, pixels in iter_image_batches(labelled.paths, bundle.preprocess, batch_size, skipped=skipped))
-    table, seen = accuracies_from_batches(bundle, progress(batches) if progress else batches, {"label": classifier},
+               for indices, pixels in image_batches(labelled, bundle.preprocess, batch_size, skipped))
+    table, seen = accuracies_from_batches(bundle, track(progress, batches), {"label": classifier},
                                           means, ablations)
     return AblationReport(table["label"], seen, means.description, means.count, labelled.description,
                           means.convention, bundle.info.spec, classifier_description, skipped)

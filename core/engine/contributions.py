@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.engine.conventions import CONVENTIONS
+from core.engine.conventions import CONVENTIONS, check_convention  # noqa: F401  (CONVENTIONS re-exported)
 from core.engine.trace import VitTrace
 
 
@@ -138,8 +138,7 @@ class DirectEffects:
 
 
 def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise ConfigError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
+    check_convention(convention)
 
 
 def direct_effects(

@@ -8,7 +8,7 @@
 
 `parse_image_set(spec)` reads the command line's `--images`:
     DIR                                     folder (labelled with `label_column`)
-    world:N[:SEED[:SPLIT]]                  a generator's scenes (core.world registers "world")
+    world:N[:SEED[:SPLIT]]                  a generator's scenes ("world": the generated world, core.world)
     hf:ORG/NAME@REVISION:SPLIT[:COLUMN]     a Hub dataset, pinned to a 40-hex commit; `?stream` streams it
     hf:PATH:SPLIT[:COLUMN]                  a dataset saved with `save_to_disk`, or a folder of parquet files
 
@@ -16,8 +16,10 @@ Ids are positions in the set (0..count-1), whatever the kind; `shard(s, S)` and 
 contiguous ranges of them, whose batches carry global ids, so work split across processes merges back by
 id. `identity()` is what a manifest records and what ranks compare: it never holds a machine's absolute path.
 
-The engine never imports the packages above it: a generator of synthetic images registers itself with
-`register_generator` (importing `core.world` registers the generated world as "world").
+The engine never imports the packages above it at import time. Generators are registered explicitly, by name:
+the ones the suite ships are listed in `SHIPPED_GENERATORS` (name -> the module and attribute that provide it,
+imported on first use, so `parse_image_set("world:8")` works in a fresh interpreter), others with
+`register_generator`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from PIL import Image
 
 from core import guards, settings
 from core.errors import ConfigError, DatasetError, ImageError, PathNotAllowedError, check_index
-from core.engine.images import IMAGE_SUFFIXES, LabelledImages, image_files, image_folder, labelled_from_csv, load_image
+from core.engine.images import (IMAGE_SUFFIXES, LabelledImages, image_files, image_folder, iter_image_batches,
+                                labelled_from_csv, load_image)
 
 if TYPE_CHECKING:  # torch is imported where a batch is stacked: registering a generator needs none of it
     import torch
@@ -67,6 +70,8 @@ class ImageGenerator(Protocol):
 
 
 _GENERATORS: dict[str, ImageGenerator] = {}
+# The suite's own generators: name -> (module, attribute), imported when first asked for (an entry-point table).
+SHIPPED_GENERATORS: dict[str, tuple[str, str]] = {"world": ("core.world.imagesets", "WORLD_IMAGES")}
 
 
 def register_generator(name: str, generator: ImageGenerator) -> None:
@@ -77,10 +82,15 @@ def register_generator(name: str, generator: ImageGenerator) -> None:
 
 
 def _generator(name: str) -> ImageGenerator:
+    if name not in _GENERATORS and name in SHIPPED_GENERATORS:
+        import importlib
+
+        module, attribute = SHIPPED_GENERATORS[name]
+        register_generator(name, getattr(importlib.import_module(module), attribute))
     if name not in _GENERATORS:
-        known = ", ".join(sorted(_GENERATORS)) or "none yet"
-        raise ConfigError(f"no image generator {name!r} is registered (registered: {known}); the package that "
-                          f"provides it registers it when imported (import core.world for 'world')")
+        known = ", ".join(sorted({*_GENERATORS, *SHIPPED_GENERATORS}))
+        raise ConfigError(f"no image generator {name!r} is registered (registered: {known}); register it with "
+                          f"core.engine.imagesets.register_generator")
     return _GENERATORS[name]
 
 
@@ -151,7 +161,7 @@ class ImageSet:
 
     @classmethod
     def world(cls, n: int, seed: int = 0, split: str = "train") -> "ImageSet":
-        """`n` generated world scenes (needs core.world imported, which registers it)."""
+        """`n` generated world scenes (the shipped "world" generator, core.world.imagesets)."""
         return cls.generated("world", n, seed, split)
 
     @classmethod
@@ -379,6 +389,17 @@ class ImageShard:
 
 
 # ---------------------------------------------------------------- parsing specs
+
+
+def image_batches(images, preprocess: Callable, batch_size: int = 32, skipped: list[str] | None = None
+                  ) -> Iterator[tuple[Any, "torch.Tensor"]]:
+    """(ids, pixels [batch, 3, H, W]) over an analysis's images: an `ImageSet` (or a shard of one), or, for callers
+    that still hold them, a `LabelledImages` or a list of image files. The one place an analysis turns its image
+    input into batches; unreadable images are named in `skipped` (else raise)."""
+    if isinstance(images, (ImageSet, ImageShard)):
+        return images.batches(preprocess, batch_size, skipped)
+    paths = images.paths if isinstance(images, LabelledImages) else list(images)
+    return iter_image_batches(paths, preprocess, batch_size, skipped=skipped)
 
 
 def parse_image_set(spec: str, *, generator_split: str | None = None, labelled: bool = False,

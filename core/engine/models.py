@@ -35,6 +35,7 @@ from core import settings
 from core.errors import ConfigError, UnknownModelError, UnsupportedModelError, WeightsError
 from core.guards import check_model_allowed
 from core.lazy import lazy_module
+from core.progress import Progress, report
 from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_DISPLAY_NAMES, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
 open_clip = lazy_module("open_clip")  # it imports torchvision, transformers and timm: seconds, on first use
@@ -379,18 +380,25 @@ def check_finite_weights(model: nn.Module, spec: str) -> None:
                                "the checkpoint is corrupt or diverged in training; use another checkpoint")
 
 
-def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) -> ClipBundle:
+def load_clip(spec: str | None = None, device: str | torch.device | None = None, *,
+              progress: Progress | None = None) -> ClipBundle:
     """Load (once per process and device) the model named by `spec`; see the module docstring for spec forms.
 
+    The one model loader: every tab, command and library call goes through it, with the same rules.
+    spec: None or blank means the default model (`$CLIPSCOPE_MODEL`, else toy).
     device: a torch device or its name, or auto; default: the settings' (`$CLIPSCOPE_DEVICE`,
     else auto: CUDA when available, else the CPU). `bundle.device` says where it lives.
+    progress: told "loading model ..." (core.progress).
     Raises UnknownModelError for names we do not know, WeightsError when weights cannot be
     obtained or read (or hold NaN/Inf), UnsupportedModelError for towers the decomposition cannot
-    model, ModelNotAllowedError for what this server does not load (core.guards: public mode), and
-    ConfigError for a device this machine does not have.
+    model, ModelNotAllowedError for what this server does not load (core.guards: public mode, whose
+    allow-list holds every tab's default model), and ConfigError for a device this machine does not have.
     """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        spec = settings.default_model()
     spec = check_model_allowed(spec)
     chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
+    report(progress, f"loading model {spec}", 0.05)
     # One load at a time: the app loads its default model in the background while the first requests arrive, and
     # open_clip's config registry is not thread-safe (a model half registered by one thread is "unknown" to another).
     with _LOAD_LOCK:

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from core import caches, guards, settings
+from core.progress import Progress, track
 from core.errors import TextError
 from core.engine.models import ClipBundle
 from core.paths import TOY_TEXTS
@@ -225,10 +226,10 @@ def check_template(template: str) -> str:
 
 
 @torch.inference_mode()
-def _encode(bundle: ClipBundle, texts: Sequence[str], batch_size: int, progress: Callable | None) -> torch.Tensor:
+def _encode(bundle: ClipBundle, texts: Sequence[str], batch_size: int, progress: Progress | None) -> torch.Tensor:
     chunks = []
     starts = range(0, len(texts), batch_size)
-    for start in progress(starts) if progress else starts:
+    for start in track(progress, starts):
         tokens = bundle.tokenizer(list(texts[start : start + batch_size])).to(bundle.device)
         chunks.append(torch.nn.functional.normalize(bundle.model.encode_text(tokens).float(), dim=-1))
     return torch.cat(chunks)
@@ -240,7 +241,7 @@ def encode_texts(
     *,
     batch_size: int = 256,
     use_cache: bool = True,
-    progress: Callable | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """[text, d_out] unit-norm float32 text embeddings, computed in batches and cached on disk."""
     _check_texts(texts)

@@ -26,7 +26,8 @@ def diverging_colours(values: np.ndarray, limit: float | None = None) -> np.ndar
     return colours.round().astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at `size` points (the one font of every rendered picture)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without sized default fonts
@@ -46,7 +47,7 @@ def heat_grid(
     rows, cols = values.shape
     margin_left, margin_top = max(70, cell * 2), (46 if title else 28) + max(0, cell * 3 // 10 - 9)
     # Value labels grow with the cell so that they stay readable on large grids (12x12, 24x16).
-    font, small = _font(max(12, cell * 3 // 10)), _font(max(9, cell * 3 // 10))
+    font, small = label_font(max(12, cell * 3 // 10)), label_font(max(9, cell * 3 // 10))
     title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 12 if title else 0
     width, height = max(margin_left + cols * cell + 10, title_width), margin_top + rows * cell + 10
     canvas = Image.new("RGB", (width, height), "white")

@@ -10,7 +10,7 @@ from core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "access": ["check_model", "check_server_path", "check_bases_source", "check_count"],
-    "common": ["load_model", "read_texts", "query_image", "text_pool", "LinkPanel", "link_panel"],
+    "common": ["read_texts", "query_image", "text_pool", "LinkPanel", "link_panel"],
     "decomposition": ["DecompositionView", "decompose", "render_decomposition"],
     "heads": ["HeadTexts", "head_texts", "compute_text_span", "explain_image", "retrieve_similar", "remove_spurious"],
     "neurons": ["NeuronView", "show_neuron", "neuron_on_image", "search_neurons", "discover_concepts",

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core import budget, settings
+from core import budget, engine, guards, settings
 from core.adversarial.defaults import DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION, SD_STEPS
 from core.errors import ConfigError
 from core.explorer import access
 from core.explorer.common import LinkPanel, Progress, link_panel, progress_or_silent
 from core.links.codec import ViewState
 from core.links.commands import reproduce_commands
-from core.paths import TOY_BIASED_SPEC, TOY_MODELS
+from core.paths import TOY_BIASED_SPEC
 
 GENERATORS = ("world", "sd")
 PUBLIC_LIMITS = {"images": 100, "repeats": 3, "neurons": 500, "words": 50}
@@ -50,18 +50,12 @@ class AdversarialView:
 
 def default_model() -> str:
     """toy-biased when the app runs on the toy model (the toy model has no spurious cue to find)."""
-    spec = settings.default_model()
-    return TOY_BIASED_SPEC if spec == "toy" else spec
+    return settings.tab_default_model("adversarial")
 
 
 def default_judge() -> str:
     """toy-biased embeds its planted cue's words next to the class; the unbiased toy judges synonyms instead."""
     return "toy" if default_model() == TOY_BIASED_SPEC else ""
-
-
-def allowed_models() -> tuple[str, ...]:
-    """What this tab may load in public mode: the server's allow-list and the toy models."""
-    return tuple(dict.fromkeys((*settings.allowed_models(), *TOY_MODELS)))
 
 
 def limits() -> dict[str, int]:
@@ -85,13 +79,9 @@ def read_block(raw) -> tuple[str, ...]:
     return access.check_block_list(raw)
 
 
-def load_model(spec: str | None):
-    from core.engine.models import load_clip
-
-    spec = access.check_length(spec, "The model spec").strip() or default_model()
-    if settings.public() and spec not in allowed_models():
-        raise ConfigError(f"model {spec!r} is not offered on this server; choose one of {', '.join(allowed_models())}")
-    return load_clip(spec, device=settings.resolve_device() if spec not in TOY_MODELS else "cpu")
+def model_spec(spec: str | None) -> str:
+    """The spec a visitor typed, or this tab's default when blank."""
+    return access.check_length(spec, "The model spec").strip() or default_model()
 
 
 def _sd_generator(checkpoint: str | None, revision: str | None):
@@ -133,20 +123,19 @@ def generate(spec: str | None, present: str, target: str, *, layers=None, neuron
         similarity = float(similarity)
     except (TypeError, ValueError):
         raise ConfigError(f"the similarity threshold must be a number, got {similarity!r}") from None
-    bundle = load_model(spec)
+    bundle = engine.load_clip(model_spec(spec), progress=progress)
     budget.admit(budget.adversarial(
         bundle, images=config_args["images"] * config_args["repeats"] * (3 if config_args["baselines"] else 1),
         generator=config_args["generator"], steps=SD_STEPS))
     judge = (judge or "").strip() or None
     if judge is not None:
-        load_model(judge)  # the same allow-list as the model
+        guards.check_model_allowed(judge)  # the same allow-list as the model, refused before any work
     present, target = access.check_length(present, "The shown class"), access.check_length(target, "The target class")
     config = AdversarialConfig(present or "", target or "", similarity=similarity, similarity_model=judge,
                                **config_args)
     generator_object = _sd_generator(checkpoint, revision) if config.generator == "sd" else None
     progress(0.05, desc="neurons and words")
-    report = run_adversarial(bundle, config, generator=generator_object,
-                             progress=lambda line: progress(None, desc=line[:60]))
+    report = run_adversarial(bundle, config, generator=generator_object, progress=progress)
     sd = (checkpoint or SD_REPO, revision or SD_REVISION) if config.generator == "sd" else None
     return views(report, sd)
 
@@ -244,8 +233,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
     the link restores the controls and its notice says to press Generate."""
     from core.explorer.common import read_link
 
-    linked, _ = read_link(query, "adversarial", default_tab=default_tab, only_tab=only_tab,
-                          allowed_models=allowed_models())
+    linked, _ = read_link(query, "adversarial", default_tab=default_tab, only_tab=only_tab)
     if not linked.applies:
         return linked
     s, notices = linked.state, [linked.notice]

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core import engine
 from core.engine.labels import head_label, neuron_label
-from core.errors import BasesError, ConfigError, CoreError
+from core.errors import BasesError, ConfigError, CoreError, check_index
 from core.explorer import access
-from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
-                                  display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
+from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, colour_bar,
+                                  display_source, link_model, link_panel, maybe_int, progress_or_silent,
                                   read_texts, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
@@ -54,14 +55,14 @@ def default_neuron_layer(n_layers: int) -> int:
 
 def edge_map(values: np.ndarray, later_layers: tuple[int, ...], title: str, unit: str) -> Image.Image:
     """A signed later-layer x head heat map, one colour scale for all cells (+-max |edge|) with its legend."""
-    from core.engine.viz import _font, diverging_colours
+    from core.engine.viz import diverging_colours, label_font
 
     rows, cols = values.shape
     cell = 56 if cols <= 8 else 40 if cols <= 16 else 28
     left, top = 60, 46
-    font, small = _font(14), _font(11)
+    font, small = label_font(14), label_font(11)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_width = max(measure.textlength(title, font=font), measure.textlength(unit, font=_font(13)))
+    text_width = max(measure.textlength(title, font=font), measure.textlength(unit, font=label_font(13)))
     width, height = max(left + cols * cell + 12, 320, int(text_width) + 16), top + rows * cell + 10
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
@@ -97,9 +98,9 @@ def show_circuit(spec: str | None, bases: str | None, layer, neuron, kind: str =
     from core.circuits.report import neuron_circuit, neuron_basis_or_none
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
-    layer = check_index(layer, "layer", bundle.info.n_layers - 1)
-    neuron = check_index(neuron, "neuron", bundle.info.d_mlp)
+    bundle = engine.load_clip(spec, progress=progress)
+    layer = check_index("layer", layer, bundle.info.n_layers - 1)
+    neuron = check_index("neuron", neuron, bundle.info.d_mlp)
     top = access.check_count(top, "the number of paths", 1, MAX_TOP)
     if kind not in KINDS:
         raise ConfigError(f"Choose weight or data edges, not {kind!r}.")
@@ -166,9 +167,9 @@ def measure_ablation(spec: str | None, bases: str | None, layer, neuron, text: s
     from core.circuits.report import MEAN_IMAGES, neuron_basis_or_none, neuron_circuit
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
-    layer = check_index(layer, "layer", bundle.info.n_layers - 1)
-    neuron = check_index(neuron, "neuron", bundle.info.d_mlp)
+    bundle = engine.load_clip(spec, progress=progress)
+    layer = check_index("layer", layer, bundle.info.n_layers - 1)
+    neuron = check_index("neuron", neuron, bundle.info.d_mlp)
     artifact, source = _bases(bundle, bases)
     basis = neuron_basis_or_none(artifact, layer, bundle.info)
     if basis is None:
@@ -209,10 +210,10 @@ def show_in_edges(spec: str | None, bases: str | None, head, text: str | None = 
     """The neurons of earlier layers with the strongest weight edges into the head, with their terms."""
     from core.circuits.report import head_circuit
 
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     l2, h = parse_head(head)
-    check_index(l2, "layer", bundle.info.n_layers)
-    check_index(h, "head", bundle.info.n_heads)
+    check_index("layer", l2, bundle.info.n_layers)
+    check_index("head", h, bundle.info.n_heads)
     top = access.check_count(top, "the number of neurons", 1, MAX_TOP)
     artifact, source = _bases(bundle, bases)
     circuit = head_circuit(bundle, (l2, h), target=_target(text), artifact=artifact, top=top, bases_source=source)
@@ -245,7 +246,7 @@ def circuits_link(spec: str | None, bases: str | None, layer, neuron, head, text
                       method=kind if kind in KINDS and kind != "weight" else None)
     source = recipe = images = None
     try:
-        bundle = load_model(spec)
+        bundle = engine.load_clip(spec)
         artifact, source = _bases(bundle, bases or None)
         if artifact is not None:
             recipe = bases_recipe(artifact)
@@ -285,7 +286,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
     text = s.texts[0] if s.texts else None
     kind = s.method or "weight"
     try:
-        bundle = load_model(s.model)
+        bundle = engine.load_clip(s.model)
         layer = default_neuron_layer(bundle.info.n_layers) if s.layer is None else s.layer
         circuit = show_circuit(s.model, s.bases, layer, s.neuron, kind, text) if s.neuron is not None else None
         in_edges = show_in_edges(s.model, s.bases, s.head, text) if isinstance(s.head, str) else None

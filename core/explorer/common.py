@@ -10,7 +10,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,34 +22,17 @@ from core.links.codec import ViewState, encode
 from core.links.commands import CITATIONS
 from core.links.images import describe_ref, image_from_ref
 from core.messages import display_source, error_message, without_paths  # noqa: F401  (the tabs' shortening)
+from core.progress import NullProgress, Progress  # noqa: F401  (Progress: the tabs' type, re-exported)
 
 UNIT = units.COSINE_SCALE  # scores are shown as cosine x100 (core.units)
 UNIT_NAME = units.COSINE_UNIT
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class Progress(Protocol):
-    """What the tabs pass in (Gradio's gr.Progress has this shape); core never imports Gradio."""
-
-    def __call__(self, fraction: float, desc: str | None = None) -> None: ...
-
-    def tqdm(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable: ...
-
-
-class Silent:
-    """Progress that shows nothing (library use, tests)."""
-
-    def __call__(self, fraction: float, desc: str | None = None) -> None:
-        return None
-
-    def tqdm(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
-        return iterable
-
-
 def progress_or_silent(progress: Progress | None) -> Progress:
     """The tab's progress (or none), stopping the request at any step once it ran past its public deadline
     (core.budget.checkpoint)."""
-    return progress if isinstance(progress, Bounded) else Bounded(progress if progress is not None else Silent())
+    return progress if isinstance(progress, Bounded) else Bounded(progress if progress is not None else NullProgress())
 
 
 class Bounded:
@@ -70,15 +53,6 @@ class Bounded:
         for item in self.inner.tqdm(iterable, total=total, desc=desc):
             checkpoint()
             yield item
-
-
-def load_model(spec: str | None, progress: Progress | None = None):
-    """The model a visitor asked for, checked against the server's rules, on the configured device."""
-    from core.engine.models import load_clip
-
-    spec = access.check_model(spec)
-    progress_or_silent(progress)(0.05, desc=f"loading model {spec}")
-    return load_clip(spec, device=settings.resolve_device())
 
 
 def read_texts(raw: str | Iterable[str] | None, *, limit: int = access.MAX_TEXTS) -> list[str]:
@@ -144,13 +118,6 @@ def text_pool(upload: str | None, typed: str | None = None) -> tuple[list[str], 
     return texts, name, f"{name} ({len(texts)} texts{', uploaded' if upload else ''})"
 
 
-def check_index(value, name: str, size: int) -> int:
-    """An index typed in a number box (float or None) within 0..size-1."""
-    if value is None or value == "":
-        raise ConfigError(f"Choose a {name}.")
-    return access.check_count(value, name, 0, max(size - 1, 0)) if size > 0 else 0
-
-
 # ---------------------------------------------------------------- link and reproduce panel
 
 @dataclass(frozen=True)
@@ -176,14 +143,14 @@ def link_panel(state: ViewState, commands: list[str], notes: Iterable[str] = ())
 
 def colour_bar(picture: Image.Image, limit: float, label: str) -> Image.Image:
     """`picture` with a diverging colour scale from -limit to +limit (in display units) underneath."""
-    from core.engine.viz import _font, diverging_colours
+    from core.engine.viz import diverging_colours, label_font
 
     width, bar_height, pad = picture.width, 14, 6
     canvas = Image.new("RGB", (width, picture.height + bar_height + 46), "white")
     canvas.paste(picture, (0, 0))
     ramp = diverging_colours(np.linspace(-1.0, 1.0, width - 2 * pad)[None, :].repeat(bar_height, 0), 1.0)
     canvas.paste(Image.fromarray(ramp), (pad, picture.height + 4))
-    draw, font = ImageDraw.Draw(canvas), _font(13)
+    draw, font = ImageDraw.Draw(canvas), label_font(13)
     y = picture.height + bar_height + 8
     draw.text((pad, y), f"-{limit:.3g}", fill="black", font=font)
     draw.text((width // 2 - 4, y), "0", fill="black", font=font)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from core import engine
 from core.engine.labels import head_label
 from core.errors import ConfigError
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, colour_bar, grid_with_scale, link_panel,
-                                  load_model, progress_or_silent, query_image, read_texts)
+                                  progress_or_silent, query_image, read_texts)
 from core.links.codec import ViewState
 from core.links.commands import reproduce_commands
 
@@ -84,7 +85,7 @@ def decompose(spec: str | None, image_path: str | None, image_ref: str | None, r
               progress: Progress | None = None) -> DecompositionView:
     """Decompose cos(image, text) for each text; the view shows text `shown`, and the token map of layer/head."""
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     query = query_image(image_path, image_ref)
     texts = read_texts(raw_texts)
     progress(0.3, desc="tracing the image through the model")

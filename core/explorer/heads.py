@@ -13,13 +13,13 @@ from typing import NamedTuple
 
 from PIL import Image
 
-from core import budget, units
+from core import budget, engine, units
 from core.engine.labels import head_label
-from core.errors import BasesError, ConfigError, CoreError
+from core.errors import BasesError, ConfigError, CoreError, check_index
 from core.explorer import access
-from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact, check_index,
-                                  colour_bar, display_source, grid_with_scale, link_model, link_panel, load_model,
-                                  maybe_int, progress_or_silent, query_image, read_texts, text_pool, without_paths)
+from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_recipe, cached_artifact,
+                                  colour_bar, display_source, grid_with_scale, link_model, link_panel, maybe_int,
+                                  progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
 from core.messages import error_message
@@ -54,7 +54,7 @@ class HeadTexts(NamedTuple):
 
 
 def _head(bundle, layer, head) -> tuple[int, int]:
-    return check_index(layer, "layer", bundle.info.n_layers), check_index(head, "head", bundle.info.n_heads)
+    return check_index("layer", layer, bundle.info.n_layers), check_index("head", head, bundle.info.n_heads)
 
 
 def _model_line(info) -> str:
@@ -122,7 +122,7 @@ def _from_session(fitted: FittedSpan | None, spec: str, head) -> tuple[list[dict
 def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitted: FittedSpan | None = None,
                prefer: str = FROM_BASES, progress: Progress | None = None) -> HeadTexts:
     """The head's TextSpan texts with the variance of its outputs each explains: from bases, or this session."""
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     name = head_label(*chosen)
     problem, from_bases = "", None
@@ -166,27 +166,29 @@ def _circuit_link(bundle, bases: str | None, head: tuple[int, int]) -> str:
 
 
 def _image_set(bundle, source: str, folder: str | None, uploads, n_images: int, progress):
-    """(pixel batches, count, description) of the images TextSpan or a gallery is computed on."""
-    from core.engine.images import image_files, iter_image_batches
-    from core.heads.outputs import pil_batches
-    from core.world.scenes import heldout_scenes
+    """(pixel batches, count, description) of the images TextSpan or a gallery is computed on: an ImageSet, batched
+    where every analysis batches one (core.engine.imagesets.image_batches)."""
+    from core.engine.imagesets import ImageSet, image_batches
 
     if source == WORLD:
-        scenes = (image for image, _, _ in heldout_scenes(n_images, seed=WORLD_SEED))
-        return pil_batches(bundle, scenes), n_images, f"{n_images} generated held-out world scenes (seed {WORLD_SEED})"
-    if source == UPLOADS:
-        paths = _uploads(uploads)[:n_images]
-        description = f"{len(paths)} uploaded images"
+        images = ImageSet.world(n_images, seed=WORLD_SEED, split="heldout")
+        description = f"{n_images} generated held-out world scenes (seed {WORLD_SEED})"
+    elif source == UPLOADS:
+        images = ImageSet.files(_uploads(uploads)[:n_images])
+        description = f"{images.count} uploaded images"
     elif source == FOLDER:
         root = access.check_server_path(folder, "image folder")
         if root is None:
             raise ConfigError("Type the image folder, or choose another image set.")
-        paths = image_files(root)[:n_images]
-        description = f"{len(paths)} images of folder {root.name}"
+        images = ImageSet.folder(root)
+        if images.count == 0:
+            raise ConfigError(f"No images in folder {root.name}.")
+        images = images.slice(0, min(n_images, images.count))
+        description = f"{len(images)} images of folder {root.name}"
     else:
         raise ConfigError(f"Unknown image set {source!r}; choose one of {', '.join(SOURCES)}.")
-    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, 32, skipped=[]))
-    return batches, len(paths), description
+    batches = (pixels for _, pixels in image_batches(images, bundle.preprocess, 32, skipped=[]))
+    return batches, len(images), description
 
 
 def _uploads(uploads) -> list[str]:
@@ -207,7 +209,7 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     from core.heads.textspan import DEFAULT_RANK
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     heads = check_heads(list(dict.fromkeys(default_heads(bundle.info) + [chosen])), bundle.info)
     n_images = access.check_count(n_images, "the number of images", 2, 2000)
@@ -242,12 +244,14 @@ class ExplainView:
 
 
 def rank_by_magnitude(scores, k: int = 10) -> list[dict]:
-    """Heads of a [layer, head] score matrix by |score| (ties by index), sign kept."""
-    n_heads = scores.shape[1]
-    cells = [(i // n_heads, i % n_heads, float(v)) for i, v in enumerate(scores.flatten().tolist())]
-    cells.sort(key=lambda c: (-abs(c[2]), c[0], c[1]))
-    return [{"head": head_label(l, h), "layer": l, "head index": h, f"score ({UNIT_NAME})": round(v * UNIT, 4),
-             "sign": "+" if v > 0 else "-" if v < 0 else "0"} for l, h, v in cells[:k]]
+    """Heads of a [layer, head] score matrix by |score| (ties by index), sign kept: core.heads.outputs.rank_heads,
+    as the tab's rows."""
+    from core.heads.outputs import rank_heads
+
+    return [{"head": head_label(r["layer"], r["head"]), "layer": r["layer"], "head index": r["head"],
+             f"score ({UNIT_NAME})": round(r["score"] * UNIT, 4),
+             "sign": "+" if r["score"] > 0 else "-" if r["score"] < 0 else "0"}
+            for r in rank_heads(scores, k, magnitude=True)]
 
 
 def _token_maps(result, image, head, info, scale: str) -> list[tuple[Image.Image, str]]:
@@ -274,7 +278,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     from core.engine.viz import heat_grid
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     query = query_image(image_path, image_ref)
     texts = read_texts(raw_texts)
@@ -319,7 +323,7 @@ def image_top_texts(spec: str | None, image_path: str | None, image_ref: str | N
     if convention not in CONVENTIONS:
         raise ConfigError(f"Unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     query = query_image(image_path, image_ref, what="the image")
     rows, pool_description = _top_texts(bundle, query.image, chosen, pool_upload, pool, convention)
@@ -358,9 +362,8 @@ def _gallery(bundle, source, folder, uploads, layer, convention, galleries: dict
         raise ConfigError(f"Unknown gallery {source!r}; choose one of {', '.join(SOURCES)}.")
     key = (bundle.info.spec, tuple(map(str, paths)), layer, convention)
     if key not in galleries:
-        wrap = lambda batches: progress.tqdm(batches, total=-(-len(paths) // 32), desc="indexing the gallery")  # noqa: E731
         index = build_gallery(bundle, paths, heads_of_layers(bundle.info, [layer]), description=description,
-                              convention=convention, progress=wrap, skipped=[])
+                              convention=convention, progress=progress, skipped=[])
         galleries = {**{k: v for k, v in list(galleries.items())[-(MAX_GALLERIES - 1):]}, key: index}
     return galleries[key], galleries
 
@@ -373,7 +376,7 @@ def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | 
     from core.heads.retrieval import nearest, query_contributions
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     k = access.check_count(k, "the number of images", 1, 64)
     query = query_image(image_path, image_ref, what="the query image")
@@ -393,16 +396,15 @@ def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | 
 def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classnames: str, trials, convention: str,
                     *, progress: Progress | None = None) -> tuple[str, list[dict]]:
     """Worst-group accuracy of a grouped folder (a local user's) with the heads mean-ablated, against random heads."""
-    from core.engine.ablation import component_means
     from core.engine.text import imagenet_classifier_texts, zero_shot_classifier
     from core.heads.outputs import check_heads, parse_heads
-    from core.heads.spurious import grouped_folder, spurious_report
+    from core.heads.spurious import grouped_folder, remove_spurious_cues
 
     progress = progress_or_silent(progress)
     root = access.check_server_path(folder, "grouped folder")
     if root is None:
         raise ConfigError("Type the grouped folder (with metadata.csv).")
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     trials = access.check_count(trials, "random trials", 1, 20)
     names = [name.strip() for name in (classnames or "").split(",") if name.strip()] or None
     grouped = grouped_folder(root, classnames=names)
@@ -410,10 +412,8 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
     progress(0.1, desc="zero-shot classifier")
     classifier = zero_shot_classifier(bundle, grouped.classnames, imagenet_classifier_texts()[1])
     progress(0.2, desc="component means")
-    means = component_means(bundle, grouped.paths, description=f"the evaluated set ({len(grouped.paths)} images)",
-                            convention=convention, skipped=[])
-    report = spurious_report(bundle, grouped, classifier, heads, means, provenance="picked in the UI",
-                             means_from_evaluated_set=True, trials=trials, progress=progress.tqdm)
+    report = remove_spurious_cues(bundle, grouped, classifier, heads, convention=convention,
+                                  provenance="picked in the UI", trials=trials, progress=progress)
     summary = report.random_summary()
     rows = [{"model": "unmodified", "overall": report.base.overall, "worst group": report.base.worst},
             {"model": "chosen heads ablated", "overall": report.ablated.overall, "worst group": report.ablated.worst},
@@ -446,7 +446,7 @@ def heads_link(spec: str | None, bases: str | None, layer, head, raw_texts, imag
     source = recipe = None
     notes = []
     try:
-        artifact, source = bases_artifact(load_model(spec), bases or None)
+        artifact, source = bases_artifact(engine.load_clip(spec), bases or None)
         recipe = bases_recipe(artifact) if artifact is not None else None
     except CoreError:
         pass
@@ -468,7 +468,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
         return linked
     s = linked.state
     try:
-        bundle = load_model(s.model)
+        bundle = engine.load_clip(s.model)
         layer = bundle.info.n_layers - 1 if s.layer is None else s.layer
         head = 0 if s.head is None else s.head
         texts = head_texts(s.model, layer, head, s.bases)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from core import budget, caches, units
+from core import budget, caches, engine, units
 from core.engine.labels import neuron_label
-from core.errors import ConfigError, CoreError, OutputError
+from core.errors import ConfigError, CoreError, OutputError, check_index
 from core.explorer import access
-from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
-                                  display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
+from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, colour_bar,
+                                  display_source, link_model, link_panel, maybe_int, progress_or_silent,
                                   query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
@@ -83,7 +83,7 @@ def find_basis(bundle, bases: str | None, layer, session=None) -> Basis:
     from core.artifacts.hub import resolve_bases_source
     from core.neurons.bases import BUILD_COMMAND
 
-    layer = check_index(layer, "layer", bundle.info.n_layers)
+    layer = check_index("layer", layer, bundle.info.n_layers)
     named = access.check_bases_source(bases)
     if (session is not None and not named and session.provenance.get("model") == bundle.info.spec
             and session.stats.layer == layer):
@@ -99,7 +99,7 @@ def find_basis(bundle, bases: str | None, layer, session=None) -> Basis:
 
 def bases_status(spec: str | None, bases: str | None, layer, session=None, *, progress: Progress | None = None) -> str:
     """What the tab will read for this model and layer (the 'Load bases' button and the page's first view)."""
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     return find_basis(bundle, bases, layer, session).status()
 
 
@@ -118,10 +118,10 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
     """The neuron's texts (signed weights), its top images and its statistics (pictures=False: the images' ids
     and effects only, as `bases show --neuron L.N` prints them)."""
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis, stats = found.basis, found.basis.stats
-    n = check_index(neuron, "neuron", stats.mean.shape[0])
+    n = check_index("neuron", neuron, stats.mean.shape[0])
     terms = basis.words.terms(n, basis.texts)
     rows = [{"text": text, "weight": round(weight, 4)} for text, weight in terms]
     gallery = []
@@ -159,10 +159,10 @@ def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_pa
     from core.neurons.texts import activation_map, image_effects
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis = found.basis
-    n = check_index(neuron, "neuron", basis.stats.mean.shape[0])
+    n = check_index("neuron", neuron, basis.stats.mean.shape[0])
     query = query_image(image_path, image_ref)
     progress(0.3, desc="second-order effects of the layer")
     phi, trace = image_effects(bundle.model.visual, basis.stats.layer, bundle.preprocess(query.image)[None],
@@ -186,7 +186,7 @@ def search_neurons(spec: str | None, bases: str | None, layer, text: str, top, s
     from core.engine.text import encode_texts
     from core.neurons.texts import search_neurons as ranked
 
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     basis = found.basis
     query = read_texts(text, limit=1)[0]
@@ -204,7 +204,7 @@ def discover_concepts(spec: str | None, bases: str | None, layer, image_path: st
     from core.neurons.concepts import image_concepts
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     found = find_basis(bundle, bases, layer, session)
     query = query_image(image_path, image_ref)
     top = access.check_count(top, "the number of words", 1, 200)
@@ -233,11 +233,12 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     Written under the clipscope cache, keyed by everything that determines them, and resumable.
     """
     from core.engine.text import cache_dir, texts_sha256
-    from core.neurons.bases import BuildOptions, ImageSet, build_neuron_bases, find_neuron_bases, load_neuron_basis
+    from core.engine.imagesets import ImageSet
+    from core.neurons.bases import BuildOptions, build_neuron_bases, find_neuron_bases, load_neuron_basis
 
     progress = progress_or_silent(progress)
-    bundle = load_model(spec, progress)
-    layer = check_index(layer, "layer", bundle.info.n_layers)
+    bundle = engine.load_clip(spec, progress=progress)
+    layer = check_index("layer", layer, bundle.info.n_layers)
     k = access.check_count(k, "k", 1, 1000)
     if source == WORLD:
         images = ImageSet.world(access.check_count(n_scenes, "the number of world scenes", 10,
@@ -256,11 +257,10 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
                                           images_name="world scenes" if source == WORLD else "images"))
     key = texts_sha256([bundle.info.spec, str(bundle.info.weights_sha256), images.description, pool_name,
                         texts_sha256(texts), str(layer), str(k), dictionary])[:20]
-    track = lambda iterable, desc, total=None: progress.tqdm(iterable, desc=desc, total=total)  # noqa: E731
 
     def build(out: Path) -> None:
         build_neuron_bases(bundle, out, layers=[layer], image_set=images, texts=texts, pool_name=pool_name,
-                           options=BuildOptions(k=k, dictionary=dictionary), progress=track)
+                           options=BuildOptions(k=k, dictionary=dictionary), progress=progress)
 
     def load(out: Path):
         return load_neuron_basis(find_neuron_bases(bundle, str(out)), layer)
@@ -392,7 +392,7 @@ def open_link(query, *, default_tab: str = "decomposition", only_tab: bool = Fal
     s = linked.state
     image_ref = s.image if s.image and s.image != "upload" else None
     try:
-        bundle = load_model(s.model)
+        bundle = engine.load_clip(s.model)
         layer = default_layer(bundle.info.n_layers) if s.layer is None else s.layer
         status = bases_status(s.model, s.bases, layer)
         neuron = None if s.neuron is None else show_neuron(s.model, s.bases, layer, s.neuron)

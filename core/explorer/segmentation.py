@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from core import units
+from core import engine, units
 from core.errors import ConfigError, CoreError, TextError
-from core.explorer.common import LinkPanel, Progress, link_panel, load_model, progress_or_silent, query_image
+from core.explorer.common import LinkPanel, Progress, link_panel, progress_or_silent, query_image
 from core.links.codec import ViewState
 from core.links.commands import reproduce_commands
 
@@ -130,7 +130,7 @@ def segment(spec: str | None, image_path: str | None, image_ref: str | None, raw
     texts, background_index = read_class_texts(raw_texts, background)
     methods = chosen_methods(method, compare)
     threshold = check_threshold(threshold)
-    bundle = load_model(spec, progress)
+    bundle = engine.load_clip(spec, progress=progress)
     query = query_image(image_path, image_ref)
     key = (bundle.info.spec, query.ref if query.ref != "upload" else f"upload:{image_path}", tuple(texts))
     same = previous is not None and previous.key == key

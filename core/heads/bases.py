@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.progress import Progress, track
 from core.artifacts.store import Artifact, ArtifactWriter, text_pool_identity
 from core.errors import BasesError, ConfigError
 from core.heads.outputs import (Head, HeadOutputs, StreamedHeadStatistics, check_heads, fit_text_span, head_name,
@@ -44,8 +45,6 @@ TABLE = "textspan"
 COMPLETENESS = "completeness"
 CHUNK_HEADS = 8  # heads fitted (and then written) together: batched speed, fine-grained resume
 
-# progress(iterable, total=..., desc=...) -> iterable, e.g. tqdm.tqdm or gr.Progress().tqdm
-ProgressFactory = Callable[..., Iterable]
 
 
 def group_name(head: Head) -> str:
@@ -184,7 +183,7 @@ def build_textspan_bases(
     convention: str = "paper",
     batch_size: int = 32,
     overwrite: bool = False,
-    progress: ProgressFactory | None = None,
+    progress: Progress | None = None,
     writer: ArtifactWriter | None = None,
 ) -> TextSpanBuild:
     """Fit TextSpan for `heads` on the images at `paths`, writing each head's group as it is done.
@@ -223,7 +222,7 @@ def _checked(bundle, heads, n_images, n_texts, per_head, rank, criterion, span):
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     bases = weight_span_bases(bundle.model.visual, heads) if span == "weights" else None
-    _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases)
+    check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases)
     return heads, bases
 
 
@@ -258,7 +257,7 @@ def finish_textspan_bases(build: TextSpanBuild, completeness: dict | None = None
     return path
 
 
-def _check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases) -> None:
+def check_sizes(bundle, n_images, n_texts, per_head, rank, span, bases) -> None:
     """Fail before the expensive pass on what text_span would refuse after it."""
     if not isinstance(per_head, int) or per_head < 1:
         raise ConfigError(f"--per-head must be a positive integer, got {per_head!r}")
@@ -291,7 +290,7 @@ def _fit_pending(fitted: StreamedHeadStatistics | None, embeddings, pending, bas
     """Fit pending heads CHUNK_HEADS at a time, writing each group at once; returns their tensors."""
     new: dict[Head, dict[str, torch.Tensor]] = {}
     chunks = [pending[i:i + CHUNK_HEADS] for i in range(0, len(pending), CHUNK_HEADS)]
-    steps = progress(chunks, total=len(chunks), desc="TextSpan (chunks of heads)") if progress and chunks else chunks
+    steps = track(progress, chunks, "TextSpan (chunks of heads)", len(chunks)) if chunks else chunks
     for chunk in steps:
         stats = fitted.stats.select([fitted.heads.index(h) for h in chunk])
         chunk_bases = [bases[heads.index(h)] for h in chunk] if bases is not None else None
@@ -330,9 +329,7 @@ def _head_statistics_cached(bundle, paths, heads, convention, batch_size, work_f
         except Exception:  # a damaged cache is recomputed, never trusted
             work_file.unlink(missing_ok=True)
     skipped: list[str] = []
-    n_batches = -(-len(paths) // batch_size)
-    wrap = (lambda it: progress(it, total=n_batches, desc="head outputs (image batches)")) if progress else None
-    fitted = head_statistics(bundle, paths, heads, convention=convention, batch_size=batch_size, progress=wrap,
+    fitted = head_statistics(bundle, paths, heads, convention=convention, batch_size=batch_size, progress=progress,
                              skipped=skipped)
     work_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = work_file.with_name(f".{work_file.name}.{os.getpid()}.tmp")
@@ -355,9 +352,10 @@ def fit_in_memory(
     span: str = "data",
     convention: str = "paper",
 ) -> tuple[TextSpanResult, HeadOutputs]:
-    """TextSpan over pixel batches without writing anything (the tab's compute button)."""
+    """TextSpan over pixel batches without writing anything (the tab's compute button); the same checks as
+    `build_textspan_bases`, before the pass over the images."""
+    heads, bases = _checked(bundle, heads, capacity, text_embeddings.shape[0], per_head, rank, criterion, span)
     fitted = head_outputs_from_batches(bundle, batches, heads, capacity=capacity, convention=convention)
-    bases = weight_span_bases(bundle.model.visual, fitted.heads) if span == "weights" else None
     result = fit_text_span(fitted.outputs, text_embeddings, n_texts=per_head, rank=rank, criterion=criterion,
                            span=span, span_bases=bases)
     return result, fitted

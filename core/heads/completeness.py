@@ -16,9 +16,10 @@ from typing import Iterable, Sequence
 
 import torch
 
+from core.progress import Progress, track
 from core.engine.contributions import direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError
-from core.heads.outputs import Head, Progress, check_heads
+from core.heads.outputs import Head, check_heads
 from core.engine.images import LabelledImages, iter_image_batches
 from core.engine.models import ClipBundle
 from core.heads.textspan import TextSpanResult, reconstruct
@@ -128,5 +129,5 @@ def completeness_on_folder(
     labels = torch.tensor(labelled.labels)
     batches = ((pixels, labels[indices])
                for indices, pixels in iter_image_batches(labelled.paths, bundle.preprocess, batch_size, skipped=skipped))
-    return completeness_accuracies(bundle, progress(batches) if progress else batches, classifier, result, heads,
+    return completeness_accuracies(bundle, track(progress, batches), classifier, result, heads,
                                    head_means, n_terms, ablate_earlier=ablate_earlier, convention=convention)

@@ -19,9 +19,11 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 from PIL import Image
 
+from core.progress import Progress, track
 from core.engine.contributions import direct_effects, fold_weights
 from core.errors import ConfigError, DatasetError, TextError, check_index
 from core.engine.images import iter_image_batches, load_image
+from core.engine.imagesets import ImageSet, image_batches
 from core.engine.labels import head_label
 from core.engine.models import ClipBundle, ModelInfo
 from core.heads.textspan import HeadStatistics, TextSpanResult, text_span, text_span_from_stats
@@ -32,7 +34,6 @@ DEFAULT_LAST_LAYERS = 4
 SPAN_TOLERANCE = 1e-6
 
 Head = tuple[int, int]
-Progress = Callable[[Iterable], Iterable]
 
 
 # ---------------------------------------------------------------- choosing heads
@@ -192,7 +193,7 @@ def head_statistics_from_batches(
 
 def head_outputs(
     bundle: ClipBundle,
-    paths: Sequence,
+    images: ImageSet | Sequence,
     heads: Sequence[Head],
     *,
     convention: str = "paper",
@@ -200,15 +201,15 @@ def head_outputs(
     progress: Progress | None = None,
     skipped: list[str] | None = None,
 ) -> HeadOutputs:
-    """Head outputs over the image files at `paths` (unreadable ones named in `skipped` if given)."""
-    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
-    return head_outputs_from_batches(bundle, progress(batches) if progress else batches, heads,
-                                     capacity=len(paths), convention=convention)
+    """Head outputs over `images` (an ImageSet, or a list of image files; unreadable ones named in `skipped` if given)."""
+    batches = (pixels for _, pixels in image_batches(images, bundle.preprocess, batch_size, skipped))
+    return head_outputs_from_batches(bundle, track(progress, batches, "head outputs", -(-len(images) // batch_size)), heads,
+                                     capacity=len(images), convention=convention)
 
 
 def head_statistics(
     bundle: ClipBundle,
-    paths: Sequence,
+    images: ImageSet | Sequence,
     heads: Sequence[Head],
     *,
     convention: str = "paper",
@@ -216,9 +217,11 @@ def head_statistics(
     progress: Progress | None = None,
     skipped: list[str] | None = None,
 ) -> StreamedHeadStatistics:
-    """TextSpan's sufficient statistics over the image files at `paths` (see head_statistics_from_batches)."""
-    batches = (pixels for _, pixels in iter_image_batches(paths, bundle.preprocess, batch_size, skipped=skipped))
-    return head_statistics_from_batches(bundle, progress(batches) if progress else batches, heads,
+    """TextSpan's sufficient statistics over `images` (an ImageSet, or a list of image files; see
+    head_statistics_from_batches)."""
+    batches = (pixels for _, pixels in image_batches(images, bundle.preprocess, batch_size, skipped))
+    tracked = track(progress, batches, "head outputs (image batches)", -(-len(images) // batch_size))
+    return head_statistics_from_batches(bundle, tracked, heads,
                                         convention=convention)
 
 
@@ -330,10 +333,12 @@ def select_heads(result: TextSpanResult, rows: Sequence[int]) -> TextSpanResult:
 
 # ---------------------------------------------------------------- one image
 
-def rank_heads(scores: torch.Tensor, k: int | None = None) -> list[dict]:
-    """Heads of a [layer, head] score matrix sorted by score, highest first: [{layer, head, score}]."""
+def rank_heads(scores: torch.Tensor, k: int | None = None, *, magnitude: bool = False) -> list[dict]:
+    """Heads of a [layer, head] score matrix sorted by score (by |score| with `magnitude`), highest first:
+    [{layer, head, score}] with the score's sign kept. The one head ranking of the suite."""
     n_heads = scores.shape[1]
-    order = torch.argsort(scores.flatten(), descending=True, stable=True)[: k or scores.numel()]  # ties: by index
+    key = scores.flatten().abs() if magnitude else scores.flatten()
+    order = torch.argsort(key, descending=True, stable=True)[: k or scores.numel()]  # ties: by index
     return [{"layer": int(i) // n_heads, "head": int(i) % n_heads, "score": float(scores.flatten()[i])} for i in order]
 
 

@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from core.progress import Progress, track
 from core.errors import BasesError, ConfigError, IndexRangeError
-from core.heads.outputs import Head, Progress, check_heads, head_name, head_outputs_from_batches, image_head_contributions
+from core.heads.outputs import Head, check_heads, head_name, head_outputs_from_batches, image_head_contributions
 from core.engine.images import iter_image_batches, load_image
 from core.engine.models import ClipBundle
 from core.engine.text import cache_dir
@@ -62,7 +63,7 @@ def build_gallery(
             yield pixels
 
     stream = batches()
-    fitted = head_outputs_from_batches(bundle, progress(stream) if progress else stream, heads,
+    fitted = head_outputs_from_batches(bundle, track(progress, stream, "indexing the gallery", -(-len(paths) // batch_size)), heads,
                                        capacity=len(paths), convention=convention)
     return GalleryIndex([str(paths[i]) for i in kept], fitted.heads, fitted.outputs, description, convention,
                         bundle.info.identity())

@@ -32,9 +32,10 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from core.progress import Progress, track
 from core.engine.ablation import Ablation, ComponentMeans, ablate, image_components
 from core.errors import ConfigError, DatasetError
-from core.heads.outputs import Head, Progress, check_heads, head_name
+from core.heads.outputs import Head, check_heads, head_name
 from core.engine.images import iter_image_batches
 from core.engine.models import ClipBundle, ModelInfo
 
@@ -342,6 +343,35 @@ class SpuriousReport:
 
 
 @torch.no_grad()
+def remove_spurious_cues(
+    bundle: ClipBundle,
+    grouped: GroupedImages,
+    classifier: torch.Tensor,
+    heads: Sequence[Head],
+    *,
+    means_from=None,
+    means_description: str | None = None,
+    convention: str = "paper",
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    **report_options,
+) -> SpuriousReport:
+    """The spurious-cue removal recipe (paper 1, section 4.3), written once for the command line, the Heads tab
+    and the world's planted-bias experiment: mean-ablate `heads` (direct effects, means over `means_from`: an
+    ImageSet or image files; default the evaluated set itself, flagged in the report) and compare worst-group
+    accuracy with random head sets of the same size (`spurious_report`, which takes `report_options`)."""
+    from core.engine.ablation import component_means
+
+    evaluated_set = means_from is None
+    reference = grouped.paths if evaluated_set else means_from
+    description = means_description or (f"the evaluated set itself ({len(reference)} images)" if evaluated_set
+                                        else f"{len(reference)} images")
+    means = component_means(bundle, reference, description=description, convention=convention,
+                            batch_size=batch_size, progress=progress, skipped=[])
+    return spurious_report(bundle, grouped, classifier, heads, means, means_from_evaluated_set=evaluated_set,
+                           batch_size=batch_size, progress=progress, **report_options)
+
+
 def spurious_report(
     bundle: ClipBundle,
     grouped: GroupedImages,
@@ -412,7 +442,7 @@ def _correct_per_condition(bundle, grouped, classifier, means, ablations, contex
     covered = torch.tensor([l in context.attention_layers for l, _ in pool])  # already ablated by the context
     weights = classifier.double().T
     batches = iter_image_batches(grouped.paths, bundle.preprocess, batch_size, skipped=skipped)
-    for indices, pixels in progress(batches) if progress else batches:
+    for indices, pixels in track(progress, batches):
         parts = image_components(bundle, pixels, convention=means.convention)
         representations = [parts.representation()] + [ablate(parts, means.means, a) for a in ablations]
         truth = labels[indices].to(bundle.device)

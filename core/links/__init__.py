@@ -9,7 +9,7 @@ A tab joins by one `register_tab(...)` line in `codec` and one command writer in
 from core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
-    "codec": ["ViewState", "LinkRead", "TabLinks", "TABS", "register_tab", "encode", "decode", "PARAMS"],
+    "codec": ["ViewState", "LinkRead", "TabLinks", "TABS", "register_tab", "encode", "decode", "PARAMS", "BASES"],
     "images": ["ImageRef", "parse_image_ref", "image_from_ref", "image_ref_path", "describe_ref", "default_texts"],
-    "commands": ["reproduce_commands"],
+    "commands": ["reproduce_commands", "CITATIONS"],
 })

@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterable
 import torch
 from safetensors.torch import load_file
 
+from core.progress import Progress
 from core.artifacts.store import (Artifact, ArtifactWriter, check_stored_texts, check_text_pool, load_artifact,
                                   text_pool_identity)
 from core.errors import BasesError, ConfigError
 from core.engine.imagesets import ImageSet  # noqa: F401  (the image-set type, named here for existing callers)
 from core.engine.labels import parse_label
 from core.engine.models import ClipBundle
-from core.neurons.stats import (DEFAULT_K, NeuronStats, Progress, check_k, first_principal_components,
+from core.neurons.stats import (DEFAULT_K, NeuronStats, check_k, first_principal_components,
                                 neuron_means, neuron_top_deviations,
                                 stats_from_tensors)
 from core.neurons.texts import (ABLATIONS, DEFAULT_DICTIONARY, SPARSE_ABLATION, NeuronTexts, check_dictionary_mode,

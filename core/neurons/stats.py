@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from core.progress import Progress, track
 from core.errors import ConfigError, DatasetError
 from core.neurons.second_order import COEFFICIENT, second_order_basis, second_order_effects
 from core.engine.trace import trace_vit
@@ -45,7 +46,6 @@ PCA_CHUNK_BYTES = 256_000_000  # and at most this much temporary memory per batc
 SIGN_RTOL = 1e-6  # projections (and their sum) within this fraction of the largest count as zero
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # -> (ids [batch], pixels [batch, 3, H, W])
-Progress = Callable[..., Iterable]  # tqdm-like: progress(iterable, desc=..., total=...)
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,6 @@ class NeuronStats:
                 "top_norms": self.top_norms, "pc_variance": self.pc_variance}
 
 
-def _progress(progress: Progress | None, iterable: Iterable, desc: str, total: int | None) -> Iterable:
-    return progress(iterable, desc=desc, total=total) if progress else iterable
-
 
 def effect_batches(
     visual: nn.Module, layer: int, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
@@ -100,7 +97,7 @@ def neuron_means(
     """Pass 1: (mu [neuron, d_out] float32, number of images), summed in float64."""
     total_sum, count = None, 0
     effects = effect_batches(visual, layer, batches, mode=mode, coefficient=coefficient)
-    for _, phi in _progress(progress, effects, f"layer {layer}: means", total):
+    for _, phi in track(progress, effects, f"layer {layer}: means", total):
         part = phi.sum(0, dtype=torch.float64)
         total_sum = part if total_sum is None else total_sum + part
         count += phi.shape[0]
@@ -240,7 +237,7 @@ def neuron_top_deviations(
     top = TopDeviations(mean.shape[0], k, mean.shape[1], dtype=store_dtype, device=mean.device)
     seen = 0
     effects = effect_batches(visual, layer, batches, mode=mode, coefficient=coefficient)
-    for ids, phi in _progress(progress, effects, f"layer {layer}: top-{k} deviations", total):
+    for ids, phi in track(progress, effects, f"layer {layer}: top-{k} deviations", total):
         deviations = phi - mean
         top.update(ids, deviations, deviations.norm(dim=-1))
         seen += phi.shape[0]

@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from core.progress import Progress, track
 from core.errors import ConfigError, DatasetError, check_index
 from core.neurons.stats import NeuronStats, Progress
 from core.neurons.second_order import check_layer, second_order_basis, second_order_effects
@@ -104,7 +105,7 @@ def decompose_neurons(
         targets = pcs[live]
         parts = iter_omp(targets, dictionary, n_terms, batch_size=batch_size)
         total = -(-len(targets) // batch_size)
-        codes = list(progress(parts, desc="sparse text decomposition", total=total) if progress else parts)
+        codes = list(track(progress, parts, "sparse text decomposition", total))
         indices[live] = torch.cat([c.indices for c in codes])
         coefficients[live] = torch.cat([c.coefficients for c in codes]).float()
     result = NeuronTexts(indices, coefficients, torch.zeros(len(pcs)), dictionary_mode)
@@ -154,7 +155,7 @@ def neuron_ablation_accuracies(
     directions = {name: units.to(device) for name, units in (directions or {}).items()}
     correct: dict[str, int] = {}
     counted = 0
-    iterable = progress(batches, desc=f"layer {stats.layer}: ablations", total=total) if progress else batches
+    iterable = track(progress, batches, f"layer {stats.layer}: ablations", total)
     for pixels, labels in iterable:
         trace = trace_vit(visual, pixels.to(device), mlp_layers=[stats.layer])
         phi = second_order_effects(trace, basis, mode=stats.mode, coefficient=stats.coefficient)

@@ -3,3 +3,9 @@
 `registry.TABLES` lists them; each module's `run(options, log)` computes its table from the engine's public
 functions and returns rows with the published numbers (`published`) next to ours.
 """
+
+from core.lazy import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "registry": ["TABLES", "TableOptions", "table"],
+})

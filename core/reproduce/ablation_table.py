@@ -25,7 +25,7 @@ def run(options, log) -> dict:
     if options.means_from:
         from core.inputs import parse_images
 
-        means_paths = parse_images(options.means_from, "--means-from", generator_split="heldout").local_paths()
+        means_paths = parse_images(options.means_from, "--means-from", generator_split="heldout")  # an ImageSet
     rows, settings = [], []
     for spec in options.models or tuple(P1_MODELS.values()):
         bundle = load_clip(spec, device=options.device)

@@ -39,6 +39,7 @@ def _tasks(options) -> list[tuple[str, str]]:
 def run(options, log) -> dict:
     from core.adversarial import AdversarialConfig, load_text_generator, run_adversarial
     from core.engine.models import load_clip
+    from core.progress import LogProgress
 
     rows, settings = [], []
     for spec in options.models or (P2_MODEL,):
@@ -53,7 +54,7 @@ def run(options, log) -> dict:
                 repeats=options.repeats, baselines=True, bases=options.bases, device=options.device,
                 similarity_model=options.extra.get("similarity_model"))
             log(f"{spec}: {present} -> {target}, {config.repeats} repeats x {config.images} images, {options.generator}")
-            report = run_adversarial(bundle, config, llm=llm, progress=log)
+            report = run_adversarial(bundle, config, llm=llm, progress=LogProgress(log))
             summary = report.summary()
             published = P2_ADVERSARIAL.get((present, target), {})
             for method, result in summary.items():

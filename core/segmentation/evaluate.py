@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.progress import Progress, track
 from core.engine.models import ClipBundle
 from core.errors import ConfigError, DatasetError
 from core.segmentation.datasets import SegmentationDataset
@@ -49,7 +50,6 @@ STATE_VERSION = 1
 MANIFEST = "segeval.json"
 RANDOM_METHOD = "random-neurons"
 MAX_RANDOM_DRAWS = 100
-Progress = Callable[..., Iterable]
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ def evaluate(
         classifier = prompt_classifier(bundle, prompts.prompts)
     size = info.image_size
     starts = range(0, len(dataset), batch_size)
-    iterable = progress(starts, desc="segeval", total=len(starts)) if progress else starts
+    iterable = track(progress, starts, "segeval", len(starts))
     for start in iterable:
         indices = range(start, min(start + batch_size, len(dataset)))
         todo = {run.label: [i for i in indices if run.pending(i, maps_dir)] for run in runs}

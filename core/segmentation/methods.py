@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine.contributions import CONVENTIONS, direct_effects, fold_weights, spatial_value_maps
+from core.engine.contributions import direct_effects, fold_weights, spatial_value_maps
+from core.engine.conventions import check_convention
 from core.engine.models import ClipBundle
 from core.engine.shared_trace import shared_trace
 from core.engine.trace import attention_forward
@@ -174,8 +175,7 @@ class Segmenter:
                  pool: NeuronPool | None = None):
         self.bundle, self.method, self.options = bundle, check_method(method), options
         info = bundle.info
-        if options.convention not in CONVENTIONS:
-            raise ConfigError(f"unknown convention {options.convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        check_convention(options.convention)
         self.head_mask = None
         if options.heads is not None:
             if not options.heads:

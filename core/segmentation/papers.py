@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+from core.progress import TqdmProgress
+
 # Published (pixel accuracy, mIoU, mAP), percent.
 PAPER_1 = {"rollout": (60.63, 40.64, 74.47), "raw-attention": (65.67, 43.83, 76.05),
            "gradcam": (70.27, 44.50, 70.30), "chefer": (69.21, 47.47, 78.29), "heads": (75.21, 54.50, 81.61)}
@@ -32,10 +34,6 @@ PAPER_2 = {"rollout": (61.8, 42.6, 74.0), "gradcam": (67.3, 39.3, 61.9), "chefer
 TABLES = {"p1": ("ViT-H-14/laion2b_s32b_b79k", PAPER_1), "p2": ("ViT-B-32/openai", PAPER_2)}
 
 
-def _progress(iterable, desc: str, total: int | None = None):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True, unit="batch")
 
 
 def run_table(name: str, model: str, methods: list[str], published: dict, args) -> list[dict]:
@@ -60,7 +58,7 @@ def run_table(name: str, model: str, methods: list[str], published: dict, args) 
                 chosen = [m for m in chosen if not m.endswith("neurons")]
                 print(f"{name}: neuron methods skipped (no --b32-bases; see this module's docstring)", file=sys.stderr)
         report = evaluate(bundle, dataset, chosen, protocol=protocol, options=options, batch_size=args.batch_size,
-                          state_dir=args.state_dir, progress=_progress)
+                          state_dir=args.state_dir, progress=TqdmProgress())
         for result in report.results:
             m = result.metrics
             rows.append({"table": name, "model": model, "protocol": protocol, "method": result.method,

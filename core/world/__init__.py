@@ -5,12 +5,9 @@ from core.lazy import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "scenes": ["Scene", "ZeroShotTask", "sample_scenes", "heldout_scenes", "render", "render_batch", "shape_mask",
                "caption", "write_scenes", "load_toy_texts"],
-    "toy": ["TrainConfig", "train_toy", "evaluate_toy", "build_card", "write_model_card"],
-    "examples": ["example_images"],
+    "toy": ["TrainConfig", "train_toy", "evaluate_toy", "build_card", "write_model_card", "check_training_outputs"],
+    "examples": ["example_images", "EXAMPLE_SEED"],
+    "composites": ["render_composite", "MAX_OBJECTS", "MIN_OBJECTS", "sample_composites"],
+    "bias": ["PlantedBias", "group_accuracy_table", "write_grouped_scenes"],
+    "bias_removal": ["background_heads", "bias_removal_report"],
 })
-
-# The engine's image sets read `world:N[:SEED]` through this generator; registering it here keeps the
-# engine free of imports from the world.
-from core.world.imagesets import register as _register_world_images  # noqa: E402
-
-_register_world_images()

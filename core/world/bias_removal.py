@@ -95,12 +95,11 @@ def bias_removal_report(bundle, bias: PlantedBias, heads: Sequence[tuple[int, in
                         n_per_group: int = 200, seed: int = REMOVAL_SEED, n_means: int = 500,
                         means_seed: int = MEANS_SEED, trials: int = 0, random_seed: int = 0,
                         random_layers: Sequence[int] | None = None, batch_size: int = 64, samples: int = 1000):
-    """`core.heads.spurious.spurious_report` on the grouped held-out set of `bias`, classes = its shapes: against
+    """`core.heads.spurious.remove_spurious_cues` on the grouped held-out set of `bias`, classes = its shapes: against
     every head set of the same size (or `samples` seeded ones past 10,000), plus `trials` literal random sets."""
-    from core.engine.ablation import component_means
     from core.engine.images import image_files
     from core.engine.text import prompt_classifier
-    from core.heads.spurious import grouped_folder, spurious_report
+    from core.heads.spurious import grouped_folder, remove_spurious_cues
 
     if trials < 0:
         raise ConfigError(f"trials must be >= 0, got {trials}")
@@ -108,8 +107,7 @@ def bias_removal_report(bundle, bias: PlantedBias, heads: Sequence[tuple[int, in
     grouped = grouped_folder(grouped_dir)
     task = world.ZERO_SHOT["shape"]
     classifier = prompt_classifier(bundle, [task.prompts()[task.classnames.index(c)] for c in grouped.classnames])
-    means = component_means(bundle, image_files(means_dir / "images"),
-                            description=f"{n_means} uniform held-out world scenes (seed {means_seed})",
-                            batch_size=batch_size, skipped=[])
-    return spurious_report(bundle, grouped, classifier, heads, means, provenance=provenance, trials=trials,
-                           seed=random_seed, random_layers=random_layers, batch_size=batch_size, samples=samples)
+    return remove_spurious_cues(bundle, grouped, classifier, heads, means_from=image_files(means_dir / "images"),
+                                means_description=f"{n_means} uniform held-out world scenes (seed {means_seed})",
+                                provenance=provenance, trials=trials, seed=random_seed, random_layers=random_layers,
+                                batch_size=batch_size, samples=samples)

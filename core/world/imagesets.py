@@ -1,6 +1,7 @@
 """The generated world as an image generator of the engine's image sets (`world:N[:SEED[:SPLIT]]`).
 
-Importing `core.world` registers it, so the engine reads world image sets without importing the world.
+The engine lists it by name (`core.engine.imagesets.SHIPPED_GENERATORS`) and imports this module when a world image
+set is first asked for: no import side effect registers it.
 """
 
 from __future__ import annotations
@@ -57,9 +58,3 @@ def _scenes(n: int, seed: int, split: str) -> tuple:
 
 
 WORLD_IMAGES = WorldImages()
-
-
-def register() -> None:
-    from core.engine.imagesets import register_generator
-
-    register_generator("world", WORLD_IMAGES)

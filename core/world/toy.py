@@ -24,8 +24,9 @@ from safetensors.torch import save_file
 
 from core.world import scenes as world
 from core.errors import ConfigError, OutputError
-from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle, register_model_configs
+from core.engine.models import ClipBundle, register_model_configs
 from core.engine.text import prompt_classifier
+from core.paths import TOY_ARCH, TOY_WEIGHTS
 
 from core.world.pixels import MEAN, STD, to_pixels  # noqa: F401  (re-exported)
 IMAGE_SIZE = 64

@@ -268,7 +268,7 @@ def _last_layer() -> int:
     from core.engine.models import load_clip
 
     try:
-        return load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers - 1
+        return load_clip().info.n_layers - 1
     except CoreError:
         return 0  # the model box still works; errors show when used
 

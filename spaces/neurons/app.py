@@ -145,7 +145,7 @@ def _default_layer() -> int:
     from core.engine.models import load_clip
 
     try:
-        return explorer.default_layer(load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers)
+        return explorer.default_layer(load_clip().info.n_layers)
     except CoreError:
         return 0
 

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-import core.world  # noqa: F401  (registers the generated world's images)
 from core.circuits.edges import (DataEdgeAccumulator, data_edges, head_in_edges, path_map_norms, select_active,
                                  weight_edges)
 from core.circuits.paths import own_edges, path_edges, path_parts, path_terms, path_weights

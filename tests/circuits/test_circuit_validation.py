@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import core.world  # noqa: F401
 from core.artifacts.hub import resolve_bases_source
 from core.artifacts.store import load_artifact
 from core.circuits import validation as v

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import core.world  # noqa: F401  (registers world:N)
 from core.artifacts.store import load_artifact
 from core.cli import main
 from core.engine.imagesets import parse_image_set

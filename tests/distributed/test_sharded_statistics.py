@@ -89,7 +89,6 @@ def test_shard_partials_keep_enough_to_merge_exactly_in_any_order():
 
 
 def test_more_processes_than_shards_leave_ranks_idle_and_a_bad_shard_size_is_refused():
-    import core.world  # noqa: F401
     from core.distributed.bases import BasesPlan, _check_plan
     from core.engine.models import load_clip
     from core.errors import ConfigError

@@ -81,7 +81,6 @@ def test_uploaded_files_keep_their_order(tmp_path):
 
 
 def test_generated_world_scenes_render_by_id_and_export_losslessly():
-    import core.world  # noqa: F401  (registers the generator)
     from core.world.scenes import render, sample_scenes
 
     scenes = parse_image_set("world:12:3:heldout")

@@ -10,7 +10,6 @@ import time
 import pytest
 import torch
 
-import core.world  # noqa: F401  (registers the world image generator)
 from core import budget, settings
 from core.errors import ConfigError, LimitError
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-import core.world  # noqa: F401  (registers the world image generator)
 from core import caches
 from tests.hardening.faults import full_folder, readonly_folder
 

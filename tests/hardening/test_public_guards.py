@@ -39,7 +39,7 @@ def test_spec_kind_reads_only_the_text(spec, kind):
     ("Tiny-ViT/none", "random-weight"), ("ViT-B-32/none", "random-weight"), ("ViT-bigG-14/none", "random-weight"),
     ("ViT-B-32/openai", "not available"), ("hf-hub:org/model", "not available"),
     ("Tiny-ViT//etc/passwd", "local checkpoint files"), ("Tiny-ViT//no/such/file.pt", "local checkpoint files"),
-    ("Tiny-ViT/../../etc/shadow", "local checkpoint files"), ("../etc", "not available"), ("", "not available"),
+    ("Tiny-ViT/../../etc/shadow", "local checkpoint files"), ("../etc", "not available"),
 ])
 def test_public_mode_loads_only_the_allow_list(public, spec, message):
     from core.engine.models import load_clip
@@ -47,6 +47,14 @@ def test_public_mode_loads_only_the_allow_list(public, spec, message):
     with pytest.raises(ModelNotAllowedError, match=message) as caught:
         load_clip(spec)
     assert isinstance(caught.value, CoreError) and "toy" in str(caught.value)  # says what is allowed
+
+
+def test_a_blank_spec_is_the_default_model_and_never_reaches_the_guard_blank(public):
+    from core.engine.models import load_clip
+
+    assert load_clip("  ").info.spec == load_clip(None).info.spec == "toy"  # the one loader: blank is the default
+    with pytest.raises(ModelNotAllowedError, match="not available"):
+        guards.check_model_allowed("")
 
 
 def test_allow_list_from_the_environment(public, monkeypatch):

@@ -12,7 +12,6 @@ import time
 import httpx
 import pytest
 
-import core.world  # noqa: F401  (registers the world image generator)
 from tests.hardening.server import PeakMemory, public_server
 
 pytestmark = pytest.mark.slow

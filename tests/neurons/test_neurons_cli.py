@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from core.progress import NullProgress
 from core.artifacts.store import ArtifactWriter, load_artifact, read_manifest, text_pool_identity, verify_artifact
 from core.cli import main
 from core.errors import BasesError
@@ -58,15 +59,16 @@ def test_interrupted_build_resumes_from_what_it_wrote(tmp_path, capsys):
     bundle = load_clip(MODEL)
     calls = []
 
-    def interrupt_second_pass(iterable, desc, total=None):
-        calls.append(desc)
-        if "deviations" in desc:
-            raise KeyboardInterrupt
-        return iterable
+    class InterruptSecondPass(NullProgress):  # core.progress.Progress
+        def tqdm(self, iterable, total=None, desc=None):
+            calls.append(desc)
+            if "deviations" in desc:
+                raise KeyboardInterrupt
+            return iterable
 
     with pytest.raises(KeyboardInterrupt):
         build_neuron_bases(bundle, out, layers=[1], image_set=ImageSet.world(24, seed=0), texts=load_toy_texts(),
-                           pool_name="toy", options=BuildOptions(k=5, batch_size=16), progress=interrupt_second_pass)
+                           pool_name="toy", options=BuildOptions(k=5, batch_size=16), progress=InterruptSecondPass())
     means = out / "tensors" / "neuron_means_L1.safetensors"
     written = means.stat().st_mtime_ns
     assert "unfinished" in verify_artifact(out)[0]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.progress import NullProgress
 from core.cli import main
 from core.engine.models import load_clip
 from core.segmentation.datasets import open_dataset
@@ -90,14 +91,15 @@ def test_segeval_resumes_an_interrupted_run(tmp_path, capsys):
     dataset = open_dataset("world:12:14")
     state = tmp_path / "state"
 
-    def interrupt_after_two(iterable, desc=None, total=None):
-        for number, item in enumerate(iterable):
-            if number == 2:
-                raise KeyboardInterrupt
-            yield item
+    class InterruptAfterTwo(NullProgress):  # core.progress.Progress
+        def tqdm(self, iterable, total=None, desc=None):
+            for number, item in enumerate(iterable):
+                if number == 2:
+                    raise KeyboardInterrupt
+                yield item
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate(toy, dataset, ["heads", "rollout"], batch_size=3, state_dir=state, progress=interrupt_after_two)
+        evaluate(toy, dataset, ["heads", "rollout"], batch_size=3, state_dir=state, progress=InterruptAfterTwo())
     state_file = next(state.glob("heads-*.jsonl"))
     with open(state_file, "a") as handle:
         handle.write('{"index": 6, "cut sh')  # a line cut short by the interruption

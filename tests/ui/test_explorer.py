@@ -95,7 +95,7 @@ def test_texts_computed_in_a_session_are_shown_when_chosen():
     assert head_texts("toy", 3, 1, fitted=fitted).source == FROM_BASES  # bases first unless asked
     assert head_texts("toy", 3, 1, fitted=fitted, prefer=FROM_SESSION).source == FROM_SESSION
     assert "also exist" in head_texts("toy", 3, 1, fitted=fitted).info
-    with pytest.raises(CoreError, match="head must be"):
+    with pytest.raises(CoreError, match="head 9 is out of range"):
         head_texts("toy", 3, 9)
 
 
@@ -127,7 +127,7 @@ def test_every_neuron_call_works_on_its_own():
 def test_a_layer_outside_the_bases_is_an_error_not_layer_zero():
     from core.explorer.neurons import show_neuron
 
-    with pytest.raises(CoreError, match="layer must be a whole number from 0 to 3, got 99"):
+    with pytest.raises(CoreError, match="layer 99 is out of range: this model has 4"):
         show_neuron("toy", None, 99, 0)
     with pytest.raises(CoreError, match="not layer 3"):
         show_neuron("toy", None, 3, 0)  # the toy bases hold layers 0-2

@@ -97,5 +97,5 @@ def test_heads_tab_end_to_end(heads_url):
 
         page.fill("#heads-head input", "9")  # out of range: a clear error, and the app keeps serving
         page.click("#heads-show")
-        page.get_by_text("head must be a whole number from 0 to").first.wait_for(timeout=30_000)
+        page.get_by_text("head 9 is out of range").first.wait_for(timeout=30_000)
         assert "texts explain" not in page.locator("#heads-info").inner_text()  # the stale result is cleared
