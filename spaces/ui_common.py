@@ -284,6 +284,36 @@ def examples(image, image_id, label="Generated-world examples") -> gr.Examples:
     return gr.Examples(examples=rows, inputs=[image, image_id], label=label, examples_per_page=EXAMPLE_COUNT)
 
 
+# ---------------------------------------------------------------- downloads
+
+def download_bar(tab: str, label: str = "Download (zip: data files and provenance.json)"):
+    """A tab's download button and the archive it gives (written in the visitor's session folder, which goes when
+    the session ends)."""
+    with gr.Row():
+        button = gr.Button(label, size="sm", elem_id=f"{tab}-download-run", scale=0)
+        archive = gr.File(label="Download", elem_id=f"{tab}-download", interactive=False, scale=1)
+    return button, archive
+
+
+def session_folder() -> Path:
+    return sessions.folder(session_id())
+
+
+def tables_download(tab: str, tables: list[str], notes: int) -> Callable:
+    """A download handler for a tab whose views are tables: inputs are the tables' values (in the order of
+    `tables`, their names in the archive), `notes` info Markdowns, then the link's query and the cite panel."""
+    @guard(model=False)
+    def download(*values):
+        from core.explorer.downloads import tables_archive, view_name
+
+        query, cite = values[-2:]
+        return str(tables_archive(session_folder(), tab, view_name(tab, query), dict(zip(tables, values)), query,
+                                  cite, notes=[v for v in values[len(tables):len(tables) + notes] if isinstance(v, str)]))
+
+    download.__name__ = f"download_{tab}"
+    return download
+
+
 # ---------------------------------------------------------------- links
 
 # Write the view into the address bar; a page embedded as <gradio-app> leaves its host's address alone.

@@ -189,6 +189,22 @@ def tables_archive(folder, tab: str, name: str, tables: Mapping[str, object], qu
     return write_archive(folder, name, files, record)
 
 
+def view_name(tab: str, query: str | None) -> str:
+    """A file name for a view: the tab and what its link names (model, layer, head, neuron, image)."""
+    from core.links.codec import decode
+
+    if not query:
+        return tab
+    state = decode(query, tab=tab).state
+    parts = [tab, state.model]
+    for name in ("layer", "head", "neuron"):
+        value = getattr(state, name)
+        if value is not None:
+            parts.append(f"{name[0].upper()}{value}")
+    parts.append(state.image)
+    return "-".join(str(p) for p in parts if p)
+
+
 def _has_rows(rows) -> bool:
     if rows is None:
         return False
@@ -279,3 +295,36 @@ def segmentation_archive(view, folder) -> Path:
     files, record = segmentation_files(view)
     record = {**record, "files": sorted(files)}
     return write_archive(folder, f"segmentation-{view.image_ref}", files, record)
+
+
+def adversarial_archive(report, folder, *, query: str | None = None, cite_markdown: str | None = None) -> Path:
+    """An adversarial run as `python -m core adversarial --out` writes it (core.adversarial.results), its
+    summary's bases as anyone may see them, and provenance.json (the run's link and command)."""
+    import shutil
+
+    from core.adversarial.results import write_results
+    from core.explorer.adversarial import _panel, short_path, state_of
+
+    if report is None:
+        raise ConfigError("Run the generator first.")
+    if query is None:
+        panel = _panel(state_of(report.config, report.model["spec"]), None)
+        query, cite_markdown = panel.query, panel.markdown
+    work = Path(tempfile.mkdtemp(prefix="adversarial-", dir=Path(folder)))
+    try:
+        write_results(report, work / "results", server_folder=True)
+        files = {}
+        for path in sorted((work / "results").rglob("*")):
+            rel = path.relative_to(work / "results").as_posix()
+            if path.is_file() and not rel.startswith(".clipscope"):  # the folder's manifest: not part of a download
+                files[rel] = path.read_bytes()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = json.loads(files["summary.json"])
+    summary["bases"] = short_path(summary["bases"]) if summary.get("bases") else None
+    record = provenance("adversarial", query, cite_markdown, bases=summary["bases"], unit="raw cosine (margins)",
+                        extra={"generator": report.generator})
+    summary["provenance"] = record
+    files["summary.json"] = json.dumps(_public(summary), indent=2) + "\n"
+    record = {**record, "files": sorted(files)}
+    return write_archive(folder, f"adversarial-{report.config.present}-to-{report.config.target}", files, record)

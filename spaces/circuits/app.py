@@ -151,6 +151,7 @@ def build() -> gr.Blocks:
             find = gr.Button("Neurons feeding this head", elem_id="circuits-in-run", scale=1)
         in_info = gr.Markdown(elem_id="circuits-in-info")
         in_table = ui.table("In-edges", explorer.IN_COLUMNS, "circuits-in", max_height=360)
+        fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
 
         CONTROLS = [model, bases, layer, neuron, head, target, kind]
         VIEW_OUTPUTS = [picture, paths, terms, info, in_info, in_table]
@@ -169,6 +170,9 @@ def build() -> gr.Blocks:
               "measure_ablation", {ablation_info: "", ablation: ui.frame([], explorer.ABLATION_COLUMNS)})
         chain(find.click, in_edges, [model, bases, head, target, top], [in_info, in_table], "in_edges",
               {in_info: "", in_table: ui.frame([], explorer.IN_COLUMNS)})
+        fetch.click(ui.tables_download(TAB, ["paths", "terms", "path ablation", "in-edges"], 3),
+                    [paths, terms, ablation, in_table, info, ablation_info, in_info, *links.outputs], [archive],
+                    api_name="download_circuits")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo

@@ -212,6 +212,7 @@ def build() -> gr.Blocks:
             spurious_info = gr.Markdown(elem_id="heads-spurious-info")
             spurious_table = ui.table("Accuracy", SPURIOUS_COLUMNS, "heads-spurious-table")
 
+        fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
         CONTROLS = [model, bases, layer, head, image, image_id, texts, convention, metric]
         TEXT_OUTPUTS = [texts_info, texts_table]
         EXPLAIN_OUTPUTS = [image_info, top_heads, grid, maps, top_texts]
@@ -239,6 +240,9 @@ def build() -> gr.Blocks:
         chain(spurious_button.click, spurious, [model, grouped, ablated, classnames, trials, convention],
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
+        fetch.click(ui.tables_download(TAB, ["head texts", "ranked heads", "top texts", "spurious"], 3),
+                    [texts_table, top_heads, top_texts, spurious_table, texts_info, image_info, spurious_info,
+                     *links.outputs], [archive], api_name="download_heads")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query],

@@ -92,6 +92,14 @@ def slide(view, text: str, threshold: float):
     return change_view(view, text, SLIDER, threshold)
 
 
+@ui.guard(model=False)
+def download(view):
+    """The maps, masks and overlays of each method shown, as `python -m core segment` writes them (a zip)."""
+    from core.explorer.downloads import segmentation_archive
+
+    return str(segmentation_archive(view, ui.session_folder()))
+
+
 # A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
 open_link_on_gpu = ui.gpu_link_opener(explorer.open_link)
 
@@ -149,6 +157,7 @@ def build() -> gr.Blocks:
                     labels = gr.Image(label="Argmax over the texts", elem_id="segmentation-labels")
                 truth = gr.Image(label="Ground truth (generated-world examples)", elem_id="segmentation-truth")
                 info = gr.Markdown(elem_id="segmentation-info")
+                fetch, archive = ui.download_bar(TAB)
         CONTROLS = [model, image, image_id, texts, background, method, compare, rule, threshold]
         VIEW_OUTPUTS = [state, text_pick, heat, truth, mask, labels, info, *links.outputs]
         inputs = [model, image, image_id, texts, background, method, compare, rule, threshold, state]
@@ -159,6 +168,7 @@ def build() -> gr.Blocks:
             lambda: SLIDER, None, rule, queue=False, api_visibility="private")
         for control in (rule, text_pick):
             control.input(change_view, [state, text_pick, rule, threshold], VIEW_OUTPUTS, api_visibility="private")
+        fetch.click(download, [state], [archive], api_name="download_segmentation")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],

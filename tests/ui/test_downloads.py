@@ -139,3 +139,21 @@ def test_public_downloads_name_no_server_path(tmp_path):
         assert "/srv/private" not in files["provenance.json"].decode()
     finally:
         settings.configure(public=None)
+
+
+def test_adversarial_download_carries_provenance_and_no_server_path(tmp_path):
+    from core.explorer.adversarial import generate
+
+    view = generate("toy-biased", "square", "triangle", images=8, repeats=1, baselines=False, judge="toy")
+    files = downloads.read_archive(downloads.adversarial_archive(view.report, tmp_path))
+    assert {"results.csv", "words.csv", "neurons.csv", "summary.json", "provenance.json"} <= set(files)
+    assert not any(name.startswith(".clipscope") for name in files)
+    record = json.loads(files["provenance.json"])
+    assert record["model"] == "toy-biased" and record["link"] == f"?{view.link.query}"
+    assert any(line.startswith("python -m core adversarial") for line in record["commands"])
+    summary = json.loads(files["summary.json"])
+    assert summary["bases"] == "core/data/toy_biased/bases" and summary["provenance"]["device"] == "cpu"
+    # the success rates the tab shows are the summary's
+    for row in view.success:
+        assert round(100 * summary["summary"][row["method"]]["success_mean"], 1) == row["success %"]
+    _no_server_path(files)
