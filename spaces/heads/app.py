@@ -78,11 +78,13 @@ def explain_image(spec, image, image_id, texts, layer, head, pool_file, conventi
 
 @gpu(duration=lambda *args, **kwargs: request_seconds(images=explorer.GALLERY_SIZE))
 @ui.guard
-def retrieve(spec, image, image_id, layer, head, source, folder, uploads, k, metric, convention, galleries,
-             progress=gr.Progress()):
-    """Gallery images whose contribution from the chosen head is nearest the image's."""
+def retrieve(spec, image, image_id, layer, head, source, folder, uploads, k, metric, convention, exclude_query=True,
+             galleries=None, progress=gr.Progress()):
+    """Gallery images whose contribution from the chosen head is nearest the image's (the query itself left out
+    unless exclude_query is false)."""
     found = explorer.retrieve_similar(spec, image, image_id, layer, head, source, folder, uploads, k, metric,
-                                      convention, galleries=galleries, progress=progress)
+                                      convention, galleries=galleries, exclude_query=exclude_query is not False,
+                                      progress=progress)
     return found.info, ui.picture(found.items), found.galleries
 
 
@@ -196,6 +198,8 @@ def build() -> gr.Blocks:
             k = gr.Slider(1, 24, value=10, step=1, label="Images", elem_id="heads-k")
             metric = gr.Radio(list(explorer.METRICS), value="cosine", label="Similarity", elem_id="heads-metric",
                               info="centered: cosine after removing the head's mean over the gallery")
+            exclude_query = gr.Checkbox(value=True, label="Leave out the query image", elem_id="heads-exclude-query",
+                                        info="when the gallery holds the query itself (same pixels)")
             retrieve_button = gr.Button("Find similar images", elem_id="heads-retrieve")
         retrieval_info = gr.Markdown(elem_id="heads-retrieval-info")
         gallery = gr.Gallery(label="Nearest images", columns=8, height="auto", elem_id="heads-gallery")
@@ -235,7 +239,7 @@ def build() -> gr.Blocks:
                top_texts: ui.frame([], TOP_TEXT_COLUMNS)})
         chain(retrieve_button.click, retrieve,
               [model, image, image_id, layer, head, gallery_source, gallery_folder, gallery_uploads, k, metric,
-               convention, galleries], [retrieval_info, gallery, galleries], "retrieve",
+               convention, exclude_query, galleries], [retrieval_info, gallery, galleries], "retrieve",
               {retrieval_info: "", gallery: []})
         chain(spurious_button.click, spurious, [model, grouped, ablated, classnames, trials, convention],
               [spurious_info, spurious_table], "spurious",
