@@ -21,6 +21,7 @@ from core import settings  # noqa: E402
 from core.engine.conventions import CONVENTIONS  # noqa: E402
 from core.explorer import heads as explorer  # noqa: E402
 from core.links.images import default_texts  # noqa: E402
+from core.paths import TOY_BIASED_SPEC  # noqa: E402
 
 
 def _load_ui():
@@ -41,6 +42,7 @@ ALONE = False
 RANKED_COLUMNS = ["head", "layer", "head index", "score (cosine x100)", "sign"]
 TOP_TEXT_COLUMNS = ["text", "score (cosine x100)"]
 SPURIOUS_COLUMNS = ["model", "overall", "worst group"]
+ABLATION_GROUP_COLUMNS = ["group", "unmodified %", "ablated %"]
 
 
 # ---------------------------------------------------------------- handlers: one core call each
@@ -94,6 +96,34 @@ def spurious(spec, folder, heads, classnames, trials, convention, progress=gr.Pr
     """Worst-group accuracy with the heads mean-ablated, against random heads (a local grouped folder)."""
     info, rows = explorer.remove_spurious(spec, folder, heads, classnames, trials, convention, progress=progress)
     return info, ui.frame(rows, SPURIOUS_COLUMNS)
+
+
+@gpu(duration=lambda *args, **kwargs: 120)
+@ui.guard
+def ablate(spec, heads, label, per_group, progress=gr.Progress()):
+    """Mean-ablate heads (typed, or those whose TextSpan labels name the words) and measure shape accuracy on the
+    toy world's planted-bias groups, against every head set of the same size."""
+    from core.explorer.ablation import SUMMARY_COLUMNS, measure_ablation
+
+    view = measure_ablation(spec, heads, label, per_group=per_group, progress=progress)
+    labels = ui.frame(view.labels, list(view.labels[0]) if view.labels else ["head", "chosen"])
+    return (view.info, ui.frame(view.summary, SUMMARY_COLUMNS), ui.frame(view.groups, ABLATION_GROUP_COLUMNS),
+            labels, *ui.link_values(view.link))
+
+
+@ui.guard(model=False)
+def restore_ablation(query: str, request: gr.Request):
+    """A link to the ablation panel (`ablate=`) restores its settings; Measure runs them (seconds)."""
+    from core.explorer.common import read_link
+
+    linked, _ = read_link(ui.query_of(query, request), TAB, default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    s = linked.state
+    if not linked.applies or not s.ablate:
+        return [gr.skip()] * 5
+    typed = "" if s.ablate.startswith("label:") else s.ablate
+    label = s.ablate.split(":", 1)[1] if s.ablate.startswith("label:") else ""
+    return [s.model or gr.skip(), typed, label, s.images or gr.skip(),
+            "This link names a mean-ablation: press **Measure** below to run it."]
 
 
 @ui.guard(model=False)
@@ -216,6 +246,27 @@ def build() -> gr.Blocks:
             spurious_info = gr.Markdown(elem_id="heads-spurious-info")
             spurious_table = ui.table("Accuracy", SPURIOUS_COLUMNS, "heads-spurious-table")
 
+        with gr.Accordion("Mean ablation on the toy world's planted-bias groups", open=False,
+                          elem_id="heads-ablation-panel"):
+            gr.Markdown("Mean-ablate heads and see zero-shot shape accuracy per group of the planted bias (triangles "
+                        "on dotted, squares on striped backgrounds in `toy-biased`'s training) change, against every "
+                        "set of as many heads from the same layers: as `python -m core toy removal` computes it.")
+            with gr.Row():
+                ablation_model = gr.Textbox(label="Model", value=TOY_BIASED_SPEC, elem_id="heads-ablation-model")
+                ablation_heads = gr.Textbox(label="Heads (layer.head, comma-separated; empty: take them from labels)",
+                                            elem_id="heads-ablation-heads")
+                ablation_label = gr.Textbox(label="...or the heads whose TextSpan labels name", value="background",
+                                            elem_id="heads-ablation-label")
+                per_group = gr.Number(label="Held-out scenes per group", value=50, precision=0, minimum=4,
+                                      elem_id="heads-ablation-n")
+                ablation_button = gr.Button("Measure", elem_id="heads-ablation-run")
+            ablation_info = gr.Markdown(elem_id="heads-ablation-info")
+            with gr.Row():
+                ablation_table = ui.table("Accuracy: unmodified, ablated, random head sets",
+                                          ["model", "overall %", "worst group %", "worst group"], "heads-ablation-table")
+                ablation_groups = ui.table("Per group", ABLATION_GROUP_COLUMNS, "heads-ablation-groups")
+            ablation_labels = ui.table("The heads' TextSpan labels", ["head", "chosen"], "heads-ablation-labels",
+                                       max_height=260)
         fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
         CONTROLS = [model, bases, layer, head, image, image_id, texts, convention, metric]
         TEXT_OUTPUTS = [texts_info, texts_table]
@@ -244,9 +295,20 @@ def build() -> gr.Blocks:
         chain(spurious_button.click, spurious, [model, grouped, ablated, classnames, trials, convention],
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
-        fetch.click(ui.tables_download(TAB, ["head texts", "ranked heads", "top texts", "spurious"], 3),
-                    [texts_table, top_heads, top_texts, spurious_table, texts_info, image_info, spurious_info,
-                     *links.outputs], [archive], api_name="download_heads")
+        ablation_outputs = [ablation_info, ablation_table, ablation_groups, ablation_labels]
+        ablation_button.click(ui.constant(["", ui.frame([], ["model"]), ui.frame([], ABLATION_GROUP_COLUMNS),
+                                           ui.frame([], ["head", "chosen"])]), None, ablation_outputs, queue=False,
+                              api_visibility="private").then(
+            ablate, [ablation_model, ablation_heads, ablation_label, per_group], ablation_outputs + links.outputs,
+            api_name="ablate", **ui.MODEL_QUEUE)
+        fetch.click(ui.tables_download(TAB, ["head texts", "ranked heads", "top texts", "spurious", "ablation",
+                                             "ablation groups", "ablation labels"], 4),
+                    [texts_table, top_heads, top_texts, spurious_table, ablation_table, ablation_groups,
+                     ablation_labels, texts_info, image_info, spurious_info, ablation_info, *links.outputs],
+                    [archive], api_name="download_heads")
+        demo.load(restore_ablation, [links.query], [ablation_model, ablation_heads, ablation_label, per_group,
+                                                    ablation_info], queue=False, api_visibility="private",
+                  js=ui.PAGE_QUERY_JS)
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query],

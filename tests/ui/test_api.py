@@ -86,6 +86,7 @@ VALID = {
     "/show_circuit": dict(spec="toy", bases="", layer=1, neuron=5, kind="weight edges (no images)", target="", top=5),
     "/measure_ablation": dict(spec="toy", bases="", layer=2, neuron=5, target=""),
     "/in_edges": dict(spec="toy", bases="", head="2.1", target="", top=5),
+    "/ablate": dict(spec="toy", heads="3.1,3.3", label="", per_group=8),
 }
 PUBLIC_REFUSED = {"/spurious": dict(spec="toy", folder="/tmp", heads="3.1", classnames="", trials=1,
                                     convention="paper")}

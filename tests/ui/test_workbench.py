@@ -62,3 +62,37 @@ def test_segmentation_and_retrieval_report_one_bar():
     retrieve_similar("toy", None, "example:1", 3, 0, WORLD, None, None, 3, "cosine", "paper", progress=recorder)
     assert [f for f, _ in recorder.calls] == sorted(f for f, _ in recorder.calls)
     assert any("indexing the gallery (pass 2 of 3)" in d for _, d in recorder.calls)
+
+
+@pytest.mark.slow  # the exhaustive baseline (8,008 head sets) and 700 scenes: ~20 s on 2 cores
+def test_mean_ablation_panel_gives_the_toy_removal_numbers(capsys):
+    """The panel's numbers are `python -m core toy removal`'s, for heads named by a label and for typed heads; the
+    background heads' ablation lifts the worst group above almost every random head set (the planted cue)."""
+    import json
+
+    from core.cli import main
+    from core.explorer.ablation import measure_ablation
+    from core.links.codec import decode
+
+    view = measure_ablation("toy-biased", "", "background", per_group=30)
+    assert main(["toy", "removal", "--model", "toy-biased", "--n", "30", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert view.summary[0]["worst group %"] == round(100 * cli["base"]["worst_group"], 2)
+    assert view.summary[1]["worst group %"] == round(100 * cli["ablated"]["worst_group"], 2)
+    assert view.summary[1]["overall %"] == round(100 * cli["ablated"]["overall"], 2)
+    assert [list(h) for h in view.report.heads] == cli["heads"]
+    assert view.summary[1]["worst group %"] > view.summary[0]["worst group %"]  # the planted cue's carriers
+    assert view.summary[4]["worst group %"] >= 90  # against every set of as many heads
+    assert "python -m core toy removal --model toy-biased --n 30" in view.info
+    state = decode(view.link.query, tab="heads").state
+    assert state.ablate == "label:background" and state.images == 30
+
+    typed = measure_ablation("toy-biased", "3.1, 3.3", "", per_group=30)
+    command = next(line for line in typed.link.markdown.splitlines() if "toy removal" in line)
+    assert command.endswith("--heads 3.1,3.3")
+    assert main(command.split()[3:] + ["--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["heads"] == [[3, 1], [3, 3]]
+    assert typed.summary[1]["worst group %"] == round(100 * cli["ablated"]["worst_group"], 2)
+    assert typed.report.baseline.summary()["sets"] == 6  # every pair of heads from layer 3 on (C(4, 2))
+    assert {row["group"] for row in typed.groups} == set(typed.report.group_names) and len(typed.groups) == 4
