@@ -314,6 +314,28 @@ def tables_download(tab: str, tables: list[str], notes: int) -> Callable:
     return download
 
 
+# ---------------------------------------------------------------- views that lead to each other
+
+def row_links(table, *, model=None, bases=None, layer=None, image_id=None, texts=None) -> gr.Markdown:
+    """Below a ranking table: clicking a row that names a head or neuron shows links that open it in its tab
+    (core.explorer.navigation). The other arguments are the tab's controls the links carry (model, bases, ...)."""
+    box = gr.Markdown(elem_id=f"{table.elem_id}-open")
+    empty = gr.State(None)
+    inputs = [table] + [c if c is not None else empty for c in (model, bases, layer, image_id, texts)]
+    table.select(_open_row, inputs, box, queue=False, api_visibility="private")
+    return box
+
+
+@guard(model=False)
+def _open_row(frame, model, bases, layer, image_id, texts, evt: gr.SelectData):
+    from core.explorer.navigation import row_links as links
+
+    columns = [str(c) for c in getattr(frame, "columns", [])]
+    lines = [t.strip() for t in (texts or "").splitlines() if t.strip()] if isinstance(texts, str) else []
+    return links(columns, list(evt.row_value or []), evt.value, model=model, bases=bases, layer=layer,
+                 image=image_id, texts=lines) or "This row names no head or neuron."
+
+
 # ---------------------------------------------------------------- links
 
 # Write the view into the address bar; a page embedded as <gradio-app> leaves its host's address alone.

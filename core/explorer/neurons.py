@@ -132,8 +132,15 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
             f"reconstruction cosine of the PC from its {len(terms)} texts "
             f"{float(basis.words.reconstruction_cosine[n]):.3f} (dictionary {basis.words.dictionary_mode}).  \n"
             f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}  \n"
-            f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})")
+            f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})"
+            f" · {_map_link(bundle, bases, stats.layer, n)}")
     return NeuronView(info, rows, gallery)
+
+
+def _map_link(bundle, bases: str | None, layer: int, neuron: int) -> str:
+    from core.explorer.navigation import neuron_map_link
+
+    return neuron_map_link(bundle.info.spec, bases, layer, neuron)
 
 
 def _circuit_query(bundle, bases: str | None, layer: int, neuron: int) -> str:

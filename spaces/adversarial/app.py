@@ -151,6 +151,7 @@ def build() -> gr.Blocks:
                     neuron_table = gr.Dataframe(label="Chosen neurons", max_height=260, elem_id="adversarial-neurons")
                     description_table = gr.Dataframe(label="Descriptions", max_height=260,
                                                      elem_id="adversarial-descriptions")
+                ui.row_links(neuron_table, model=model)
                 fetch = gr.Button("Download results (zip)", elem_id="adversarial-download-run")
                 archive = gr.File(label="Results", elem_id="adversarial-download")
         CONTROLS = [model, present, target, generator, images, repeats, baselines, layers, neurons, words, similarity,

@@ -141,6 +141,7 @@ def build() -> gr.Blocks:
                                  "circuits-terms", max_height=260)
             with gr.Column(scale=1):
                 paths = ui.table("Strongest paths", explorer.PATH_COLUMNS, "circuits-paths", max_height=420)
+                ui.row_links(paths, model=model, bases=bases)
         with gr.Row():
             measure = gr.Button("Measure the real effect (path ablation)", elem_id="circuits-ablation-run")
         ablation_info = gr.Markdown(elem_id="circuits-ablation-info")
@@ -151,6 +152,7 @@ def build() -> gr.Blocks:
             find = gr.Button("Neurons feeding this head", elem_id="circuits-in-run", scale=1)
         in_info = gr.Markdown(elem_id="circuits-in-info")
         in_table = ui.table("In-edges", explorer.IN_COLUMNS, "circuits-in", max_height=360)
+        ui.row_links(in_table, model=model, bases=bases)
         fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
 
         CONTROLS = [model, bases, layer, neuron, head, target, kind]

@@ -138,6 +138,7 @@ def build() -> gr.Blocks:
                                   label="Per-layer contributions (cosine x100; embedding + attention + MLP bars add up "
                                         "to the cosine)", elem_id="decomposition-bars")
                 table = ui.table("Heads ranked by |contribution|", TABLE_COLUMNS, "decomposition-table", max_height=300)
+                ui.row_links(table, model=model, image_id=image_id, texts=texts)
                 fetch, archive = ui.download_bar(TAB)
         CONTROLS = [model, image, image_id, texts, convention]
         VIEW_OUTPUTS = [state, info, text_pick, layer_pick, head_pick, grid, token_map, bars, table, *links.outputs]

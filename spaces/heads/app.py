@@ -98,6 +98,19 @@ def spurious(spec, folder, heads, classnames, trials, convention, progress=gr.Pr
     return info, ui.frame(rows, SPURIOUS_COLUMNS)
 
 
+@gpu(duration=lambda *args, **kwargs: request_seconds(images=explorer.GALLERY_SIZE))
+@ui.guard
+def retrieve_text(spec, layer, head, table, source, folder, uploads, k, convention, galleries, evt: gr.SelectData,
+                  progress=gr.Progress()):
+    """A head's TextSpan text, clicked: gallery images the head writes most towards it (property retrieval)."""
+    from core.explorer.navigation import retrieve_by_text
+
+    row = dict(zip([str(c) for c in table.columns], evt.row_value or []))
+    found = retrieve_by_text(spec, layer, head, row.get("text") or "", source, folder, uploads, k,
+                             convention=convention, galleries=galleries, progress=progress)
+    return found.info, ui.picture(found.items), found.galleries
+
+
 @gpu(duration=lambda *args, **kwargs: 120)
 @ui.guard
 def ablate(spec, heads, label, per_group, progress=gr.Progress()):
@@ -181,6 +194,8 @@ def build() -> gr.Blocks:
             show = gr.Button("Show head texts", elem_id="heads-show")
         texts_info = gr.Markdown(elem_id="heads-info")
         texts_table = ui.table("The head's texts (TextSpan)", explorer.TEXT_COLUMNS, "heads-texts", max_height=320)
+        gr.Markdown("Click a text to retrieve the gallery images (Property retrieval, below) this head writes most "
+                    "towards it.", elem_id="heads-texts-hint")
         with gr.Accordion("Compute TextSpan here (your session only)", open=False):
             with gr.Row():
                 source = gr.Radio(sources, value=explorer.WORLD, label="Image set", elem_id="heads-source")
@@ -216,6 +231,7 @@ def build() -> gr.Blocks:
                                   elem_id="heads-maps")
                 top_texts = ui.table("The image's own top texts for the chosen head", TOP_TEXT_COLUMNS,
                                      "heads-top-texts")
+                ui.row_links(top_heads, model=model, bases=bases, image_id=image_id, texts=texts)
 
         gr.Markdown("### Property retrieval\nGallery images whose contribution from the chosen head is nearest the "
                     "image's above: a head that encodes a property (colour, count, place...) retrieves images sharing it.")
@@ -295,6 +311,9 @@ def build() -> gr.Blocks:
         chain(spurious_button.click, spurious, [model, grouped, ablated, classnames, trials, convention],
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
+        texts_table.select(retrieve_text, [model, layer, head, texts_table, gallery_source, gallery_folder,
+                                           gallery_uploads, k, convention, galleries],
+                           [retrieval_info, gallery, galleries], api_visibility="private", **ui.MODEL_QUEUE)
         ablation_outputs = [ablation_info, ablation_table, ablation_groups, ablation_labels]
         ablation_button.click(ui.constant(["", ui.frame([], ["model"]), ui.frame([], ABLATION_GROUP_COLUMNS),
                                            ui.frame([], ["head", "chosen"])]), None, ablation_outputs, queue=False,

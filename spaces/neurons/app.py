@@ -206,12 +206,14 @@ def build() -> gr.Blocks:
                 concept_info = gr.Markdown(elem_id="neurons-concepts-info")
                 words = ui.table("Concepts (words)", WORD_COLUMNS, "neurons-words", max_height=260)
                 activated = ui.table("Activated neurons", ACTIVATED_COLUMNS, "neurons-activated", max_height=200)
+                ui.row_links(activated, model=model, bases=bases, layer=layer, image_id=image_id)
         with gr.Row():
             query = gr.Textbox(label="Which neurons write...", value="a red circle", elem_id="neurons-search-text")
             search_top = gr.Number(label="Neurons", value=10, precision=0, minimum=1, elem_id="neurons-search-top")
             find = gr.Button("Search neurons", elem_id="neurons-search-run")
         search_info = gr.Markdown(elem_id="neurons-search-info")
         hits = ui.table("Neurons by cosine(PC, text)", SEARCH_COLUMNS, "neurons-search-table")
+        ui.row_links(hits, model=model, bases=bases, layer=layer, image_id=image_id)
         fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
 
         CONTROLS = [model, bases, layer, neuron, image, image_id, query, threshold]

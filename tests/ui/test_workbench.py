@@ -96,3 +96,79 @@ def test_mean_ablation_panel_gives_the_toy_removal_numbers(capsys):
     assert typed.summary[1]["worst group %"] == round(100 * cli["ablated"]["worst_group"], 2)
     assert typed.report.baseline.summary()["sets"] == 6  # every pair of heads from layer 3 on (C(4, 2))
     assert {row["group"] for row in typed.groups} == set(typed.report.group_names) and len(typed.groups) == 4
+
+
+# ---------------------------------------------------------------- views that lead to each other
+
+def test_every_ranking_table_row_opens_its_head_or_neuron():
+    from core.explorer.decomposition import decompose
+    from core.explorer.heads import explain_image
+    from core.explorer.navigation import row_links, row_target
+    from core.links.codec import decode
+
+    decomposition = decompose("toy", None, "example:0", "a green cross", "paper")
+    explained = explain_image("toy", None, "example:1", "a circle", 3, 0, None, "paper")
+    for table in (decomposition.table, explained.ranked):
+        row = table[0]
+        target = row_target(list(row), list(row.values()))
+        assert target.kind == "head" and (target.layer, target.index) == (row["layer"], row.get("head index",
+                                                                                              row["head"]))
+    # a label in any cell (Circuits' paths, in-edges), index columns (Adversarial), a neuron within the tab's layer
+    assert row_target(["path", "edge"], ["L2H0", 0.07]).label == "L2H0"
+    assert row_target(["neuron", "weight edge"], ["L1.n17", 0.3]).label == "L1.n17"
+    assert row_target(["layer", "neuron", "<v, r_n>"], [2, 40, 0.5]).label == "L2.n40"
+    assert row_target(["neuron", "cosine", "top texts"], [12, 0.4, "x"], layer=2).label == "L2.n12"
+    assert row_target(["neuron", "cosine"], [12, 0.4]) is None  # no layer: nothing to open
+    assert row_target(["text", "weight"], ["a red circle", 0.3]) is None
+
+    row = explained.ranked[0]
+    markdown = row_links(list(row), list(row.values()), row["head"], model="toy", image="example:1",
+                         texts=["a circle"])
+    queries = [part.split("](?")[1].rstrip(")") for part in markdown.split(" · ")]
+    heads = decode(queries[0], tab="heads").state
+    assert (heads.tab, heads.model, heads.layer, heads.head, heads.image) == \
+        ("heads", "toy", row["layer"], row["head index"], "example:1")
+    neuron = row_links(["neuron", "cosine"], [12, 0.4], model="toy", layer=2)
+    links = [decode(part.split("](?")[1].rstrip(")"), tab="neurons").state for part in neuron.split(" · ")]
+    assert (links[0].tab, links[0].layer, links[0].neuron) == ("neurons", 2, 12)
+    assert links[1].image == "example:0"  # its activation map: the map it segments by
+    assert links[2].tab == "segmentation" and links[2].method == "neurons"
+    assert links[3].tab == "circuits" and (links[3].layer, links[3].neuron) == (2, 12)
+
+
+def test_a_neuron_links_to_its_map_and_the_link_restores_it():
+    from core.explorer.neurons import open_link, show_neuron
+
+    shown = show_neuron("toy", None, 2, 5)
+    query = shown.info.split("[Its activation map on example:0 (the map it segments by)](?")[1].split(")")[0]
+    linked = open_link(query, default_tab="neurons")
+    picture, info = linked.view.on_image  # the neuron's activation map on the example
+    assert "Neuron 5 of layer 2" in info and "example 0" in info and picture.width > 100
+
+
+def test_a_heads_text_retrieves_images_with_that_property():
+    """L3H1 of the toy model writes the background (its TextSpan texts name backgrounds): retrieving by each of its
+    background texts finds scenes with that background far above the gallery's base rate (world labels)."""
+    import numpy as np
+    from PIL import Image
+
+    from core.explorer.heads import head_texts
+    from core.explorer.navigation import retrieve_by_text
+    from core.world import scenes as world
+    from core.world.examples import EXAMPLE_SEED, example_images
+
+    paths = example_images(48)
+    backgrounds = [world.scene_at(i, EXAMPLE_SEED).labels()["background"] for i in range(48)]
+    by_pixels = {np.asarray(Image.open(p).convert("RGB")).tobytes(): i for i, p in enumerate(paths)}
+    texts = [row["text"] for row in head_texts("toy", 3, 1).rows]
+    checked = 0
+    for text in texts:
+        named = [b for b in world.BACKGROUNDS if b in text]
+        if len(named) != 1 or backgrounds.count(named[0]) < 3:
+            continue
+        found = retrieve_by_text("toy", 3, 1, text, WORLD, None, None, 4)
+        hits = sum(backgrounds[by_pixels[np.asarray(image.convert("RGB")).tobytes()]] == named[0]
+                   for image, _ in found.items)
+        assert hits >= 2 and hits / 4 > 2 * backgrounds.count(named[0]) / 48, (text, hits)
+        checked += 1
+    assert checked >= 3
