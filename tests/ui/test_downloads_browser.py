@@ -41,7 +41,7 @@ def test_decomposition_download_holds_the_numbers_on_screen(decomposition_url, t
     with browser_page() as page:
         page.goto(decomposition_url + "?image=example:3&text=a+white+cross&text=a+red+circle&layer=3")
         page.locator("#decomposition-info").get_by_text("Reconstruction error").wait_for(timeout=120_000)
-        page.wait_for_function("/L\\d+H\\d+/.test(document.querySelector('#decomposition-table').innerText)",
+        page.wait_for_function("/L\\d+H\\d+/.test(document.querySelector('#decomposition-table')?.innerText || '')",
                                timeout=30_000)
         # the table as a person sees it: component, layer, head, contribution (cosine x100)
         table = page.locator("#decomposition-table").inner_text()
@@ -71,3 +71,22 @@ def test_decomposition_download_holds_the_numbers_on_screen(decomposition_url, t
     assert any("python -m core decompose" in line for line in record["commands"])
     for data in files.values():  # public mode: no server path in any file
         assert str(ROOT).encode() not in data and b"/tmp/" not in data
+
+
+@pytest.mark.slow  # the whole suite in a browser, two page loads: over 20 s on 2 cores
+def test_a_clicked_ranking_row_opens_its_head_in_the_heads_tab(tmp_path):
+    env = {"CLIPSCOPE_MODEL": "toy", "CLIPSCOPE_CACHE": str(tmp_path / "cache")}
+    with app_server(ROOT / "app.py", env) as url, browser_page() as page:
+        page.goto(url + "?tab=decomposition&image=example:3&text=a+white+cross&text=a+red+circle")
+        page.wait_for_function("/L\\d+H\\d+/.test(document.querySelector('#decomposition-table')?.innerText || '')",
+                               timeout=120_000)
+        first = re.search(r"L(\d+)H(\d+)", page.locator("#decomposition-table").inner_text())
+        page.locator("#decomposition-table span.text:visible", has_text=re.compile(f"^{first.group(0)}$")).first.click()
+        link = page.locator("#decomposition-table-open a", has_text="open it in the Heads tab")
+        link.wait_for(timeout=30_000)
+        with page.context.expect_page() as opened:  # Gradio's Markdown opens links in a new browser tab
+            link.click()
+        heads = opened.value
+        heads.locator("#heads-info").get_by_text(f"Head {first.group(0)}").wait_for(timeout=120_000)
+        assert f"layer={first.group(1)}" in heads.url and f"head={first.group(2)}" in heads.url
+        assert "tab=heads" in heads.url
