@@ -111,7 +111,7 @@ def test_every_endpoint_works_on_its_own(server):
 
     api = Client(server, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
     # The segmentation and adversarial tabs' endpoints are exercised by tests/segmentation and tests/adversarial.
-    other_tabs = {"/segment", "/generate", "/download"}
+    other_tabs = {"/segment", "/generate", "/download", "/evaluate_own"}  # evaluate_own: tests/ui/test_workbench.py
     # Downloads (/download_<tab>) are exercised by tests/ui/test_downloads.py.
     endpoints = set(api) - {name for name in api if name.startswith(("/load_example", "/download_"))}
     assert set(VALID) | set(PUBLIC_REFUSED) == endpoints - other_tabs

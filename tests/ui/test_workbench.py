@@ -3,6 +3,8 @@ that lead to each other, segmentation scored on a user's own masks, mean ablatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.explorer.heads import WORLD, retrieve_similar
@@ -172,3 +174,96 @@ def test_a_heads_text_retrieves_images_with_that_property():
         assert hits >= 2 and hits / 4 > 2 * backgrounds.count(named[0]) / 48, (text, hits)
         checked += 1
     assert checked >= 3
+
+
+# ---------------------------------------------------------------- segmentation on a visitor's own data
+
+@pytest.fixture
+def own_uploads(tmp_path):
+    """Three held-out world scenes and their true masks, as a visitor would upload them (masks named *_mask.png)."""
+    from PIL import Image
+
+    from core.world import scenes as world
+
+    images, masks = [], []
+    for i, scene in enumerate(world.sample_scenes(3, seed=31, split="heldout")):
+        picture, labels = world.render(scene, 64)
+        images.append(tmp_path / f"scene{i}.png")
+        masks.append(tmp_path / f"scene{i}_mask.png")
+        Image.fromarray(picture).save(images[-1])
+        Image.fromarray(((labels > 0) * 255).astype("uint8")).save(masks[-1])
+    return [str(p) for p in images], [str(p) for p in masks[::-1]]  # masks in another order: matched by name
+
+
+@pytest.mark.slow  # every method twice (the panel, then segeval): ~20 s on 2 cores
+def test_own_images_and_masks_scored_by_every_method_as_segeval(own_uploads, tmp_path, capsys):
+    import json
+
+    from core.cli import main
+    from core.explorer.own_data import evaluate_uploads
+    from core.segmentation.names import METHODS
+
+    images, masks = own_uploads
+    view = evaluate_uploads("toy", images, masks, "a shape", work=tmp_path)
+    assert [row["method"] for row in view.rows] == list(METHODS)  # every method, side by side
+    assert len(view.grids) == 3 and len(view.per_image) == 3 * len(METHODS)
+    folder = next(tmp_path.glob("own-segmentation-*"))
+    assert main(["segeval", "--model", "toy", "--dataset", str(folder), *sum((["--method", m] for m in METHODS), []),
+                 "--random-draws", "1", "--state-dir", str(tmp_path / "cli-state"), "--json"]) == 0
+    cli = {r["method"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    for row in view.rows:
+        assert row["mIoU %"] == round(100 * cli[row["method"]]["miou"], 2)
+        assert row["mAP %"] == round(100 * cli[row["method"]]["map"], 2)
+        assert row["AP-foreground %"] == round(100 * cli[row["method"]]["ap_foreground"], 2)
+    # per image: the mean of the images' AP is the dataset's mAP
+    for row in view.rows:
+        aps = [r["AP %"] for r in view.per_image if r["method"] == row["method"]]
+        assert sum(aps) / 3 == pytest.approx(row["mAP %"], abs=0.02)
+    assert "python -m core segeval --model toy --dataset YOUR_FOLDER --method heads" in view.info
+
+
+def test_own_data_is_checked_and_bounded(own_uploads, tmp_path):
+    from PIL import Image
+
+    from core import settings
+    from core.errors import CoreError
+    from core.explorer.own_data import evaluate_uploads, pair_uploads
+
+    images, masks = own_uploads
+    assert [Path(m).name for _, m in pair_uploads(images, masks)] == [f"scene{i}_mask.png" for i in range(3)]
+    with pytest.raises(CoreError, match="one mask per image"):
+        pair_uploads(images, masks[:2])
+    grey = tmp_path / "grey_mask.png"
+    Image.new("L", (64, 64), 128).save(grey)
+    with pytest.raises(CoreError, match="not a binary mask"):
+        evaluate_uploads("toy", images[:1], [str(grey)], "a shape", ["heads"], work=tmp_path)
+    small = tmp_path / "small_mask.png"
+    Image.new("L", (32, 32), 0).save(small)
+    with pytest.raises(CoreError, match="must have its image's size"):
+        evaluate_uploads("toy", images[:1], [str(small)], "a shape", ["heads"], work=tmp_path)
+    settings.configure(public=True)
+    try:
+        with pytest.raises(CoreError, match="At most 8 images"):
+            evaluate_uploads("toy", images * 3, masks * 3, "a shape", work=tmp_path)
+    finally:
+        settings.configure(public=None)
+
+
+@pytest.mark.slow  # a server and every method: over 20 s on 2 cores
+def test_own_data_panel_over_the_api_in_public_mode(own_uploads, tmp_path):
+    """The Segmentation tab's panel, as a client calls it on a public server: uploads in, metrics and grids out."""
+    from gradio_client import Client, handle_file
+
+    from tests.browser import ROOT, app_server
+
+    images, masks = own_uploads
+    env = {"CLIPSCOPE_PUBLIC": "1", "CLIPSCOPE_MODELS": "toy", "CLIPSCOPE_MODEL": "toy",
+           "CLIPSCOPE_CACHE": str(tmp_path / "cache")}
+    with app_server(ROOT / "spaces" / "segmentation" / "app.py", env) as url:
+        client = Client(url, verbose=False)
+        info, table, per_image, grids = client.predict(
+            "toy", [handle_file(p) for p in images], [handle_file(p) for p in masks], "a shape", ["heads", "rollout"],
+            api_name="/evaluate_own")
+    assert "python -m core segeval --model toy" in info and "/tmp" not in info
+    assert [row[0] for row in table["data"]] == ["heads", "rollout"] and len(per_image["data"]) == 6
+    assert len(grids) == 3
