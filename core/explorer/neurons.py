@@ -255,6 +255,10 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     texts, pool_name, _ = text_pool(pool_upload, pool_typed)
     budget.admit(budget.neuron_statistics(bundle, images=images.count, k=k, texts=len(texts),
                                           images_name="world scenes" if source == WORLD else "images"))
+    from core.explorer.passes import Passes
+
+    progress = Passes(progress, [("loading the model", 1), (f"layer {layer}: means", 4),  # one bar over every pass
+                                 (f"layer {layer}: top-{k} deviations", 4), ("sparse text decomposition", 2)])
     key = texts_sha256([bundle.info.spec, str(bundle.info.weights_sha256), images.description, pool_name,
                         texts_sha256(texts), str(layer), str(k), dictionary])[:20]
     track = lambda iterable, desc, total=None: progress.tqdm(iterable, desc=desc, total=total)  # noqa: E731

@@ -267,3 +267,17 @@ def test_own_data_panel_over_the_api_in_public_mode(own_uploads, tmp_path):
     assert "python -m core segeval --model toy" in info and "/tmp" not in info
     assert [row[0] for row in table["data"]] == ["heads", "rollout"] and len(per_image["data"]) == 6
     assert len(grids) == 3
+
+
+def test_neuron_statistics_report_one_bar_over_their_passes(tmp_path, monkeypatch):
+    from core.explorer.neurons import WORLD, compute_statistics
+
+    monkeypatch.setenv("CLIPSCOPE_CACHE", str(tmp_path))
+    recorder = Recorder()
+    compute_statistics("toy", 2, WORLD, 40, None, None, None, 5, "normalise_texts", progress=recorder)
+    fractions = [f for f, _ in recorder.calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    descriptions = " ".join(d for _, d in recorder.calls if d)
+    for name in ("layer 2: means (pass 2 of 4)", "layer 2: top-5 deviations (pass 3 of 4)",
+                 "sparse text decomposition (pass 4 of 4)"):
+        assert name in descriptions
