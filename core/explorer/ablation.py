@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from core import budget, settings
-from core.errors import ConfigError
+from core.errors import ConfigError, CoreError
 from core.explorer import access
 from core.explorer.common import LinkPanel, Progress, link_panel, progress_or_silent, without_paths
 from core.links.codec import ViewState
@@ -91,7 +91,7 @@ def measure_ablation(spec: str | None, raw_heads: str | None, label: str | None 
         artifact = cached_artifact(source, bundle.info.identity())
         try:
             heads, provenance, labels = background_heads(artifact, **({"words": words} if words else {}))
-        except ConfigError:
+        except CoreError:  # no head's labels name the words, or bases without TextSpan: typed heads still work
             if not typed:
                 raise
         provenance = without_paths(provenance) if not typed else provenance
