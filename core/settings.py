@@ -30,6 +30,8 @@ from typing import Any
 TOY_SPEC = "toy"
 TOY_BIASED_SPEC = "toy-biased"  # also core.paths.TOY_BIASED_SPEC (that module names the weights)
 TABS = ("decomposition", "heads", "neurons", "circuits", "segmentation", "adversarial")
+# Panels that run on a fixed model whatever the default: the Heads tab's mean ablation needs a planted bias.
+PANEL_MODELS = {"ablation": TOY_BIASED_SPEC}
 _TRUE = ("1", "true", "yes", "on")
 _overrides: dict[str, Any] = {}
 
@@ -163,9 +165,11 @@ def tab_default_model(tab: str) -> str:
 
 def allowed_models() -> tuple[str, ...]:
     """The models a public server may load: `CLIPSCOPE_MODELS` (default: the default model and toy), and always
-    each tab's default model, so that a server never refuses what its own tabs start on."""
+    each tab's default model and each panel's model (PANEL_MODELS), so that a server never refuses what its own
+    tabs start on."""
     listed = [part.strip() for part in _env("CLIPSCOPE_MODELS").split(",") if part.strip()]
-    return tuple(dict.fromkeys([*(listed or [default_model(), TOY_SPEC]), *map(tab_default_model, TABS)]))
+    return tuple(dict.fromkeys([*(listed or [default_model(), TOY_SPEC]), *map(tab_default_model, TABS),
+                                *PANEL_MODELS.values()]))
 
 
 def allowed_paths() -> tuple[Path, ...]:

@@ -311,6 +311,58 @@ def example_texts(ref: str, n_texts: int = 3) -> str:
     return "\n".join(default_texts(ref)[:n_texts])
 
 
+# ---------------------------------------------------------------- downloads
+
+def download_bar(tab: str, label: str = "Download (zip: data files and provenance.json)"):
+    """A tab's download button and the archive it gives (written in the visitor's session folder, which goes when
+    the session ends)."""
+    with gr.Row():
+        button = gr.Button(label, size="sm", elem_id=f"{tab}-download-run", scale=0)
+        archive = gr.File(label="Download", elem_id=f"{tab}-download", interactive=False, scale=1)
+    return button, archive
+
+
+def session_folder() -> Path:
+    return sessions.folder(session_id())
+
+
+def tables_download(tab: str, tables: list[str], notes: int) -> Callable:
+    """A download handler for a tab whose views are tables: inputs are the tables' values (in the order of
+    `tables`, their names in the archive), `notes` info Markdowns, then the link's query and the cite panel."""
+    @guard(model=False)
+    def download(*values):
+        from core.explorer.downloads import tables_archive, view_name
+
+        query, cite = values[-2:]
+        return str(tables_archive(session_folder(), tab, view_name(tab, query), dict(zip(tables, values)), query,
+                                  cite, notes=[v for v in values[len(tables):len(tables) + notes] if isinstance(v, str)]))
+
+    download.__name__ = f"download_{tab}"
+    return download
+
+
+# ---------------------------------------------------------------- views that lead to each other
+
+def row_links(table, *, model=None, bases=None, layer=None, image_id=None, texts=None) -> gr.Markdown:
+    """Below a ranking table: clicking a row that names a head or neuron shows links that open it in its tab
+    (core.explorer.navigation). The other arguments are the tab's controls the links carry (model, bases, ...)."""
+    box = gr.Markdown(elem_id=f"{table.elem_id}-open")
+    empty = gr.State(None)
+    inputs = [table] + [c if c is not None else empty for c in (model, bases, layer, image_id, texts)]
+    table.select(_open_row, inputs, box, queue=False, api_visibility="private")
+    return box
+
+
+@guard(model=False)
+def _open_row(frame, model, bases, layer, image_id, texts, evt: gr.SelectData):
+    from core.explorer.navigation import row_links as links
+
+    columns = [str(c) for c in getattr(frame, "columns", [])]
+    lines = [t.strip() for t in (texts or "").splitlines() if t.strip()] if isinstance(texts, str) else []
+    return links(columns, list(evt.row_value or []), evt.value, model=model, bases=bases, layer=layer,
+                 image=image_id, texts=lines) or "This row names no head or neuron."
+
+
 # ---------------------------------------------------------------- links
 
 # Write the view into the address bar; a page embedded as <gradio-app> leaves its host's address alone.

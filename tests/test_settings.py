@@ -44,9 +44,10 @@ def test_allowed_models_default_and_list(monkeypatch):
     monkeypatch.delenv("CLIPSCOPE_MODELS", raising=False)
     assert settings.allowed_models() == ("toy", "toy-biased")  # toy-biased: the Adversarial tab's default
     monkeypatch.setenv("CLIPSCOPE_MODEL", "ViT-B-16/laion2b_s34b_b88k")
-    assert settings.allowed_models() == ("ViT-B-16/laion2b_s34b_b88k", "toy")
+    # toy-biased: the Heads tab's mean-ablation panel (settings.PANEL_MODELS) needs a planted bias whatever the default
+    assert settings.allowed_models() == ("ViT-B-16/laion2b_s34b_b88k", "toy", "toy-biased")
     monkeypatch.setenv("CLIPSCOPE_MODELS", " toy , ViT-B-32/openai,toy")
-    assert settings.allowed_models() == ("toy", "ViT-B-32/openai", "ViT-B-16/laion2b_s34b_b88k")
+    assert settings.allowed_models() == ("toy", "ViT-B-32/openai", "ViT-B-16/laion2b_s34b_b88k", "toy-biased")
     monkeypatch.delenv("CLIPSCOPE_MODEL")
     assert settings.allowed_models() == ("toy", "ViT-B-32/openai", "toy-biased")
 
@@ -58,7 +59,7 @@ def test_every_tab_default_model_is_allowed(monkeypatch):
         defaults = {tab: settings.tab_default_model(tab) for tab in settings.TABS}
         assert defaults["adversarial"] == ("toy-biased" if default == "toy" else default)
         assert {defaults[tab] for tab in settings.TABS if tab != "adversarial"} == {default}
-        assert set(defaults.values()) <= set(settings.allowed_models())
+        assert set(defaults.values()) | set(settings.PANEL_MODELS.values()) <= set(settings.allowed_models())
     with pytest.raises(ValueError, match="unknown tab"):
         settings.tab_default_model("nope")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from core import engine
 from core.cli.common import add_convention_argument, add_model_argument, model_line, print_json
 
@@ -21,6 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--metric", default="cosine", help="cosine (default), centered (cosine after removing the "
                         "head's gallery mean) or dot (the paper code's raw dot product)")
     add_convention_argument(parser)
+    parser.add_argument("--exclude-query", action=argparse.BooleanOptionalAction, default=True,
+                        help="leave out gallery images that are the query itself (the same file or the same pixels; "
+                        "default: yes, as the UI); --no-exclude-query keeps them")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the cached gallery index")
     parser.add_argument("--json", action="store_true")
@@ -47,7 +52,7 @@ def run(args) -> int:
     from core.heads.outputs import check_heads, heads_of_layers
     from core.engine.images import image_files, load_image
     from core.engine.labels import head_label
-    from core.heads.retrieval import METRICS, nearest, query_contributions
+    from core.heads.retrieval import METRICS, nearest, query_contributions, query_in_gallery
 
     check_convention(args.convention)
     if args.metric not in METRICS:
@@ -62,17 +67,19 @@ def run(args) -> int:
     layer_heads = heads_of_layers(bundle.info, [args.layer])
     index = _gallery(args, bundle, layer_heads, paths)
     query = query_contributions(bundle, image, [head], convention=args.convention)[0]
-    found = nearest(index, query, head, k=args.k, metric=args.metric)
+    left_out = query_in_gallery(index, args.image) if args.exclude_query else []
+    found = nearest(index, query, head, k=args.k, metric=args.metric, exclude=left_out)
     results = [{"rank": rank, "path": index.paths[i], "score": score} for rank, (i, score) in enumerate(found, 1)]
     if args.json:
         print_json({"model": bundle.info.spec, "query": args.image, "layer": args.layer, "head": args.head,
                     "label": head_label(args.layer, args.head),
                     "metric": args.metric, "convention": args.convention, "gallery": index.description,
-                    "results": results}, device=bundle.device)
+                    "excluded_query": [index.paths[i] for i in left_out], "results": results}, device=bundle.device)
         return 0
     print(model_line(bundle))
     print(f"query: {args.image}; head {head_label(args.layer, args.head)}; gallery: {index.description}; "
-          f"metric: {args.metric}; convention: {args.convention}")
+          f"metric: {args.metric}; convention: {args.convention}"
+          + (f"; left out the query itself ({len(left_out)} gallery image(s))" if left_out else ""))
     for row in results:
         print(f"  {row['rank']:3d}. {row['score']:+.4f}  {row['path']}")
     return 0

@@ -121,17 +121,16 @@ def register(subparsers) -> None:
 
 
 def slug(text: str, limit: int = 40) -> str:
-    cleaned = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
-    while "__" in cleaned:
-        cleaned = cleaned.replace("__", "_")
-    return cleaned[:limit] or "text"
+    from core.segmentation.files import slug as file_slug
+
+    return file_slug(text, limit)
 
 
 def _targets(texts: list[str], several: bool) -> list[str]:
     """The files one run writes in --out (besides its manifest)."""
-    files = [f"{index:02d}_{slug(text)}_{kind}" for index, text in enumerate(texts)
-             for kind in ("map.npy", "map.png", "mask.png", "overlay.png")]
-    return files + (["labels.npy", "labels.png"] if several else []) + ["segment.json"]
+    from core.segmentation.files import output_names
+
+    return output_names(texts, several) + ["segment.json"]
 
 
 def run(args) -> int:
@@ -140,15 +139,12 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
     from core import guards, settings, units
     from core.cli.common import existing_file, model_spec
     from core.engine.images import load_image
     from core.engine.text import check_texts as check_text_values
     from core.messages import display_source, without_paths
-    from core.segmentation.pictures import heat_picture, label_picture, mask_picture
+    from core.segmentation.files import segmentation_outputs
     from core.segmentation.protocols import parse_threshold
     from core.segmentation.segment import check_texts, segment_image
     from core.writes import OutputFolder
@@ -178,19 +174,13 @@ def run(args) -> int:
         print(f"replacing the results of an earlier `segment` run in {out}", file=sys.stderr)
     folder.claim(targets)
     masks = result.masks()
-    for index, text in enumerate(result.texts):
-        stem = f"{index:02d}_{slug(text)}"
-        folder.write_array(f"{stem}_map.npy", result.maps[index], save=False)
-        folder.write_image(f"{stem}_map.png", heat_picture(result.view, result.maps[index], title=f"{method}: {text}"),
-                           save=False)
-        folder.write_image(f"{stem}_mask.png", Image.fromarray(masks[index].astype(np.uint8) * 255), save=False)
-        folder.write_image(f"{stem}_overlay.png", mask_picture(result.view, masks[index], title=f"{text}"), save=False)
     background = len(texts) - 1 if args.background else None
-    if len(texts) > 1:
-        labels = result.labels(background=background)
-        folder.write_array("labels.npy", labels.astype(np.int16), save=False)
-        folder.write_image("labels.png", label_picture(result.view, labels, result.texts, title=f"{method}: argmax"),
-                           save=False)
+    outputs, _ = segmentation_outputs(result, background=background)  # the same files the UI's download holds
+    for name, content in outputs.items():
+        if name.endswith(".npy"):
+            folder.write_array(name, content, save=False)
+        else:
+            folder.write_image(name, content, save=False)
     files = [name for name in targets if name != "segment.json"]
     record_options = options.record(method)
     if record_options.get("bases"):

@@ -244,7 +244,7 @@ def _run_removal(args: argparse.Namespace) -> int:
     from core.artifacts.store import load_artifact
     from core.cli.common import model_spec
     from core.engine.models import load_clip
-    from core.errors import BasesError
+    from core.errors import BasesError, ConfigError
     from core.heads.spurious import describe_heads
     from core.world.bias import PlantedBias
     from core.world.bias_removal import background_heads, bias_removal_report
@@ -255,7 +255,20 @@ def _run_removal(args: argparse.Namespace) -> int:
         raise BasesError(f"no bases for {bundle.info.spec}: build them with `python -m core bases build --model "
                          f"{bundle.info.spec} ...` and pass --bases DIR")
     artifact = load_artifact(source, expect_model=bundle.info.identity())
-    heads, provenance, labels = background_heads(artifact, top=args.top, share=args.share)
+    words = tuple(w.strip() for w in args.words.split(",") if w.strip()) if args.words else None
+    try:
+        heads, provenance, labels = background_heads(artifact, top=args.top, share=args.share,
+                                                     **({"words": words} if words else {}))
+    except ConfigError:
+        if not args.heads:
+            raise
+        labels = []
+    if args.heads:  # heads picked by a person: the labels are still listed, but they choose nothing
+        from core.heads.outputs import check_heads, parse_heads
+
+        heads = check_heads(parse_heads(args.heads), bundle.info)
+        provenance = "given on the command line"
+        labels = [{**row, "chosen": (row["layer"], row["head"]) in heads} for row in labels]
     report = bias_removal_report(bundle, PlantedBias.parse(args.pairs), heads, provenance, n_per_group=args.n,
                                  seed=args.seed, trials=args.trials, random_seed=args.random_seed, samples=args.samples)
     if args.json:
@@ -269,7 +282,8 @@ def _run_removal(args: argparse.Namespace) -> int:
     print(f"evaluated on {report.evaluated_on}; means from {report.means_from}; direct-effect mean-ablation")
     print(f"{'':34s} {'overall':>8s} {'worst group':>12s}")
     print(f"  {'unmodified model':32s} {100 * report.base.overall:7.1f}% {100 * report.base.worst:11.1f}%")
-    print(f"  {'background heads ablated':32s} {100 * report.ablated.overall:7.1f}% {100 * report.ablated.worst:11.1f}%")
+    print(f"  {'chosen heads ablated' if args.heads or words else 'background heads ablated':32s} "
+          f"{100 * report.ablated.overall:7.1f}% {100 * report.ablated.worst:11.1f}%")
     from core.cli.spurious import print_population
 
     print_population(report)
@@ -288,6 +302,10 @@ def _register_removal(toy_subparsers) -> None:
     parser.add_argument("--pairs", default="triangle:dotted,square:striped", help="the planted pairs")
     parser.add_argument("--top", type=int, default=5, help="top TextSpan texts read per head (default 5)")
     parser.add_argument("--share", type=float, default=0.6, help="share of them that must name a background (default 0.6)")
+    parser.add_argument("--words", default=None, help="comma-separated words a label must name instead of the "
+                        "backgrounds (e.g. dotted,striped)")
+    parser.add_argument("--heads", default=None, help="ablate these heads instead of choosing them from labels, "
+                        "e.g. 3.1,3.3 (layer.head)")
     parser.add_argument("--n", type=int, default=200, help="held-out scenes per group (default 200)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the evaluated scenes (default 7)")
     parser.add_argument("--trials", type=int, default=0, help="seeded random head sets also ablated the literal way "

@@ -206,9 +206,11 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     from core.engine.text import encode_texts
     from core.heads.bases import fit_in_memory
     from core.heads.outputs import check_heads, default_heads
+    from core.explorer.passes import Passes
     from core.heads.textspan import DEFAULT_RANK
 
-    progress = progress_or_silent(progress)
+    progress = Passes(progress_or_silent(progress), [("loading the model", 1), ("encoding the text pool", 1),
+                                                      ("head outputs", 8)])  # one bar over every pass
     bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     heads = check_heads(list(dict.fromkeys(default_heads(bundle.info) + [chosen])), bundle.info)
@@ -370,12 +372,15 @@ def _gallery(bundle, source, folder, uploads, layer, convention, galleries: dict
 
 def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | None, layer, head, source: str,
                      folder: str | None, uploads, k, metric: str, convention: str, *, galleries: dict | None = None,
-                     progress: Progress | None = None) -> RetrievalView:
-    """Gallery images whose contribution from the chosen head is nearest the query image's."""
+                     exclude_query: bool = True, progress: Progress | None = None) -> RetrievalView:
+    """Gallery images whose contribution from the chosen head is nearest the query image's (without the query
+    itself when it is in the gallery, unless exclude_query is False)."""
     from core.engine.images import load_image
-    from core.heads.retrieval import nearest, query_contributions
+    from core.explorer.passes import Passes
+    from core.heads.retrieval import nearest, query_contributions, query_in_gallery
 
-    progress = progress_or_silent(progress)
+    progress = Passes(progress_or_silent(progress), [("loading the model", 1), ("indexing the gallery", 8),
+                                                      ("searching", 1)])  # one bar over every pass
     bundle = engine.load_clip(spec, progress=progress)
     chosen = _head(bundle, layer, head)
     k = access.check_count(k, "the number of images", 1, 64)
@@ -383,11 +388,14 @@ def retrieve_similar(spec: str | None, image_path: str | None, image_ref: str | 
     index, galleries = _gallery(bundle, source, folder, uploads, chosen[0], convention, dict(galleries or {}), progress)
     progress(0.8, desc="searching")
     vector = query_contributions(bundle, query.image, [chosen], convention=convention)[0]
-    found = nearest(index, vector, chosen, k=k, metric=metric)
+    left_out = query_in_gallery(index, query.image) if exclude_query else []
+    found = nearest(index, vector, chosen, k=k, metric=metric, exclude=left_out)
     items = [(load_image(index.paths[i]), f"#{rank} {metric} {score:+.4f}") for rank, (i, score) in enumerate(found, 1)]
+    leaving = (f"the query itself is in the gallery and is left out ({len(left_out)} image)" if left_out else
+               "the query is not in the gallery" if exclude_query else "the query is kept if it is in the gallery")
     info = (f"{_model_line(bundle.info)}  \n**Head {head_label(*chosen)}**, {metric} of its contributions; "
             f"query: {query.description}; gallery: {index.description} ({len(index.paths)} images); convention "
-            f"{convention}.")
+            f"{convention}; {leaving}.")
     return RetrievalView(info, items, galleries)
 
 

@@ -138,8 +138,15 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
             f"reconstruction cosine of the PC from its {len(terms)} texts "
             f"{float(basis.words.reconstruction_cosine[n]):.3f} (dictionary {basis.words.dictionary_mode}).  \n"
             f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}  \n"
-            f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})")
+            f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})"
+            f" · {_map_link(bundle, bases, stats.layer, n)}")
     return NeuronView(info, rows, gallery, top_images)
+
+
+def _map_link(bundle, bases: str | None, layer: int, neuron: int) -> str:
+    from core.explorer.navigation import neuron_map_link
+
+    return neuron_map_link(bundle.info.spec, bases, layer, neuron)
 
 
 def _circuit_query(bundle, bases: str | None, layer: int, neuron: int) -> str:
@@ -255,6 +262,10 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     texts, pool_name, _ = text_pool(pool_upload, pool_typed)
     budget.admit(budget.neuron_statistics(bundle, images=images.count, k=k, texts=len(texts),
                                           images_name="world scenes" if source == WORLD else "images"))
+    from core.explorer.passes import Passes
+
+    progress = Passes(progress, [("loading the model", 1), (f"layer {layer}: means", 4),  # one bar over every pass
+                                 (f"layer {layer}: top-{k} deviations", 4), ("sparse text decomposition", 2)])
     key = texts_sha256([bundle.info.spec, str(bundle.info.weights_sha256), images.description, pool_name,
                         texts_sha256(texts), str(layer), str(k), dictionary])[:20]
 

@@ -126,9 +126,12 @@ def segment(spec: str | None, image_path: str | None, image_ref: str | None, raw
     from core.segmentation.methods import MethodOptions, Segmenter
     from core.segmentation.segment import segment_image
 
-    progress = progress_or_silent(progress)
+    from core.explorer.passes import Passes
+
     texts, background_index = read_class_texts(raw_texts, background)
     methods = chosen_methods(method, compare)
+    progress = Passes(progress_or_silent(progress), [("loading the model", 1)] + [
+        (f"segmenting with {name}", 4) for name in methods] + [("drawing the maps", 1)])  # one bar over every pass
     threshold = check_threshold(threshold)
     bundle = engine.load_clip(spec, progress=progress)
     query = query_image(image_path, image_ref)

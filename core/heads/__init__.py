@@ -13,7 +13,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "textspan": ["TextSpanResult", "text_span", "text_span_reference", "reconstruct", "head_texts", "HeadStatistics",
                  "text_span_from_stats", "DEFAULT_RANK", "CRITERIA", "SPANS"],
     "completeness": ["CompletenessReport", "completeness_on_folder", "completeness_accuracies"],
-    "retrieval": ["GalleryIndex", "build_gallery", "load_gallery", "save_gallery", "nearest", "query_contributions",
+    "retrieval": ["query_in_gallery", "GalleryIndex", "build_gallery", "load_gallery", "save_gallery", "nearest", "query_contributions",
                   "gallery_cache_path", "METRICS"],
     "spurious": ["remove_spurious_cues", "SpuriousReport", "spurious_report", "grouped_folder", "random_head_sets",
                  "describe_heads", "read_head_set"],

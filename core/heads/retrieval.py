@@ -79,8 +79,11 @@ def query_contributions(bundle: ClipBundle, image: Image.Image | str, heads: Seq
 
 
 def nearest(index: GalleryIndex, query: torch.Tensor, head: Head, *, k: int = 10,
-            metric: str = "cosine") -> list[tuple[int, float]]:
+            metric: str = "cosine", exclude: Sequence[int] = ()) -> list[tuple[int, float]]:
     """The k gallery images whose `head` contribution is closest to `query` [d_out]: [(image, score)].
+
+    exclude: gallery images never returned (e.g. the query itself, `query_in_gallery`); the "centered" metric's
+    mean is still over the whole gallery, so leaving the query out changes no other image's score.
 
     metric "cosine" (default): cosine of the contribution vectors; "dot": the paper code's raw dot product;
     "centered": cosine after subtracting the gallery's mean contribution of the head (a head's constant
@@ -103,8 +106,37 @@ def nearest(index: GalleryIndex, query: torch.Tensor, head: Head, *, k: int = 10
         gallery, query = gallery - mean, query - mean
     if metric != "dot":
         gallery, query = torch.nn.functional.normalize(gallery, dim=-1), torch.nn.functional.normalize(query, dim=0)
-    values, indices = (gallery @ query).topk(min(k, len(gallery)))
+    scores = gallery @ query
+    left_out = sorted({int(i) for i in exclude if 0 <= int(i) < len(gallery)})
+    if left_out:
+        scores = scores.clone()
+        scores[left_out] = float("-inf")
+    values, indices = scores.topk(min(k, len(gallery) - len(left_out)))
     return [(int(i), float(v)) for v, i in zip(values, indices)]
+
+
+def query_in_gallery(index: GalleryIndex, image: Image.Image | str) -> list[int]:
+    """The gallery images that are the query itself: the same file, or the same pixels (an example, an upload of
+    a gallery file). Exact comparison: no similarity threshold decides what is left out."""
+    import numpy as np
+
+    path = None if isinstance(image, Image.Image) else Path(image).resolve()
+    pil = image if isinstance(image, Image.Image) else load_image(image)
+    pixels = np.asarray(pil.convert("RGB"))
+    found = []
+    for i, candidate in enumerate(index.paths):
+        if path is not None and Path(candidate).resolve() == path:
+            found.append(i)
+            continue
+        try:
+            with Image.open(candidate) as other:
+                if other.size != pil.size:  # the header only: most images differ here, undecoded
+                    continue
+                if np.array_equal(np.asarray(other.convert("RGB")), pixels):
+                    found.append(i)
+        except OSError:
+            continue  # unreadable now (indexed before): it cannot be the query
+    return found
 
 
 # ---------------------------------------------------------------- saving and reusing an index

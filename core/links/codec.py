@@ -76,6 +76,7 @@ class ViewState:
     judge: str | None = None
     layers: tuple[int, ...] | None = None
     block: str | None = None
+    ablate: str | None = None  # Heads' mean-ablation panel: LAYER.HEAD,... or label:WORD,...
 
     def with_values(self, **values) -> "ViewState":
         """A copy with some fields replaced (texts given as any sequence)."""
@@ -235,7 +236,7 @@ PARAMS: dict[str, Parser] = {
     "text": _text, "image": _image, "convention": _convention, "method": _name, "threshold": _threshold,
     "shown": _index, "background": _text, "compare": _name, "neurons": _count(100_000), "words": _count(10_000),
     "images": _count(1_000), "repeats": _count(10), "seed": _seed, "baselines": _yes_no, "similarity": _cosine,
-    "judge": _model, "layers": _layers, "block": _words,
+    "judge": _model, "layers": _layers, "block": _words, "ablate": _words,
 }
 _FIELD = {"text": "texts"}
 
@@ -351,7 +352,7 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 register_tab("decomposition", ("model", "text", "image", "convention", "shown", "layer", "head"))
-register_tab("heads", ("model", "bases", "layer", "head", "text", "image", "convention", "method"),
+register_tab("heads", ("model", "bases", "layer", "head", "text", "image", "convention", "method", "ablate", "images"),
              methods=("cosine", "centered", "dot"))
 register_tab("neurons", ("model", "bases", "layer", "neuron", "text", "image", "threshold"))
 register_tab("segmentation", ("model", "image", "text", "background", "method", "compare", "threshold"),

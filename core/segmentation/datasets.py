@@ -102,7 +102,7 @@ def binary_mask(values: np.ndarray, what: str, *, instances: bool = False) -> np
     return values > 0
 
 
-def _check_same_size(image: Image.Image, mask: np.ndarray, what: str) -> None:
+def check_same_size(image: Image.Image, mask: np.ndarray, what: str) -> None:
     if mask.shape != (image.height, image.width):
         raise DatasetError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}; "
                            "a mask must have its image's size")
@@ -255,7 +255,7 @@ class ImageNetSegmentation(SegmentationDataset):
         if cell.ndim != 2 or cell.size == 0 or cell.dtype != object:
             raise DatasetError(f"{what}'s mask cell is {cell.dtype} {cell.shape}; expected a cell of object references")
         mask = binary_mask(self._deref(cell[0, 0], f"{what}'s mask").T, f"{what}'s mask")
-        _check_same_size(image, mask, f"{what}'s mask")
+        check_same_size(image, mask, f"{what}'s mask")
         return SegmentationSample(index, image, mask, None, f"image {index}")
 
     def class_prompts(self) -> ClassPrompts:
@@ -365,7 +365,7 @@ class FolderSegmentation(SegmentationDataset):
         except (OSError, ValueError) as err:
             raise DatasetError(f"{what} could not be read: {err}") from err
         mask = binary_mask(values, what, instances=self.instances)
-        _check_same_size(image, mask, what)
+        check_same_size(image, mask, what)
         label = self.labels[index] if self.labels is not None else None
         return SegmentationSample(index, image, mask, label, str(self.files[index].relative_to(self.folder)))
 

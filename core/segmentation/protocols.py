@@ -138,7 +138,7 @@ def binarise(maps: torch.Tensor | np.ndarray, threshold: str | float) -> np.ndar
 
 # ---------------------------------------------------------------- ground-truth geometry
 
-def _geometry_steps(preprocess: Callable) -> list[Callable[[Image.Image], Image.Image]]:
+def geometry_steps(preprocess: Callable) -> list[Callable[[Image.Image], Image.Image]]:
     """The resize and crop steps of a torchvision preprocessing, redone with nearest-neighbour interpolation."""
     steps = []
     for step in getattr(preprocess, "transforms", [preprocess]):
@@ -166,7 +166,7 @@ def mask_view(mask: np.ndarray, preprocess: Callable, size: int, geometry: str) 
     if geometry == "squash":
         picture = picture.resize((size, size), Image.NEAREST)
     elif geometry == "crop":
-        for step in _geometry_steps(preprocess):
+        for step in geometry_steps(preprocess):
             picture = step(picture)
     else:
         raise ConfigError(f"unknown mask geometry {geometry!r}; use crop or squash")

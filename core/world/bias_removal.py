@@ -60,10 +60,11 @@ def background_heads(artifact, *, top: int = DEFAULT_TOP, share: float = DEFAULT
         fraction = sum(_names_background(t, words) for t in first) / max(len(first), 1)
         rows.append({"layer": layer, "head": head, "fraction": fraction, "texts": first, "chosen": fraction >= share})
     heads = [(r["layer"], r["head"]) for r in rows if r["chosen"]]
+    named = "a background" if tuple(words) == BACKGROUND_WORDS else "one of " + ", ".join(map(repr, words))
     if not heads:
-        raise ConfigError(f"no head has {share:.0%} of its top {top} TextSpan texts naming a background; lower the share")
+        raise ConfigError(f"no head has {share:.0%} of its top {top} TextSpan texts naming {named}; lower the share")
     where = "/".join(Path(artifact.path).parts[-3:])
-    provenance = f"chosen from TextSpan labels ({where}): heads at least {share:.0%} of whose top {top} texts name a background"
+    provenance = f"chosen from TextSpan labels ({where}): heads at least {share:.0%} of whose top {top} texts name {named}"
     return heads, provenance, rows
 
 

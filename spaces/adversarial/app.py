@@ -11,7 +11,6 @@ Runs alone (`python spaces/adversarial/app.py [--port P]`) or as a tab of the ro
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +26,6 @@ import pandas as pd  # noqa: E402
 from core import settings  # noqa: E402
 from core.adversarial.defaults import (DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO,  # noqa: E402
                                        SD_REVISION, SD_STEPS)
-from core.errors import CoreError  # noqa: E402
 from core.explorer import adversarial as explorer  # noqa: E402
 
 
@@ -93,27 +91,13 @@ def restore(query: str, request: gr.Request):
     return controls + list(ui.link_values(linked.link)) + [linked.notice]
 
 
-def download(report):
-    """A zip of the session's last run (images, results.csv, words, neurons, summary.json)."""
-    import shutil
+@ui.guard(model=False)
+def download(report, query: str = "", cite: str = ""):
+    """A zip of the session's last run (images, results.csv, words, neurons, summary.json, provenance.json), in
+    the session's folder: it goes when the session ends."""
+    from core.explorer.downloads import adversarial_archive
 
-    from core.adversarial.results import write_results
-
-    if report is None:
-        raise gr.Error("Run the generator first.")
-    try:  # in the session's folder: it goes when the session ends
-        folder = Path(tempfile.mkdtemp(prefix="adversarial-", dir=ui.sessions.folder(ui.session_id())))
-        write_results(report, folder / "results", server_folder=True)
-        archive = shutil.make_archive(str(folder / f"adversarial-{report.config.present}-to-{report.config.target}"),
-                                      "zip", folder / "results")
-    except CoreError as err:
-        raise ui.message(err) from None
-    except OSError as err:
-        ui.log.warning("download archive not written: %s", err.strerror or type(err).__name__)
-        raise gr.Error("The archive could not be written: this server's disk is full. Try again later.",
-                       print_exception=False) from None
-    shutil.rmtree(folder / "results", ignore_errors=True)  # the zip holds it
-    return archive
+    return str(adversarial_archive(report, ui.session_folder(), query=query or None, cite_markdown=cite or None))
 
 
 def build() -> gr.Blocks:
@@ -168,6 +152,7 @@ def build() -> gr.Blocks:
                     neuron_table = gr.Dataframe(label="Chosen neurons", max_height=260, elem_id="adversarial-neurons")
                     description_table = gr.Dataframe(label="Descriptions", max_height=260,
                                                      elem_id="adversarial-descriptions")
+                ui.row_links(neuron_table, model=model)
                 fetch = gr.Button("Download results (zip)", elem_id="adversarial-download-run")
                 archive = gr.File(label="Results", elem_id="adversarial-download")
         CONTROLS = [model, present, target, generator, images, repeats, baselines, layers, neurons, words, similarity,
@@ -176,7 +161,7 @@ def build() -> gr.Blocks:
         button.click(run_generator, [model, present, target, layers, neurons, words, similarity, generator, images,
                                      repeats, baselines, seed, block, checkpoint, revision, judge],
                      VIEW_OUTPUTS, api_name="generate", **ui.MODEL_QUEUE)
-        fetch.click(download, [state], [archive], api_name="download")
+        fetch.click(download, [state, *links.outputs], [archive], api_name="download")
         demo.load(restore, [links.query], CONTROLS + links.outputs + [links.notice], queue=ui.LOAD_QUEUE, api_visibility="private",
                   js=ui.PAGE_QUERY_JS)
     return demo

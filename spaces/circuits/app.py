@@ -141,6 +141,7 @@ def build() -> gr.Blocks:
                                  "circuits-terms", max_height=260)
             with gr.Column(scale=1):
                 paths = ui.table("Strongest paths", explorer.PATH_COLUMNS, "circuits-paths", max_height=420)
+                ui.row_links(paths, model=model, bases=bases)
         with gr.Row():
             measure = gr.Button("Measure the real effect (path ablation)", elem_id="circuits-ablation-run")
         ablation_info = gr.Markdown(elem_id="circuits-ablation-info")
@@ -151,6 +152,8 @@ def build() -> gr.Blocks:
             find = gr.Button("Neurons feeding this head", elem_id="circuits-in-run", scale=1)
         in_info = gr.Markdown(elem_id="circuits-in-info")
         in_table = ui.table("In-edges", explorer.IN_COLUMNS, "circuits-in", max_height=360)
+        ui.row_links(in_table, model=model, bases=bases)
+        fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
 
         CONTROLS = [model, bases, layer, neuron, head, target, kind]
         VIEW_OUTPUTS = [picture, paths, terms, info, in_info, in_table]
@@ -169,6 +172,9 @@ def build() -> gr.Blocks:
               "measure_ablation", {ablation_info: "", ablation: ui.frame([], explorer.ABLATION_COLUMNS)})
         chain(find.click, in_edges, [model, bases, head, target, top], [in_info, in_table], "in_edges",
               {in_info: "", in_table: ui.frame([], explorer.IN_COLUMNS)})
+        fetch.click(ui.tables_download(TAB, ["paths", "terms", "path ablation", "in-edges"], 3),
+                    [paths, terms, ablation, in_table, info, ablation_info, in_info, *links.outputs], [archive],
+                    api_name="download_circuits")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [links.notice],
                   queue=ui.LOAD_QUEUE, api_visibility="private", js=ui.PAGE_QUERY_JS)
     return demo

@@ -73,6 +73,14 @@ def change_view(view, text: str, layer: str, head: str, scale: str):
     return _views(explorer.rerender(view, text, layer, head, scale))
 
 
+@ui.guard(model=False)
+def download(view):
+    """The decomposition as `decompose --json` objects and a CSV, with its provenance (a zip)."""
+    from core.explorer.downloads import decomposition_archive
+
+    return str(decomposition_archive(view, ui.session_folder()))
+
+
 # A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
 open_link_on_gpu = ui.gpu_link_opener(explorer.open_link)
 
@@ -138,6 +146,8 @@ def build() -> gr.Blocks:
                                   label="Per-layer contributions (cosine x100; embedding + attention + MLP bars add up "
                                         "to the cosine)", elem_id="decomposition-bars")
                 table = ui.table("Heads ranked by |contribution|", TABLE_COLUMNS, "decomposition-table", max_height=300)
+                ui.row_links(table, model=model, image_id=image_id, texts=texts)
+                fetch, archive = ui.download_bar(TAB)
         CONTROLS = [model, image, image_id, texts, convention]
         VIEW_OUTPUTS = [state, info, text_pick, layer_pick, head_pick, grid, token_map, bars, table, *links.outputs]
         button.click(_cleared, None, VIEW_OUTPUTS, queue=False, api_visibility="private").then(
@@ -146,6 +156,7 @@ def build() -> gr.Blocks:
         for pick in (text_pick, layer_pick, head_pick, scale):
             pick.input(change_view, [state, text_pick, layer_pick, head_pick, scale], VIEW_OUTPUTS,
                        api_visibility="private")
+        fetch.click(download, [state], [archive], api_name="download_decomposition")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.image_id_with_texts(3), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],

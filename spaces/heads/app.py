@@ -21,6 +21,7 @@ from core import settings  # noqa: E402
 from core.engine.conventions import CONVENTIONS  # noqa: E402
 from core.explorer import heads as explorer  # noqa: E402
 from core.links.images import default_texts  # noqa: E402
+from core.paths import TOY_BIASED_SPEC  # noqa: E402
 
 
 def _load_ui():
@@ -41,6 +42,7 @@ ALONE = False
 RANKED_COLUMNS = ["head", "layer", "head index", "score (cosine x100)", "sign"]
 TOP_TEXT_COLUMNS = ["text", "score (cosine x100)"]
 SPURIOUS_COLUMNS = ["model", "overall", "worst group"]
+ABLATION_GROUP_COLUMNS = ["group", "unmodified %", "ablated %"]
 
 
 # ---------------------------------------------------------------- handlers: one core call each
@@ -78,11 +80,13 @@ def explain_image(spec, image, image_id, texts, layer, head, pool_file, conventi
 
 @gpu(duration=lambda *args, **kwargs: request_seconds(images=explorer.GALLERY_SIZE))
 @ui.guard
-def retrieve(spec, image, image_id, layer, head, source, folder, uploads, k, metric, convention, galleries,
-             progress=gr.Progress()):
-    """Gallery images whose contribution from the chosen head is nearest the image's."""
+def retrieve(spec, image, image_id, layer, head, source, folder, uploads, k, metric, convention, exclude_query=True,
+             galleries=None, progress=gr.Progress()):
+    """Gallery images whose contribution from the chosen head is nearest the image's (the query itself left out
+    unless exclude_query is false)."""
     found = explorer.retrieve_similar(spec, image, image_id, layer, head, source, folder, uploads, k, metric,
-                                      convention, galleries=galleries, progress=progress)
+                                      convention, galleries=galleries, exclude_query=exclude_query is not False,
+                                      progress=progress)
     return found.info, ui.picture(found.items), found.galleries
 
 
@@ -92,6 +96,47 @@ def spurious(spec, folder, heads, classnames, trials, convention, progress=gr.Pr
     """Worst-group accuracy with the heads mean-ablated, against random heads (a local grouped folder)."""
     info, rows = explorer.remove_spurious(spec, folder, heads, classnames, trials, convention, progress=progress)
     return info, ui.frame(rows, SPURIOUS_COLUMNS)
+
+
+@gpu(duration=lambda *args, **kwargs: request_seconds(images=explorer.GALLERY_SIZE))
+@ui.guard
+def retrieve_text(spec, layer, head, table, source, folder, uploads, k, convention, galleries, evt: gr.SelectData,
+                  progress=gr.Progress()):
+    """A head's TextSpan text, clicked: gallery images the head writes most towards it (property retrieval)."""
+    from core.explorer.navigation import retrieve_by_text
+
+    row = dict(zip([str(c) for c in table.columns], evt.row_value or []))
+    found = retrieve_by_text(spec, layer, head, row.get("text") or "", source, folder, uploads, k,
+                             convention=convention, galleries=galleries, progress=progress)
+    return found.info, ui.picture(found.items), found.galleries
+
+
+@gpu(duration=lambda *args, **kwargs: 120)
+@ui.guard
+def ablate(spec, heads, label, per_group, progress=gr.Progress()):
+    """Mean-ablate heads (typed, or those whose TextSpan labels name the words) and measure shape accuracy on the
+    toy world's planted-bias groups, against every head set of the same size."""
+    from core.explorer.ablation import SUMMARY_COLUMNS, measure_ablation
+
+    view = measure_ablation(spec, heads, label, per_group=per_group, progress=progress)
+    labels = ui.frame(view.labels, list(view.labels[0]) if view.labels else ["head", "chosen"])
+    return (view.info, ui.frame(view.summary, SUMMARY_COLUMNS), ui.frame(view.groups, ABLATION_GROUP_COLUMNS),
+            labels, *ui.link_values(view.link))
+
+
+@ui.guard(model=False)
+def restore_ablation(query: str, request: gr.Request):
+    """A link to the ablation panel (`ablate=`) restores its settings; Measure runs them (seconds)."""
+    from core.explorer.common import read_link
+
+    linked, _ = read_link(ui.query_of(query, request), TAB, default_tab=ui.default_tab(TAB, ALONE), only_tab=ALONE)
+    s = linked.state
+    if not linked.applies or not s.ablate:
+        return [gr.skip()] * 5
+    typed = "" if s.ablate.startswith("label:") else s.ablate
+    label = s.ablate.split(":", 1)[1] if s.ablate.startswith("label:") else ""
+    return [s.model or gr.skip(), typed, label, s.images or gr.skip(),
+            "This link names a mean-ablation: press **Measure** below to run it."]
 
 
 @ui.guard(model=False)
@@ -157,6 +202,8 @@ def build() -> gr.Blocks:
             show = gr.Button("Show head texts", elem_id="heads-show")
         texts_info = gr.Markdown(elem_id="heads-info")
         texts_table = ui.table("The head's texts (TextSpan)", explorer.TEXT_COLUMNS, "heads-texts", max_height=320)
+        gr.Markdown("Click a text to retrieve the gallery images (Property retrieval, below) this head writes most "
+                    "towards it.", elem_id="heads-texts-hint")
         with gr.Accordion("Compute TextSpan here (your session only)", open=False):
             with gr.Row():
                 source = gr.Radio(sources, value=explorer.WORLD, label="Image set", elem_id="heads-source")
@@ -194,6 +241,7 @@ def build() -> gr.Blocks:
                                   elem_id="heads-maps", elem_classes=ui.GALLERY, object_fit="contain")
                 top_texts = ui.table("The image's own top texts for the chosen head", TOP_TEXT_COLUMNS,
                                      "heads-top-texts")
+                ui.row_links(top_heads, model=model, bases=bases, image_id=image_id, texts=texts)
 
         gr.Markdown("### Property retrieval\nGallery images whose contribution from the chosen head is nearest the "
                     "image's above: a head that encodes a property (colour, count, place...) retrieves images sharing it.")
@@ -206,6 +254,8 @@ def build() -> gr.Blocks:
             k = gr.Slider(1, 24, value=10, step=1, label="Images", elem_id="heads-k")
             metric = gr.Radio(list(explorer.METRICS), value="cosine", label="Similarity", elem_id="heads-metric",
                               info="centered: cosine after removing the head's mean over the gallery")
+            exclude_query = gr.Checkbox(value=True, label="Leave out the query image", elem_id="heads-exclude-query",
+                                        info="when the gallery holds the query itself (same pixels)")
             retrieve_button = gr.Button("Find similar images", elem_id="heads-retrieve")
         retrieval_info = gr.Markdown(elem_id="heads-retrieval-info")
         gallery = gr.Gallery(label="Nearest images", columns=8, height="auto", elem_id="heads-gallery",
@@ -223,6 +273,28 @@ def build() -> gr.Blocks:
             spurious_info = gr.Markdown(elem_id="heads-spurious-info")
             spurious_table = ui.table("Accuracy", SPURIOUS_COLUMNS, "heads-spurious-table")
 
+        with gr.Accordion("Mean ablation on the toy world's planted-bias groups", open=False,
+                          elem_id="heads-ablation-panel"):
+            gr.Markdown("Mean-ablate heads and see zero-shot shape accuracy per group of the planted bias (triangles "
+                        "on dotted, squares on striped backgrounds in `toy-biased`'s training) change, against every "
+                        "set of as many heads from the same layers: as `python -m core toy removal` computes it.")
+            with gr.Row():
+                ablation_model = gr.Textbox(label="Model", value=TOY_BIASED_SPEC, elem_id="heads-ablation-model")
+                ablation_heads = gr.Textbox(label="Heads (layer.head, comma-separated; empty: take them from labels)",
+                                            elem_id="heads-ablation-heads")
+                ablation_label = gr.Textbox(label="...or the heads whose TextSpan labels name", value="background",
+                                            elem_id="heads-ablation-label")
+                per_group = gr.Number(label="Held-out scenes per group", value=50, precision=0, minimum=4,
+                                      elem_id="heads-ablation-n")
+                ablation_button = gr.Button("Measure", elem_id="heads-ablation-run")
+            ablation_info = gr.Markdown(elem_id="heads-ablation-info")
+            with gr.Row():
+                ablation_table = ui.table("Accuracy: unmodified, ablated, random head sets",
+                                          ["model", "overall %", "worst group %", "worst group"], "heads-ablation-table")
+                ablation_groups = ui.table("Per group", ABLATION_GROUP_COLUMNS, "heads-ablation-groups")
+            ablation_labels = ui.table("The heads' TextSpan labels", ["head", "chosen"], "heads-ablation-labels",
+                                       max_height=260)
+        fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
         CONTROLS = [model, bases, layer, head, image, image_id, texts, convention, metric]
         TEXT_OUTPUTS = [texts_info, texts_table]
         EXPLAIN_OUTPUTS = [image_info, top_heads, grid, maps, top_texts]
@@ -245,11 +317,28 @@ def build() -> gr.Blocks:
                top_texts: ui.frame([], TOP_TEXT_COLUMNS)})
         chain(retrieve_button.click, retrieve,
               [model, image, image_id, layer, head, gallery_source, gallery_folder, gallery_uploads, k, metric,
-               convention, galleries], [retrieval_info, gallery, galleries], "retrieve",
+               convention, exclude_query, galleries], [retrieval_info, gallery, galleries], "retrieve",
               {retrieval_info: "", gallery: []})
         chain(spurious_button.click, spurious, [model, grouped, ablated, classnames, trials, convention],
               [spurious_info, spurious_table], "spurious",
               {spurious_info: "", spurious_table: ui.frame([], SPURIOUS_COLUMNS)})
+        texts_table.select(retrieve_text, [model, layer, head, texts_table, gallery_source, gallery_folder,
+                                           gallery_uploads, k, convention, galleries],
+                           [retrieval_info, gallery, galleries], api_visibility="private", **ui.MODEL_QUEUE)
+        ablation_outputs = [ablation_info, ablation_table, ablation_groups, ablation_labels]
+        ablation_button.click(ui.constant(["", ui.frame([], ["model"]), ui.frame([], ABLATION_GROUP_COLUMNS),
+                                           ui.frame([], ["head", "chosen"])]), None, ablation_outputs, queue=False,
+                              api_visibility="private").then(
+            ablate, [ablation_model, ablation_heads, ablation_label, per_group], ablation_outputs + links.outputs,
+            api_name="ablate", **ui.MODEL_QUEUE)
+        fetch.click(ui.tables_download(TAB, ["head texts", "ranked heads", "top texts", "spurious", "ablation",
+                                             "ablation groups", "ablation labels"], 4),
+                    [texts_table, top_heads, top_texts, spurious_table, ablation_table, ablation_groups,
+                     ablation_labels, texts_info, image_info, spurious_info, ablation_info, *links.outputs],
+                    [archive], api_name="download_heads")
+        demo.load(restore_ablation, [links.query], [ablation_model, ablation_heads, ablation_label, per_group,
+                                                    ablation_info], queue=False, api_visibility="private",
+                  js=ui.PAGE_QUERY_JS)
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.image_id_with_texts(2), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query],

@@ -207,12 +207,15 @@ def build() -> gr.Blocks:
                 concept_info = gr.Markdown(elem_id="neurons-concepts-info")
                 words = ui.table("Concepts (words)", WORD_COLUMNS, "neurons-words", max_height=260)
                 activated = ui.table("Activated neurons", ACTIVATED_COLUMNS, "neurons-activated", max_height=200)
+                ui.row_links(activated, model=model, bases=bases, layer=layer, image_id=image_id)
         with gr.Row():
             query = gr.Textbox(label="Which neurons write...", value="a red circle", elem_id="neurons-search-text")
             search_top = gr.Number(label="Neurons", value=10, precision=0, minimum=1, elem_id="neurons-search-top")
             find = gr.Button("Search neurons", elem_id="neurons-search-run")
         search_info = gr.Markdown(elem_id="neurons-search-info")
         hits = ui.table("Neurons by cosine(PC, text)", SEARCH_COLUMNS, "neurons-search-table")
+        ui.row_links(hits, model=model, bases=bases, layer=layer, image_id=image_id)
+        fetch, archive = ui.download_bar(TAB, "Download the tables shown (CSV) with their provenance (zip)")
 
         CONTROLS = [model, bases, layer, neuron, image, image_id, query, threshold]
         VIEW_OUTPUTS = [terms, gallery, neuron_info, heat, effect, activated, words, concept_info, hits, search_info]
@@ -237,6 +240,9 @@ def build() -> gr.Blocks:
               {activated: ui.frame([], ACTIVATED_COLUMNS), words: ui.frame([], WORD_COLUMNS), concept_info: ""})
         chain(find.click, search, where + [query, search_top, session], [hits, search_info], "search_neurons",
               {hits: ui.frame([], SEARCH_COLUMNS), search_info: ""})
+        fetch.click(ui.tables_download(TAB, ["terms", "concept words", "activated neurons", "search"], 5),
+                    [terms, words, activated, hits, status, neuron_info, effect, concept_info, search_info,
+                     *links.outputs], [archive], api_name="download_neurons")
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.show_image_id, image_id, image, api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + links.outputs + [status, links.notice],

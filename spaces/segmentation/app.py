@@ -92,6 +92,25 @@ def slide(view, text: str, threshold: float):
     return change_view(view, text, SLIDER, threshold)
 
 
+@ui.guard(model=False)
+def download(view):
+    """The maps, masks and overlays of each method shown, as `python -m core segment` writes them (a zip)."""
+    from core.explorer.downloads import segmentation_archive
+
+    return str(segmentation_archive(view, ui.session_folder()))
+
+
+@gpu(duration=lambda spec, images, *args, **kwargs: request_seconds(images=8 * max(1, len(images or []))))
+@ui.guard
+def evaluate_own(spec, images, masks, class_text, methods, progress=gr.Progress()):
+    """Uploaded images with their ground-truth masks, scored by every chosen method (the papers' metrics)."""
+    from core.explorer.own_data import METRIC_COLUMNS, evaluate_uploads
+
+    view = evaluate_uploads(spec, images, masks, class_text, methods, work=ui.session_folder(), progress=progress)
+    return (view.info, ui.frame(view.rows, METRIC_COLUMNS),
+            ui.frame(view.per_image, ["image", "method", "IoU %", "AP %", "AP-foreground %"]), ui.picture(view.grids))
+
+
 # A link's first answer (on ZeroGPU only when the link names this tab: see ui.open_link).
 open_link_on_gpu = ui.gpu_link_opener(explorer.open_link)
 
@@ -154,6 +173,27 @@ def build() -> gr.Blocks:
                 truth = gr.Image(label="Ground truth (generated-world examples)", show_label=False,
                                  elem_id="segmentation-truth")
                 info = gr.Markdown(elem_id="segmentation-info")
+                fetch, archive = ui.download_bar(TAB)
+        with gr.Accordion("Your own images with their ground-truth masks: every method, the papers' metrics",
+                          open=False, elem_id="segmentation-own-panel"):
+            with gr.Row():
+                own_images = gr.File(label="Images", file_count="multiple", file_types=["image"], type="filepath",
+                                     elem_id="segmentation-own-images")
+                own_masks = gr.File(label="Masks (0/255 or 0/1 PNGs, named like their images: cat.png, cat_mask.png)",
+                                    file_count="multiple", file_types=["image"], type="filepath",
+                                    elem_id="segmentation-own-masks")
+                with gr.Column():
+                    own_class = gr.Textbox(label="Class text (empty: predicted among the ImageNet classes)",
+                                           elem_id="segmentation-own-class")
+                    own_methods = gr.CheckboxGroup(list(METHODS), value=list(METHODS), label="Methods",
+                                                   elem_id="segmentation-own-methods")
+                    own_button = gr.Button("Evaluate", elem_id="segmentation-own-run")
+            own_info = gr.Markdown(elem_id="segmentation-own-info")
+            own_table = ui.table("Metrics over the uploaded images (percent)", ["method"], "segmentation-own-table")
+            own_per_image = ui.table("Each image", ["image", "method"], "segmentation-own-per-image", max_height=300)
+            own_grids = gr.Gallery(label="Per image: the true mask, then each method's map with its IoU and AP",
+                                   columns=1, height="auto", elem_id="segmentation-own-grids",
+                                   elem_classes=ui.GALLERY, object_fit="contain")
         CONTROLS = [model, image, image_id, texts, background, method, compare, rule, threshold]
         VIEW_OUTPUTS = [state, text_pick, heat, truth, mask, labels, info, *links.outputs]
         inputs = [model, image, image_id, texts, background, method, compare, rule, threshold, state]
@@ -169,6 +209,12 @@ def build() -> gr.Blocks:
             lambda: SLIDER, None, rule, queue=False, api_visibility="private")
         for control in (rule, text_pick):
             control.input(change_view, [state, text_pick, rule, threshold], VIEW_OUTPUTS, api_visibility="private")
+        fetch.click(download, [state], [archive], api_name="download_segmentation")
+        own_outputs = [own_info, own_table, own_per_image, own_grids]
+        own_button.click(ui.constant(["", ui.frame([], ["method"]), ui.frame([], ["image", "method"]), []]), None,
+                         own_outputs, queue=False, api_visibility="private").then(
+            evaluate_own, [model, own_images, own_masks, own_class, own_methods], own_outputs,
+            api_name="evaluate_own", **ui.MODEL_QUEUE)
         image.upload(lambda: "", None, image_id, queue=False, api_visibility="private")
         image_id.submit(ui.image_id_with_texts(3), image_id, [image, texts], api_visibility="private")
         demo.load(restore, [links.query], CONTROLS + VIEW_OUTPUTS + [links.notice],

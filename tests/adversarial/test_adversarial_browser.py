@@ -58,6 +58,7 @@ def test_adversarial_tab_end_to_end(app_url, tmp_path):
         download.value.save_as(archive)
         names = zipfile.ZipFile(archive).namelist()
         assert "results.csv" in names and "summary.json" in names and sum(n.endswith(".png") for n in names) == 60
+        assert "provenance.json" in names  # the run's model, device, link and command
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "adversarial-tab.png"), full_page=True)
 

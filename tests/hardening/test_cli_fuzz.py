@@ -322,18 +322,18 @@ PAIR = [("x", r"LAYER\.INDEX"), ("1.2.3", r"LAYER\.INDEX"), ("1.-1", r"LAYER\.IN
         ("1.9999999", r"LAYER\.INDEX")]
 SHOW = ("bases", "show", "--model", MODEL, "--bases", "{bases}")
 COMMANDS["bases show"] = Command(_base(*SHOW, "--neuron", "1.3"), 2, (
-    ("--neuron", PAIR + [("1.999", r"neuron must be a whole number from 0 to"), ("9.1", r"layer must be a whole"),
+    ("--neuron", PAIR + [("1.999", r"neuron .*out of range|neuron must be a whole"), ("9.1", r"layer .*out of range|layer must be a whole"),
                          ("0.1", r"neuron statistics for layer\(s\) 1, not layer 0")]),
     ("--bases", BASES_FOLDER[:-1] + [("{tampered[nan_tensor]}", r"NaN|infinite|finite")]), ("--model", MODELS[:8]),
     ("--device", CHOICE),
     ("--layer", [("1", r"--layer goes with --search")]), ("--image", [("{png}", r"--image goes with --head")])))
 COMMANDS["bases show head"] = Command(_base(*SHOW, "--head", "2.1"), 2, (
-    ("--head", PAIR + [("2.9", r"head must be a whole number from 0 to"), ("9.1", r"layer must be a whole")]),
+    ("--head", PAIR + [("2.9", r"head .*out of range|head must be a whole"), ("9.1", r"layer .*out of range|layer must be a whole")]),
     ("--bases", [("{missing}", r"no bases folder|not found"), ("{folder}", r"no manifest.json")])))
 COMMANDS["bases show head image"] = Command(_base(*SHOW, "--head", "2.1", "--image", "{png}", "--texts", "{pool}"),
                                             2, (("--image", IMAGE), ("--texts", POOL[:-1]), ("--convention", CHOICE)))
 COMMANDS["bases show search"] = Command(_base(*SHOW, "--search", "a red circle", "--layer", "1"), 2, (
-    ("--search", TEXT), ("--layer", [("-1", r"layer must be a whole"), ("99", r"layer must be a whole"),
+    ("--search", TEXT), ("--layer", [("-1", r"layer .*out of range|layer must be a whole"), ("99", r"layer .*out of range|layer must be a whole"),
                                      ("abc", r"invalid int value")]),
     ("--top", POSITIVE)))
 

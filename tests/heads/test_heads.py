@@ -206,6 +206,30 @@ def test_retrieval_finds_the_query_first_and_matches_a_literal_loop(tiny, scenes
         nearest(index, query, (0, 0))
 
 
+def test_retrieval_can_leave_out_the_query_found_by_its_pixels(tiny, scenes, tmp_path):
+    import shutil
+
+    from core.heads.retrieval import query_in_gallery
+
+    _, paths, _ = scenes
+    gallery = paths[:6]
+    index = build_gallery(tiny, gallery, [(2, 1)], description="six scenes", batch_size=4)
+    copy = tmp_path / "my-upload.png"  # the query uploaded under another name: the same pixels
+    shutil.copy(gallery[3], copy)
+    assert query_in_gallery(index, str(copy)) == [3] == query_in_gallery(index, str(gallery[3]))
+    from PIL import Image
+
+    assert query_in_gallery(index, Image.open(gallery[3])) == [3]
+    assert query_in_gallery(index, Image.new("RGB", Image.open(gallery[3]).size)) == []  # same size, other pixels
+    query = query_contributions(tiny, str(copy), [(2, 1)])[0]
+    kept = nearest(index, query, (2, 1), k=6)
+    left = nearest(index, query, (2, 1), k=6, exclude=[3])
+    assert kept[0][0] == 3 and [i for i, _ in left] == [i for i, _ in kept[1:]]  # the same order, one place up
+    assert [s for _, s in left] == [s for _, s in kept[1:]]
+    centered = nearest(index, query, (2, 1), k=6, metric="centered", exclude=[3])
+    assert 3 not in [i for i, _ in centered] and len(centered) == 5
+
+
 # ---------------------------------------------------------------- spurious-cue removal
 
 def _grouped(scenes, tmp_path, columns=("file", "label", "group")):

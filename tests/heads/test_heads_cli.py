@@ -129,11 +129,17 @@ def test_retrieve_returns_the_query_first(world, capsys):
     folder, _ = world
     query = sorted((folder / "images").iterdir())[4]
     args = ["retrieve", "--model", MODEL, "--image", str(query), "--gallery", str(folder / "images"), "--layer", "2",
-            "--head", "1", "--k", "3", "--json"]
+            "--head", "1", "--k", "3", "--no-exclude-query", "--json"]
     assert main(args) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["results"][0]["path"] == str(query) and found["results"][0]["score"] == pytest.approx(1, abs=1e-5)
     assert len(found["results"]) == 3 and found["results"][1]["score"] <= found["results"][0]["score"]
+    # by default the query itself is left out: the same ranking, one place up
+    assert main([a for a in args if a != "--no-exclude-query"]) == 0
+    left = json.loads(capsys.readouterr().out)
+    assert left["excluded_query"] == [str(query)] and str(query) not in [r["path"] for r in left["results"]]
+    assert [r["path"] for r in left["results"][:2]] == [r["path"] for r in found["results"][1:]]
+    args = [a for a in args if a != "--no-exclude-query"]
     assert main(args[:-1] + ["--metric", "dot"]) == 0  # second run reads the cached gallery index
     assert "L2H1" in capsys.readouterr().out
     assert main(args[:8] + ["2", "--head", "7"]) == 2

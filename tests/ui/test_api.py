@@ -86,6 +86,7 @@ VALID = {
     "/show_circuit": dict(spec="toy", bases="", layer=1, neuron=5, kind="weight edges (no images)", target="", top=5),
     "/measure_ablation": dict(spec="toy", bases="", layer=2, neuron=5, target=""),
     "/in_edges": dict(spec="toy", bases="", head="2.1", target="", top=5),
+    "/ablate": dict(spec="toy", heads="3.1,3.3", label="", per_group=8),
 }
 PUBLIC_REFUSED = {"/spurious": dict(spec="toy", folder="/tmp", heads="3.1", classnames="", trials=1,
                                     convention="paper")}
@@ -110,8 +111,9 @@ def test_every_endpoint_works_on_its_own(server):
 
     api = Client(server, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
     # The segmentation and adversarial tabs' endpoints are exercised by tests/segmentation and tests/adversarial.
-    other_tabs = {"/segment", "/generate", "/download"}
-    endpoints = set(api) - {name for name in api if name.startswith("/load_example")}
+    other_tabs = {"/segment", "/generate", "/download", "/evaluate_own"}  # evaluate_own: tests/ui/test_workbench.py
+    # Downloads (/download_<tab>) are exercised by tests/ui/test_downloads.py.
+    endpoints = set(api) - {name for name in api if name.startswith(("/load_example", "/download_"))}
     assert set(VALID) | set(PUBLIC_REFUSED) == endpoints - other_tabs
     for endpoint, kwargs in VALID.items():
         result = Client(server, verbose=False).predict(api_name=endpoint, **kwargs)  # a new session each time

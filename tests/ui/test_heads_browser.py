@@ -81,7 +81,14 @@ def test_heads_tab_end_to_end(heads_url):
         retrieval = _wait_text(page, "#heads-retrieval-info", "gallery:")
         assert "48 generated held-out world scenes" in retrieval
         page.wait_for_function("() => document.querySelectorAll('#heads-gallery img').length >= 8", timeout=60_000)
-        assert "#1 cosine +1.0000" in page.locator("#heads-gallery").inner_text()  # the query finds itself first
+        # the query (an example, so in the world gallery) is left out by default; unticked, it finds itself first
+        assert "left out" in retrieval and "#1 cosine +1.0000" not in page.locator("#heads-gallery").inner_text()
+        page.locator("#heads-exclude-query input").uncheck()
+        page.click("#heads-retrieve")
+        retrieval = _wait_text(page, "#heads-retrieval-info", "is kept")
+        page.wait_for_function("() => document.querySelector('#heads-gallery').innerText.includes('+1.0000')",
+                               timeout=60_000)
+        assert "#1 cosine +1.0000" in page.locator("#heads-gallery").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "heads-tab.png"), full_page=True)
         assert os.path.getsize(ARTIFACTS / "heads-tab.png") > 10_000
