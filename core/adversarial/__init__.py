@@ -14,7 +14,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "words": ["WordScores", "FilteredWords", "TopWords", "score_words", "filter_words", "top_words", "similar_words",
               "plural_forms"],
     "descriptions": ["Descriptions", "template_descriptions", "llm_descriptions", "load_text_generator", "drop_naming"],
-    "generators": ["GeneratedImages", "WorldGenerator", "StableDiffusionGenerator", "load_sd_pipeline",
+    "generators": ["GeneratedImages", "WorldGenerator", "WorldRules", "StableDiffusionGenerator", "load_sd_pipeline",
                    "parse_world_words", "sd_gpu_seconds"],
     "verdict": ["BinaryClassifier", "Verdicts", "binary_classifier", "judge"],
     "pipeline": ["AdversarialConfig", "AdversarialReport", "Attempt", "run_adversarial", "make_generator"],

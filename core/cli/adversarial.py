@@ -43,6 +43,14 @@ def register(subparsers) -> None:
     parser.add_argument("--block", default="", help="comma-separated words never to use (whole-word, plurals too)")
     parser.add_argument("--generator", default="world", help="world (offline stand-in, toy models; default) or sd "
                         "(Stable Diffusion through diffusers)")
+    parser.add_argument("--unnamed-size", default="large", choices=("large", "small", "random"),
+                        help="world: the subject's size when its words name none (default large)")
+    parser.add_argument("--word-scope", default="own-object", choices=("own-object", "subject"),
+                        help="world: a colour, size or count describes its own object (default) or every word the "
+                        "drawn subject (the earlier rule)")
+    parser.add_argument("--background-scope", default="scene", choices=("scene", "subject"),
+                        help="world: a background word applies to the whole scene (default) or only to its own "
+                        "object (ignored when it belongs to another object)")
     parser.add_argument("--images", type=int, default=100, help="images per repeat and method (default 100)")
     parser.add_argument("--descriptions", type=int, default=10, help="descriptions per repeat and method; the images "
                         "are spread over them (default 10)")
@@ -89,7 +97,8 @@ def run(args) -> int:
         block=block, images=args.images,
         descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint,
-        sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=str(device_of(args)))
+        sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=str(device_of(args)),
+        unnamed_size=args.unnamed_size, word_scope=args.word_scope, background_scope=args.background_scope)
     bundle = load_model(args)
     say = (lambda line: print(line, file=sys.stderr, flush=True))
     say(model_line(bundle.info))
