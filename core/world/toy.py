@@ -248,6 +248,23 @@ def is_toy_weights(path: Path) -> bool:
     return metadata.get("arch") == TOY_ARCH and "steps" in metadata and "world_version" in metadata
 
 
+def checkpoint_config(path: Path) -> dict | None:
+    """The training config a toy checkpoint records in its safetensors metadata (`train_toy` writes it: steps,
+    seed, groups and the planted bias), or None for a file that is not a toy checkpoint or records none."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file() or not is_toy_weights(path):
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("config")
+    try:
+        config = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _is_toy_card(folder: Path, name: str) -> bool:
     import json
 
