@@ -78,3 +78,14 @@ def write_results(report: AdversarialReport, out) -> Path:
         json.dump(report.to_json(), handle, indent=2)
         handle.write("\n")
     return out
+
+
+def write_protocol_report(report: dict, text: str, out) -> Path:
+    """A protocol run's report into `out` (new or empty folder): report.json (everything) and report.md (the tables)."""
+    out = guards.output_folder(check_output_folder(out))
+    with _open_new(out / "report.json") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    with _open_new(out / "report.md") as handle:
+        handle.write(text)
+    return out
