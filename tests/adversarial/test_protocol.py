@@ -106,6 +106,8 @@ def test_protocol_command_refuses_what_the_file_fixes_and_models_without_cues(tm
     assert "drop --unnamed-size" in capsys.readouterr().err
     assert main(["adversarial", "--protocol", str(tmp_path / "missing.json"), "--model", "toy-biased"]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["--public", "adversarial", "--protocol", str(V1), "--model", "toy-biased"]) == 2  # a server path
+    assert "does not read or write server paths" in capsys.readouterr().err
     assert main(["adversarial", "--protocol", _write(tmp_path, _tiny()), "--model", "toy"]) == 2
     assert "records no planted bias" in capsys.readouterr().err
     assert main(["adversarial", "--model", "toy-biased", "--present", "square"]) == 2
