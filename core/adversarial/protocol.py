@@ -567,26 +567,28 @@ def format_report(report: dict) -> str:
                   f"neurons {setting['neurons']}, words {setting['words']}, judge {setting['similarity_model'] or 'the model'}"
                   f", {setting['images']} images x {p['draws']} draws per method and run; renderer: "
                   f"{WorldRules(**setting['renderer']).describe()}", "",
-                  "| direction (cue) | seed | cue rank | second-order % [95% CI] | random neurons % [95% CI] | "
-                  "similar words % [95% CI] | ratio | random draws beaten | ours on cue bg |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"| direction (cue) | seed | cue rank | second-order % [95% CI] | random neurons % [95% CI] | "
+                  f"similar words % [95% CI] | ratio | random draws beaten | random draws with the cue in the top "
+                  f"{p['cue_top_k']} | ours on cue bg |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for d in setting["directions"]:
             for r in d["runs"]:
                 if r.get("error"):
                     lines.append(f"| {d['present']} -> {d['target']} ({d['cue']}) | {r['seed']} | - | failed: "
-                                 f"{r['error'][:100]} | | | | | |")
+                                 f"{r['error'][:100]} | | | | | | |")
                     continue
                 m = r["methods"]
                 lines.append(f"| {d['present']} -> {d['target']} ({d['cue']}) | {r['seed']} | {r['cue_rank'] or '-'} | "
                              f"{_ci(m[OURS])} | {_ci(m[RANDOM])} | {_ci(m[SIMILAR])} | {_ratio(r['ratio'])} | "
                              f"{r['random_draws_beaten']}/{len(m[RANDOM]['values'])} | "
+                             f"{m[RANDOM]['cue_in_top_k']}/{len(m[RANDOM]['values'])} | "
                              f"{m[OURS]['on_cue']}/{m[OURS]['on_cue'] + m[OURS]['off_cue']} |")
             s = d["summary"]
             lines.append(f"| **{d['present']} -> {d['target']}, over seeds** | all | "
                          f"{'/'.join(str(x or '-') for x in s['cue_ranks'])} | **{_ci(s[OURS])}** | {_ci(s[RANDOM])} | "
                          f"{_ci(s[SIMILAR])} | **{_ci(s['ratio'], 1.0, 'x') if s['ratio'] else '-'}** | "
                          f"{s['runs_above_random']}/{s['runs']} runs above | "
-                         f"{100 * s['on_cue_share'][OURS]:.0f}% |")
+                         f"{s['random_cue_in_top_k']}/{s['random_draws']} | {100 * s['on_cue_share'][OURS]:.0f}% |")
         lines += ["", "Confusion: how often the model already calls the present class the target (images the same "
                   "renderer draws; Wilson 95% CI):", "",
                   "| direction | on the cue background | on its own planted background | on ordinary backgrounds | "
@@ -603,7 +605,9 @@ def format_report(report: dict) -> str:
     if len(sensitivity) > 1 or report["settings"][0]["name"] != "main":
         lines += ["", "## Sensitivity: each setting changes one choice of the main setting (same seeds and draws)", "",
                   "| setting | change | direction | cue ranks | second-order % [95% CI] | random % [95% CI] | "
-                  "ratio [95% CI] | runs above random | confusion cue / ordinary |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"ratio [95% CI] | runs above random | random draws with the cue in the top {p['cue_top_k']} | "
+                  "ours / random images on the cue bg | confusion cue / ordinary |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for setting in sensitivity:
             change = json.dumps(setting["changes"], sort_keys=True) if setting["changes"] else "-"
             for d in setting["directions"]:
@@ -611,6 +615,8 @@ def format_report(report: dict) -> str:
                 lines.append(f"| {setting['name']} | {change} | {d['present']} -> {d['target']} | "
                              f"{'/'.join(str(x or '-') for x in s['cue_ranks'])} | {_ci(s[OURS])} | {_ci(s[RANDOM])} | "
                              f"{_ci(s['ratio'], 1.0, 'x') if s['ratio'] else '-'} | {s['runs_above_random']}/{s['runs']} | "
+                             f"{s['random_cue_in_top_k']}/{s['random_draws']} | "
+                             f"{100 * s['on_cue_share'][OURS]:.0f}% / {100 * s['on_cue_share'][RANDOM]:.0f}% | "
                              f"{_pct(c['cue'])} / {_pct(c['ordinary'])} |")
     if report.get("targets"):
         t = report["targets"]
