@@ -9,6 +9,7 @@ A spec names an open_clip architecture and where its weights come from:
     ViT-B-16/none                   random initialisation (seeded; flagged as random everywhere)
     toy                             the project's own small CLIP (offline default)
     toy-biased                      the same architecture trained with a planted shape-background bias
+    toy-biased-2                    the same recipe with another planted bias (other shapes, other backgrounds)
 
 >>> bundle = load_clip("toy")
 >>> bundle.info.display_name
@@ -35,7 +36,7 @@ from core import settings
 from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
 from core.guards import check_model_allowed
 
-from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_2_SPEC, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
 TOY_SPEC = "toy"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -90,6 +91,9 @@ class ModelInfo:
         if self.source == "toy" and self.spec == TOY_BIASED_SPEC:
             return ("toy-biased: clipscope's small CLIP trained on a world with a planted bias "
                     "(triangles on dotted, squares on striped backgrounds)")
+        if self.source == "toy" and self.spec == TOY_BIASED_2_SPEC:
+            return ("toy-biased-2: clipscope's small CLIP trained on a world with a second planted bias "
+                    "(circles on checkered, stars on pink backgrounds)")
         if self.source == "toy":
             return "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)"
         if self.random_init:
