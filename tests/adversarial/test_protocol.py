@@ -164,3 +164,27 @@ def test_a_tiny_protocol_run_covers_every_direction_seed_and_draw_with_intervals
     single = json.loads(capsys.readouterr().out)["summary"]
     for method in ("second-order", "random neurons", "similar words"):
         assert single[method]["successes"] == run["methods"][method]["successes"], method
+
+
+@pytest.mark.parametrize("model", ["toy-biased", "toy-biased-2"])
+def test_the_protocol_s_words_name_every_planted_cue_in_the_top_k(model):
+    """Ground truth: each target's planted background (read from the checkpoint) is among the top words of the
+    protocol's main setting, in both directions, on both planted-bias models. Words depend on no seed."""
+    from core.adversarial.directions import class_direction
+    from core.adversarial.neurons import layer_bases, top_neurons
+    from core.adversarial.protocol import cue_rank
+    from core.adversarial.words import filter_words, score_words, top_words
+    from core.engine.models import load_clip
+    from core.world.bias import planted_bias_of
+
+    protocol, bundle = load_protocol("v1"), load_clip(model)
+    setting = protocol.main
+    bases = layer_bases(bundle, None, setting.layers)
+    for present, target, cue in planted_directions(planted_bias_of(bundle)):
+        v = class_direction(bundle, present, target).v
+        scored = score_words(top_neurons(v, bases, setting.neurons), bases, per_pair=setting.per_pair)
+        kept = filter_words(load_clip(setting.similarity_model), scored, target, threshold=setting.similarity)
+        words = top_words(kept, setting.words).words
+        rank = cue_rank(words, cue)
+        assert rank is not None and rank <= protocol.cue_top_k, (present, target, words[:8])
+        assert not any(target in w.split() for w in words)
