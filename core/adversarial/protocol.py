@@ -540,12 +540,12 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _ci(summary: dict | None, scale: float = 100.0, unit: str = "") -> str:
+def _ci(summary: dict | None, scale: float = 100.0, unit: str = "", digits: int = 1) -> str:
     if not summary or summary.get("mean") is None:
         return "-"
     lo_hi = summary.get("ci")
-    ci = f" [{scale * lo_hi[0]:.1f}, {scale * lo_hi[1]:.1f}]" if lo_hi else ""
-    return f"{scale * summary['mean']:.1f}{unit}{ci}"
+    ci = f" [{scale * lo_hi[0]:.{digits}f}, {scale * lo_hi[1]:.{digits}f}]" if lo_hi else ""
+    return f"{scale * summary['mean']:.{digits}f}{unit}{ci}"
 
 
 def _ratio(value) -> str:
@@ -586,7 +586,7 @@ def format_report(report: dict) -> str:
             s = d["summary"]
             lines.append(f"| **{d['present']} -> {d['target']}, over seeds** | all | "
                          f"{'/'.join(str(x or '-') for x in s['cue_ranks'])} | **{_ci(s[OURS])}** | {_ci(s[RANDOM])} | "
-                         f"{_ci(s[SIMILAR])} | **{_ci(s['ratio'], 1.0, 'x') if s['ratio'] else '-'}** | "
+                         f"{_ci(s[SIMILAR])} | **{_ci(s['ratio'], 1.0, 'x', 2) if s['ratio'] else '-'}** | "
                          f"{s['runs_above_random']}/{s['runs']} runs above | "
                          f"{s['random_cue_in_top_k']}/{s['random_draws']} | {100 * s['on_cue_share'][OURS]:.0f}% |")
         lines += ["", "Confusion: how often the model already calls the present class the target (images the same "
@@ -614,7 +614,7 @@ def format_report(report: dict) -> str:
                 s, c = d["summary"], d["confusion"]
                 lines.append(f"| {setting['name']} | {change} | {d['present']} -> {d['target']} | "
                              f"{'/'.join(str(x or '-') for x in s['cue_ranks'])} | {_ci(s[OURS])} | {_ci(s[RANDOM])} | "
-                             f"{_ci(s['ratio'], 1.0, 'x') if s['ratio'] else '-'} | {s['runs_above_random']}/{s['runs']} | "
+                             f"{_ci(s['ratio'], 1.0, 'x', 2) if s['ratio'] else '-'} | {s['runs_above_random']}/{s['runs']} | "
                              f"{s['random_cue_in_top_k']}/{s['random_draws']} | "
                              f"{100 * s['on_cue_share'][OURS]:.0f}% / {100 * s['on_cue_share'][RANDOM]:.0f}% | "
                              f"{_pct(c['cue'])} / {_pct(c['ordinary'])} |")
