@@ -23,9 +23,10 @@ Statistics (95% by default, `confidence`):
 - across seeds: the mean of the per-run values, with a t-interval over seeds (n - 1 degrees of freedom);
 - confusion: how often the binary classifier already calls the present class the target on images the same
   renderer draws from "a {present} on a {background} background" (each background) and "a {present}" (no
-  background named), with Wilson intervals. Their ratio cue / ordinary is the ratio's reference ceiling: what a
-  method reaches when every image of its lands on the cue and every image of the baseline's on an ordinary
-  (unplanted) background.
+  background named), with Wilson intervals. Their ratios are reference ceilings for the success ratio: cue /
+  ordinary is what a method reaches when every image of its lands on the cue and every image of the baseline's on
+  an ordinary (unplanted) background; cue / unnamed when the baseline's words name no background (the renderer
+  then draws one at random, the cue included). Not hard bounds: other words (a size) also move the verdict.
 
 >>> protocol = load_protocol("core/adversarial/protocols/v1.json")
 >>> report = run_protocol(load_clip("toy-biased"), protocol)
@@ -592,15 +593,18 @@ def format_report(report: dict) -> str:
         lines += ["", "Confusion: how often the model already calls the present class the target (images the same "
                   "renderer draws; Wilson 95% CI):", "",
                   "| direction | on the cue background | on its own planted background | on ordinary backgrounds | "
-                  "background unnamed | ceiling ratio cue / ordinary | measured ratio (mean over seeds) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "background unnamed | ceiling ratio cue / ordinary | ceiling ratio cue / unnamed | measured ratio "
+                  "(mean over seeds) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for d in setting["directions"]:
             c = d["confusion"]
             cue_ci, ord_ci = c["per_background"][d["cue"]]["ci"], c["ordinary_ci"]
             lines.append(f"| {d['present']} -> {d['target']} | {_pct(c['cue'])} [{100 * cue_ci[0]:.1f}, "
                          f"{100 * cue_ci[1]:.1f}] | {_pct(c['own'])} | {_pct(c['ordinary'])} [{100 * ord_ci[0]:.1f}, "
                          f"{100 * ord_ci[1]:.1f}] ({', '.join(c['ordinary_backgrounds'])}) | {_pct(c['unnamed'])} | "
-                         f"{_ratio(c['ceiling_ratio'])} | {_ratio(d['summary']['ratio']['mean'] if d['summary']['ratio'] else None)} |")
+                         f"{_ratio(c['ceiling_ratio'])} | "
+                         f"{_ratio(c['cue'] / c['unnamed'] if c['unnamed'] else None)} | "
+                         f"{_ratio(d['summary']['ratio']['mean'] if d['summary']['ratio'] else None)} |")
     sensitivity = [s for s in report["settings"]]
     if len(sensitivity) > 1 or report["settings"][0]["name"] != "main":
         lines += ["", "## Sensitivity: each setting changes one choice of the main setting (same seeds and draws)", "",
