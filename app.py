@@ -20,7 +20,7 @@ import gradio as gr  # noqa: E402
 from core import settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"),
+TABS = (("Decomposition", "decomposition"), ("Heads", "heads"), ("Neurons", "neurons"), ("Circuits", "circuits"),
         ("Segmentation", "segmentation"), ("Adversarial", "adversarial"))
 
 
@@ -44,21 +44,16 @@ def load_tab(folder: str):
 
 
 def build_app():
-    from core.engine.models import default_spec, load_clip
-    from core.errors import CoreError
+    from core.paths import TOY_DISPLAY_NAMES
 
-    spec = default_spec()
-    try:
-        # Load once up front, on the device the tabs use (ZeroGPU wants models on CUDA at start-up, not per call):
-        # the first answer of a link is then fast.
-        info = load_clip(spec, device=settings.resolve_device()).info
-        notice = (f"Default model: **{info.display_name}**. No weights were downloaded: start with "
-                  "`python app.py --model ViT-B-16/laion2b_s34b_b88k` (or set CLIPSCOPE_MODEL) for a real CLIP. "
-                  "Each result names the model that produced it."
-                  if info.source == "toy" else
-                  f"Default model: **{info.display_name}** (`{info.spec}`). Each result names the model that produced it.")
-    except CoreError as err:  # keep serving: the tabs say the same when used, and another spec can be typed
-        notice = f"**Could not load the default model `{spec}`:** {err}"
+    # Nothing heavy before the first request: no model is loaded here (ui.launch loads the default one right after
+    # the page is served), and the notice comes from the spec alone.
+    spec = settings.default_model()
+    notice = (f"Default model: **{TOY_DISPLAY_NAMES[spec]}**. No weights were downloaded: start with "
+              "`python app.py --model ViT-B-16/laion2b_s34b_b88k` (or set CLIPSCOPE_MODEL) for a real CLIP. "
+              "Each result names the model that produced it."
+              if spec in TOY_DISPLAY_NAMES else
+              f"Default model: `{spec}`. Each result names the model that produced it.")
     # Import the tabs before opening our Blocks: each builds its own Blocks at import time.
     tabs = [(title, folder, load_tab(folder)) for title, folder in TABS]
     tabs = [(title, folder, module) for title, folder, module in tabs if module is not None]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.memory import describe, load_line, machine
 from core.artifacts.store import ArtifactWriter, load_artifact, text_pool_identity
 from core.neurons.bases import (STORED_FLOAT, TABLE_TERMS, BuildOptions, ImageSet, _stats_to_store, _words_to_store,
                                load_neuron_basis, neuron_build_params)
@@ -79,7 +80,7 @@ def synthetic_vit_b16(out: Path) -> Path:
 
 
 def first_results(source: Path, expect_model: dict | None = None) -> None:
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     artifact = load_artifact(source, expect_model=expect_model)
     loaded = time.perf_counter()
     first_head = sorted(n for n in artifact.names() if n.startswith("textspan_"))[0]
@@ -88,12 +89,12 @@ def first_results(source: Path, expect_model: dict | None = None) -> None:
     head_done = time.perf_counter()
     basis = load_neuron_basis(artifact, artifact.manifest["algorithms"]["neurons"]["layers"][-1])
     terms = basis.words.terms(0, basis.texts)
-    neuron_done = time.perf_counter()
+    neuron_done, cpu = time.perf_counter(), time.process_time() - start_cpu
     size = sum(f.stat().st_size for f in Path(artifact.path).rglob("*") if f.is_file())
     print(f"  size {size / 1e6:.1f} MB; load + verify {1000 * (loaded - start):.0f} ms; first head's texts "
           f"{1000 * (head_done - loaded):.0f} ms ({len(texts)} texts); first neuron's terms "
           f"{1000 * (neuron_done - head_done):.0f} ms ({len(terms)} terms); total "
-          f"{1000 * (neuron_done - start):.0f} ms")
+          f"{1000 * (neuron_done - start):.0f} ms wall, {1000 * cpu:.0f} ms CPU; {load_line()}")
 
 
 def main() -> None:
@@ -106,6 +107,7 @@ def main() -> None:
     from core.artifacts.hub import resolve_bases_source
     from core.engine.models import load_clip
 
+    print(f"bench.bases: {describe(machine())}")
     toy = load_clip("toy", device=args.device)
     print(f"shipped toy bases (model already loaded, on {toy.device}):")
     first_results(Path(resolve_bases_source("toy")), toy.info.identity())

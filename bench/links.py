@@ -45,13 +45,14 @@ def server_side(repeats: int) -> dict[str, tuple[float, float]]:
     times = {}
     for tab, query in LINKS.items():
         module = importlib.import_module(f"core.explorer.{tab}")
-        runs = []
+        runs, cpus = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             linked = module.open_link(query, default_tab=tab)
             runs.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
             assert linked.view is not None or (tab == "adversarial" and linked.link is not None), linked.notice
-        times[tab] = (runs[0], statistics.median(runs))
+        times[tab] = (runs[0], statistics.median(runs), cpus[0])
     return times
 
 
@@ -93,17 +94,21 @@ def main() -> None:
     parser.add_argument("--no-browser", action="store_true", help="only the server side")
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    print(f"first answer from a deep link, toy model, target {TARGET:.0f} s")
-    print(f"{'tab':14s} {'server: first':>14s} {'median':>8s} {'ratio':>6s}   {'browser: link to numbers':>24s} "
+    from bench.memory import describe, load_line, machine
+
+    print(f"bench.links: {describe(machine())}")
+    print(f"first answer from a deep link, toy model, target {TARGET:.0f} s (server: wall, and the first call's CPU)")
+    print(f"{'tab':14s} {'server: first':>14s} {'cpu':>7s} {'median':>8s} {'ratio':>6s}   {'browser: link to numbers':>24s} "
           f"{'ratio':>6s} {'after the page':>15s}")
     server = server_side(args.repeats)
     browser = {} if args.no_browser else end_to_end()
     for tab in LINKS:
-        first, median = server[tab]
+        first, median, first_cpu = server[tab]
         shown = browser.get(tab, float("nan"))
         page = browser.get("page without a link", float("nan"))
-        print(f"{tab:14s} {first:12.2f} s {median:6.2f} s {median / TARGET:5.2f}x   {shown:22.2f} s "
+        print(f"{tab:14s} {first:12.2f} s {first_cpu:5.2f} s {median:6.2f} s {median / TARGET:5.2f}x   {shown:22.2f} s "
               f"{shown / TARGET:5.2f}x {shown - page:13.2f} s")
+    print(load_line())
     if "page without a link" in browser:
         print(f"(the page alone, without a link, shows its first button after {browser['page without a link']:.2f} s)")
 

@@ -10,7 +10,7 @@ subprocess; "build" is rank 0's time from the first shard to the finalised artif
 model load), "wall" includes both. Prints images/s, the 2-process / 1-process ratio and the merge
 cost (the pass-1 slot reductions plus the cross-rank top-k merge) as a share of the build time.
 Target: merge under 5% of the build on the toy model. Also one forward pass of ViT-B-32 for scale:
-the build's cost per image divided by a forward's (both one thread) is the factor README uses to
+the build's cost per image divided by a forward's (both one thread) is the factor docs/bases.md uses to
 extrapolate GPU-hours. The single process uses one thread (`--all-threads` adds a run with every core's).
 
 GPU section (`--gpu`, needs CUDA; `--device cpu` runs the same code on small models to check it):
@@ -136,7 +136,7 @@ def cpu_section(args) -> None:
         forward = forward_seconds_per_image("ViT-B-32/none")
         factor = (1 / vit["images_per_s"]) / forward
         print(f"ViT-B-32 forward (1 thread): {1 / forward:.2f} images/s; the bases build's two passes cost "
-              f"{factor:.1f} forwards per image (README's extrapolation factor)")
+              f"{factor:.1f} forwards per image (docs/bases.md's extrapolation factor)")
         extrapolate(factor)
 
 
@@ -145,7 +145,7 @@ def gpu_section(args) -> None:
 
     import core.world  # noqa: F401  (registers world:N)
     from core.distributed.bases import BasesPlan, build_bases
-    from core.engine.contributions import direct_effects, fold_weights
+    from core.engine.contributions import direct_effects, fold_weights, spatial_value_maps
     from core.engine.models import load_clip
     from core.engine.text import encode_texts
     from core.engine.trace import trace_vit
@@ -179,13 +179,14 @@ def gpu_section(args) -> None:
         pixels = torch.randn(batch, 3, info.image_size, info.image_size, device=device)
         folded = fold_weights(visual)
         ten = encode_texts(bundle, texts[:10]).to(device)
+        maps = spatial_value_maps(folded, ten)
         layer = max(0, info.n_layers - 3)
         basis = second_order_basis(visual, layer)
         with torch.inference_mode():
             rows = {
                 "forward": rate(lambda: visual(pixels), batch),
                 "decomposition": rate(lambda: direct_effects(trace_vit(visual, pixels), folded).scores(), batch),
-                "spatial onto 10 texts": rate(lambda: direct_effects(trace_vit(visual, pixels, keep_values=True), folded,
+                "spatial onto 10 texts": rate(lambda: direct_effects(trace_vit(visual, pixels, value_maps=maps), folded,
                                                                      spatial=True, directions=ten).scores(), batch),
                 f"second-order, layer {layer}": rate(lambda: second_order_effects(
                     trace_vit(visual, pixels, mlp_layers=[layer]), basis), batch),

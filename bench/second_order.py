@@ -1,130 +1,177 @@
-"""Benchmark: factorised second-order neuron effects vs the paper's literal per-(layer, head) loop.
+"""Benchmark: second-order effects of a whole MLP layer vs a plain forward, and vs the paper's literal loop.
 
 Setting of the issue: ViT-B-32 (random init, `ViT-B-32/none`), MLP layer 9 (3,072 neurons,
-2 later layers x 12 heads), CPU float32. Per image we time
-  - a plain forward `visual(images)` (for scale),
-  - fast: `trace_vit` + `second_order_effects` for all 3,072 neurons (the basis is built once
-    per model and layer and timed separately),
+2 later layers x 12 heads), CPU float32. Modes:
+  - forward: the model's own encode_image (for scale),
+  - fast: `trace_vit` + `second_order_effects` for all 3,072 neurons (the basis is built once per
+    model and layer, before timing; its time is printed),
+  - with trace: `second_order_effects` alone, on a trace already computed (what a tab pays when the
+    trace is shared with other lenses),
   - literal: `core.engine.reference.literal_second_order` on one image (it materialises
-    [token, neuron, d_model] per later head; ~tens of seconds per image).
-Each measurement runs in a fresh subprocess, so the peak memory reported is that process's
-ru_maxrss (resident set high-water mark, which includes the whole CLIP model as loaded by
-`load_clip`, text tower too); "after load" is ru_maxrss right after loading the model.
+    [token, neuron, d_model] per later head; tens of seconds per image; `--skip-literal`).
 
-    python -m bench.second_order [--threads 2] [--layer 9] [--repeats 3] [--device cpu]   # from the repo root
+Time: one subprocess; the modes alternate within each repeat after a warm-up, and the best CPU time
+(process, all threads) and wall time are printed; ratios use CPU time. Memory: one fresh subprocess
+per (mode, batch): the mode's first call, peak resident memory over the memory before it (bench.memory).
+Targets (issue 25): fast <= 1.05x a forward; with a trace already computed <= 0.2x.
+
+    python -m bench.second_order [--batches 1 8] [--repeats 5] [--layer 9] [--skip-literal]   # repo root
 """
+
+from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
-import time
+import os
 
 import torch
 
+from bench.memory import describe, fresh_peak, load_line, machine, run_child, timed
+
 SPEC = "ViT-B-32/none"
+MODES = ("forward", "fast", "with trace")
+TARGETS = {"fast": 1.05, "with trace": 0.2}
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timed(function, repeats: int) -> tuple[float, float]:
-    """(best wall seconds, best cpu seconds) over `repeats` calls after one warm-up call."""
-    function()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    walls, cpus = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        function()
-        sync()
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - start_cpu)
-    return min(walls), min(cpus)
-
-
-def _measure(part: str, batch: int, layer: int, repeats: int, device: str | None = None) -> dict:
-    """Runs inside the subprocess: one measurement, returned as a dict."""
+def _setup(layer: int, threads: int, device: str | None):
     from core.engine.models import load_clip
-    from core.engine.reference import literal_second_order
-    from core.neurons.second_order import second_order_basis, second_order_effects
     from core.engine.trace import trace_vit
-
+    from core.neurons.second_order import second_order_basis, second_order_effects
     from core.settings import resolve_device
 
+    torch.set_num_threads(threads)
     bundle = load_clip(SPEC, device=resolve_device(device))
     visual = bundle.model.visual
-    size = bundle.info.image_size
-    pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(bundle.device)
-    result = {"part": part, "batch": batch, "device": str(bundle.device), "rss_after_load_mib": _rss_mib()}
-    if part == "forward":
+    basis, basis_wall, basis_cpu = timed(second_order_basis, visual, layer)
+    sync = torch.cuda.synchronize if bundle.device.type == "cuda" else None
+
+    def pixels(batch):
+        size = bundle.info.image_size
+        return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(bundle.device)
+
+    def forward(x):
         with torch.inference_mode():
-            result["wall"], result["cpu"] = _timed(lambda: visual(pixels), repeats)
-    elif part == "fast":
-        start = time.perf_counter()
-        basis = second_order_basis(visual, layer)
-        result["basis_s"] = time.perf_counter() - start
+            return bundle.model.encode_image(x)
 
-        def fast():
-            return second_order_effects(trace_vit(visual, pixels, mlp_layers=[layer]), basis)
+    def fast(x):
+        return second_order_effects(trace_vit(visual, x, mlp_layers=[layer]), basis)
 
-        result["wall"], result["cpu"] = _timed(fast, repeats)
-    elif part == "literal":
-        start, start_cpu = time.perf_counter(), time.process_time()
-        literal = literal_second_order(visual, pixels[0], layer)
-        result["wall"], result["cpu"] = time.perf_counter() - start, time.process_time() - start_cpu
-        fast = second_order_effects(trace_vit(visual, pixels[:1], mlp_layers=[layer]), second_order_basis(visual, layer))[0]
-        result["relative_difference"] = float((fast - literal).norm() / literal.norm())
-    result["peak_rss_mib"] = _rss_mib()
-    return result
+    return bundle, {"forward": forward, "fast": fast}, pixels, basis, sync, (basis_wall, basis_cpu)
 
 
-def _run_part(part: str, batch: int, args) -> dict:
-    command = [sys.executable, "-m", "bench.second_order", "--part", part, "--batch", str(batch),
-               "--layer", str(args.layer), "--threads", str(args.threads), "--repeats", str(args.repeats),
-               *(["--device", args.device] if args.device else [])]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+def child_time(batches, layer, repeats, threads, device) -> dict:
+    from core.engine.trace import trace_vit
+    from core.neurons.second_order import second_order_effects
+
+    bundle, modes, pixels, basis, sync, basis_time = _setup(layer, threads, device)
+    out = {"device": str(bundle.device), "basis_wall": basis_time[0], "basis_cpu": basis_time[1]}
+    for batch in batches:
+        x = pixels(batch)
+        trace = trace_vit(bundle.model.visual, x, mlp_layers=[layer])
+        calls = {**modes, "with trace": lambda _x: second_order_effects(trace, basis)}
+        for fn in calls.values():
+            fn(x)
+        runs = {mode: [] for mode in calls}
+        for _ in range(repeats):
+            for mode, fn in calls.items():
+                runs[mode].append(timed(fn, x, sync=sync)[1:])
+        out[str(batch)] = {mode: {"wall": min(w for w, _ in r), "cpu": min(c for _, c in r)} for mode, r in runs.items()}
+    return out
 
 
-def _report(results: dict) -> None:
-    literal = results["literal", 1]
-    print(f"device: {literal['device']}")
-    literal_per_image = literal["wall"]
-    print(f"literal (1 image):      wall {literal['wall']:7.2f} s, cpu {literal['cpu']:7.2f} s, "
-          f"peak RSS {literal['peak_rss_mib']:.0f} MiB (after load {literal['rss_after_load_mib']:.0f} MiB)")
-    print(f"fast vs literal on that image: relative difference {literal['relative_difference']:.1e}")
-    for batch in (1, 8):
-        fast, forward = results["fast", batch], results["forward", batch]
-        per_image = fast["wall"] / batch
-        print(f"batch {batch}: forward {forward['wall'] / batch * 1000:7.1f} ms/image; "
-              f"fast {per_image * 1000:7.1f} ms/image (cpu {fast['cpu'] / batch * 1000:.1f} ms), "
-              f"basis built once in {fast['basis_s']:.2f} s; "
-              f"peak RSS fast {fast['peak_rss_mib']:.0f} MiB (after load {fast['rss_after_load_mib']:.0f} MiB), "
-              f"forward {forward['peak_rss_mib']:.0f} MiB")
-        print(f"  ratios: literal / fast = {literal_per_image / per_image:.0f}x (cpu "
-              f"{literal['cpu'] / (fast['cpu'] / batch):.0f}x); fast / forward = {fast['wall'] / forward['wall']:.2f}x")
+def child_memory(batch, layer, mode, threads, device) -> dict:
+    from core.engine.trace import trace_vit
+    from core.neurons.second_order import second_order_effects
+
+    bundle, modes, pixels, basis, _, _ = _setup(layer, threads, device)
+    x = pixels(batch)
+    if mode == "with trace":
+        trace = trace_vit(bundle.model.visual, x, mlp_layers=[layer])
+        modes["with trace"] = lambda _x: second_order_effects(trace, basis)
+    a = torch.randn(64, 64)
+    torch.nn.functional.layer_norm(a @ a, (64,)).softmax(-1)  # start the thread pools, nothing of the model
+    _, peak, before = fresh_peak(modes[mode], x)
+    return {"extra": peak - before, "peak": peak}
+
+
+def child_literal(layer, threads, device) -> dict:
+    from core.engine.reference import literal_second_order
+    from core.engine.trace import trace_vit
+    from core.neurons.second_order import second_order_effects
+
+    bundle, modes, pixels, basis, _, _ = _setup(layer, threads, device)
+    x = pixels(1)
+    literal, wall, cpu = timed(literal_second_order, bundle.model.visual, x[0], layer)
+    fast = second_order_effects(trace_vit(bundle.model.visual, x, mlp_layers=[layer]), basis)[0].cpu()
+    return {"wall": wall, "cpu": cpu, "relative_difference": float((fast - literal).norm() / literal.norm())}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--part", choices=["forward", "fast", "literal"], help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--skip-literal", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--child", choices=["time", "memory", "literal"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: $CLIPSCOPE_DEVICE or auto)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.part:
-        print(json.dumps(_measure(args.part, args.batch, args.layer, args.repeats, args.device)))
+    if args.child == "time":
+        print(json.dumps(child_time(args.batches, args.layer, args.repeats, args.threads, args.device)))
         return
-    print(f"{SPEC}, layer {args.layer}, all neurons, float32 on {args.device or 'the default device'}, threads {args.threads}; "
-          f"fast and forward: best of {args.repeats} after a warm-up; memory = ru_maxrss of a fresh subprocess per row")
-    results = {(part, batch): _run_part(part, batch, args) for part, batch in
-               [("forward", 1), ("forward", 8), ("fast", 1), ("fast", 8), ("literal", 1)]}
-    _report(results)
+    if args.child == "memory":
+        print(json.dumps(child_memory(args.batches[0], args.layer, args.mode, args.threads, args.device)))
+        return
+    if args.child == "literal":
+        print(json.dumps(child_literal(args.layer, args.threads, args.device)))
+        return
+    common = ["--layer", str(args.layer), "--threads", str(args.threads)] + (["--device", args.device] if args.device else [])
+    print(f"bench.second_order: {describe(machine())}; torch {torch.__version__}, {args.threads} threads"
+          f"{', OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] if 'OMP_WAIT_POLICY' in os.environ else ''}\n"
+          f"{SPEC}, layer {args.layer}, all neurons, float32")
+    misses = []
+    result = run_child("bench.second_order", ["--child", "time", "--batches", *map(str, args.batches),
+                                              "--repeats", str(args.repeats), *common])
+    if "error" in result:
+        raise SystemExit(f"timing run failed: {result['error']}")
+    print(f"device {result['device']}; basis built once in {result['basis_cpu']:.2f} s CPU ({result['basis_wall']:.2f} s wall)")
+    print(f"\n## Time: best of {args.repeats} interleaved runs (ms per batch; ratios of CPU times)\n   {load_line()}")
+    for batch in map(str, args.batches):
+        rows = result[batch]
+        base = rows["forward"]
+        for mode, row in rows.items():
+            ratio = row["cpu"] / base["cpu"]
+            target = TARGETS.get(mode)
+            verdict = "" if target is None else f"  target <= {target}x: " + ("met" if ratio <= target else "MISSED")
+            if target is not None and ratio > target:
+                misses.append(f"time batch {batch} {mode} {ratio:.2f}x")
+            print(f"  batch {batch:>2s} {mode:11s} cpu {1000 * row['cpu']:8.1f} ms  wall {1000 * row['wall']:8.1f} ms"
+                  f"   x{ratio:5.2f} cpu  x{row['wall'] / base['wall']:5.2f} wall{verdict}")
+    print(f"   {load_line()}")
+    if not args.skip_memory:
+        print(f"\n## Memory: extra peak resident memory of the first call (fresh process per row)\n   {load_line()}")
+        for batch in args.batches:
+            rows = {mode: run_child("bench.second_order", ["--child", "memory", "--batches", str(batch), "--mode", mode,
+                                                           *common]) for mode in MODES}
+            base = rows["forward"].get("extra")
+            for mode, row in rows.items():
+                if "error" in row:
+                    print(f"  batch {batch:2d} {mode:11s} did not run: {row['error']}")
+                    continue
+                print(f"  batch {batch:2d} {mode:11s} extra {row['extra'] / 2**20:8.1f} MiB  x{row['extra'] / base:5.2f}"
+                      f"   process peak {row['peak'] / 2**20:7.0f} MiB")
+    if not args.skip_literal:
+        literal = run_child("bench.second_order", ["--child", "literal", *common])
+        if "error" in literal:
+            print(f"\nliteral: did not run: {literal['error']}")
+        else:
+            fast_cpu = result["1"]["fast"]["cpu"] if "1" in result else float("nan")
+            print(f"\nliteral loop, one image: cpu {literal['cpu']:.1f} s (wall {literal['wall']:.1f} s); fast vs literal "
+                  f"relative difference {literal['relative_difference']:.1e}; literal / fast (batch 1, cpu) = "
+                  f"{literal['cpu'] / fast_cpu:.0f}x")
+    print("\nall targets met" if not misses else "\ntargets missed: " + "; ".join(misses))
 
 
 if __name__ == "__main__":

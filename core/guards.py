@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 from pathlib import Path
 
 from core import settings
@@ -37,6 +38,8 @@ MAX_IMAGE_BYTES, PUBLIC_MAX_IMAGE_BYTES = 200_000_000, 20_000_000  # an image fi
 MAX_BATCH_SIZE = 4_096  # images per forward pass
 MAX_TRIALS = 1_000  # random head sets (spurious)
 MAX_TOP = 10_000  # results to print or return (k, --top, --show)
+MAX_BLOCK_WORDS, PUBLIC_MAX_BLOCK_WORDS = 10_000, 200  # words of an adversarial block list
+MAX_BLOCK_CHARS, PUBLIC_MAX_BLOCK_CHARS = 200_000, 10_000  # characters of a block list as typed
 # Artifacts (core.artifacts.store): what a manifest and its data files may be.
 MAX_MANIFEST_BYTES = 16_000_000
 MAX_JSON_BYTES = 512_000_000  # extra/<name>.json (a text pool of a million texts fits)
@@ -55,6 +58,8 @@ _LIMITS = {  # name: (local, public, unit)
     "batch_size": (MAX_BATCH_SIZE, MAX_BATCH_SIZE, "images"),
     "trials": (MAX_TRIALS, MAX_TRIALS, "trials"),
     "top": (MAX_TOP, MAX_TOP, "results"),
+    "block_words": (MAX_BLOCK_WORDS, PUBLIC_MAX_BLOCK_WORDS, "words"),
+    "block_chars": (MAX_BLOCK_CHARS, PUBLIC_MAX_BLOCK_CHARS, "characters"),
 }
 
 
@@ -179,6 +184,38 @@ def _inside_any(text: str, roots) -> bool:
         except (OSError, ValueError):
             continue
     return False
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(?:/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def check_model_source(value, kind: str) -> tuple[str, str]:
+    """("folder", path) or ("hub", repo id) for a diffusers or transformers model a user named (a Stable
+    Diffusion checkpoint, --llm). A path (absolute, ~, ./, ../, more than one '/', or not a valid repo id) goes
+    through `check_user_path`: refused in public mode, and outside the --allow-path roots with one message
+    whether it exists or not. A repo id ("org/name", "gpt2") is a Hub id, except that locally, where it names
+    an existing folder inside the roots (or anywhere when no roots are given), that folder is used. In public
+    mode or with roots, a repo id outside them is never looked up on disk: `hub_only()` says to download it
+    by id alone, so a same-named folder cannot be probed or read.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{kind}: expected a Hub repo id or a folder, got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise ConfigError(f"{kind}: empty; give a Hub repo id (org/name) or a local folder")
+    if text.startswith(("/", ".", "~")) or "\\" in text or not _HUB_ID.fullmatch(text):
+        return "folder", str(check_user_path(os.path.expanduser(text) if not settings.public() else text, kind))
+    if settings.public():
+        return "hub", text
+    roots = settings.allowed_paths()
+    if roots and not _inside_any(text, roots):
+        return "hub", text
+    return ("folder" if os.path.isdir(text) else "hub"), text
+
+
+def hub_only() -> bool:
+    """True where a Hub id must be resolved by id alone, never as a local folder of the same name."""
+    return settings.public() or bool(settings.allowed_paths())
 
 
 def check_output_path(path, kind: str = "output folder", *, folder: bool = True) -> Path:

@@ -178,6 +178,13 @@ def server_port() -> int:
     return int(value)
 
 
+def upload_dir() -> Path:
+    """Where Gradio keeps uploads and the files it serves (its own GRADIO_TEMP_DIR; default <temp>/gradio)."""
+    import tempfile
+
+    return Path(_env("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
+
 def torchrun() -> dict[str, int] | None:
     """rank, world_size, local_rank, restart (TORCHELASTIC_RESTART_COUNT) when torchrun started this process."""
     if not (_env("RANK") and _env("WORLD_SIZE")):

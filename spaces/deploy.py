@@ -30,7 +30,7 @@ PAPERS = {
     "2406.04341": "Interpreting the Second-Order Effects of Neurons in CLIP (ICLR 2025)",
 }
 # ZeroGPU runs torch 2.8 to 2.11 only (huggingface.co/docs/hub/spaces-zerogpu); the root pins are newer, so a
-# ZeroGPU Space gets these (the CPU test suite passes under them: README, "Deploying a Space").
+# ZeroGPU Space gets these (the CPU test suite passes under them: docs/deploy.md, "ZeroGPU").
 ZEROGPU_PINS = {"torch": "2.11.0", "torchvision": "0.26.0"}
 TAGS = ["interpretability", "clip", "vision-transformer", "explainability", "mechanistic-interpretability"]
 
@@ -57,6 +57,8 @@ CARDS = {
                          ("zero-shot-segmentation", "second-order-effects")),
     "adversarial": Card("clipscope · Adversarial", "🎭", "purple", "red", "Images that fool CLIP, from neurons' words",
                         ("2406.04341",), ("adversarial-images", "second-order-effects", "stable-diffusion")),
+    "circuits": Card("clipscope · Circuits", "🕸", "purple", "indigo", "Which heads carry each CLIP neuron's effect",
+                     ("2406.04341",), ("second-order-effects", "circuits", "neurons")),
     "suite": Card("clipscope", "🔭", "blue", "purple", "CLIP's heads and neurons explained in words",
                   ("2310.05916", "2406.04341"), ("textspan", "second-order-effects")),
 }

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import contextvars
+import errno
 import functools
 import hashlib
 import html
@@ -17,7 +19,6 @@ import io
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,9 +26,12 @@ from typing import Callable
 
 import gradio as gr
 import pandas as pd
+from gradio.exceptions import ComponentProcessingError
 
-from core import settings
+from core import budget, caches, settings
 from core.errors import CoreError
+from core.explorer import sessions
+from core.messages import error_message
 from core.gpu import ON_ZERO_GPU, gpu, request_seconds
 
 log = logging.getLogger("clipscope.ui")
@@ -41,9 +45,44 @@ MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 2}
 MAX_THREADS = 8
 
 
-def message(err: BaseException) -> gr.Error:
-    """A gr.Error that shows `err`'s one-line message (escaped: Gradio renders it as HTML)."""
-    return gr.Error(html.escape(str(err)), print_exception=False)
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def message(err: BaseException, where: str | None = None) -> gr.Error:
+    """A gr.Error that shows `err`'s message as core.messages.error_message formats it (no server path in public
+    mode; escaped: Gradio renders it as HTML)."""
+    return gr.Error(html.escape(error_message(err, where=where)), print_exception=False)
+
+
+def _one_line_refusals() -> None:
+    """Gradio refuses a value outside a component's choices (or an unreadable upload) before any handler runs,
+    with an Error that prints its traceback on the server: 40 lines per bad request. The visitor keeps Gradio's
+    message; the server log gets one line."""
+    original = gr.Blocks.preprocess_data
+    if getattr(original, "_one_line", False):
+        return
+
+    @functools.wraps(original)
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await original(self, block_fn, inputs, state, explicit_call)
+        except gr.Error as err:
+            if not err.print_exception:
+                raise
+            log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), " ".join(str(err).split())[:300])
+            raise gr.Error(err.message, duration=err.duration, visible=err.visible, title=err.title,
+                           print_exception=False) from None
+        except ComponentProcessingError as err:  # a component could not read the value it was sent
+            text = " ".join(str(err).split())[:300]
+            log.warning("refused a request to %s: %s", getattr(block_fn, "name", "?"), text)
+            raise gr.Error(html.escape(error_message(CoreError(f"An input could not be read: {text}"))),
+                           print_exception=False) from None
+
+    preprocess_data._one_line = True
+    gr.Blocks.preprocess_data = preprocess_data
+
+
+_one_line_refusals()
 
 
 def _release_memory() -> Callable[[], None]:
@@ -78,6 +117,16 @@ release_memory = _release_memory()
 MODEL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipscope-model")
 
 
+def _request_scope():
+    """In public mode the lenses of one request share traced forwards, and no request reuses another's
+    (core.engine.shared_trace); locally one process-wide cache serves every request."""
+    if not settings.public():
+        return contextlib.nullcontext()
+    from core.engine.shared_trace import trace_scope
+
+    return trace_scope()
+
+
 def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
     """Run a handler (on the model threads unless model=False); a CoreError becomes its message, anything
     unexpected a short message (details in the server log)."""
@@ -86,27 +135,42 @@ def guard(fn: Callable | None = None, *, model: bool = True) -> Callable:
 
     def call(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with budget.request_scope(), _request_scope():  # public mode: deadline, memory, own traces
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
         except CoreError as err:
             raise message(err) from None
         except Exception as err:  # noqa: BLE001 - a visitor gets a message, the server log the traceback
+            if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+                # A full or read-only disk outside the optional caches (those are skipped): say so.
+                log.warning("disk error in %s: %s", fn.__name__, err.strerror or type(err).__name__)
+                raise gr.Error("This server cannot write its files now (its disk is full or read-only): try "
+                               "again later.", print_exception=False) from None
             log.exception("unexpected error in %s", fn.__name__)
-            detail = "" if settings.public() else f": {str(err)[:200]}"
-            raise gr.Error(html.escape(f"Unexpected {type(err).__name__} in {fn.__name__}{detail}. The server log "
-                                       "has the details."), print_exception=False) from None
+            raise message(err, fn.__name__) from None
         finally:
             release_memory()
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        sessions.claim(session_id(), _upload_paths(args, kwargs))  # they stay while this session lives
         if not model:
             return call(*args, **kwargs)
         # The context travels with the call: gr.Progress finds its event through it.
         return MODEL_THREADS.submit(contextvars.copy_context().run, call, *args, **kwargs).result()
 
     return run
+
+
+def _upload_paths(args, kwargs) -> list[str]:
+    """The file paths among a handler's inputs (a file, a list of files): uploads the session now uses."""
+    paths = []
+    for value in (*args, *kwargs.values()):
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item.startswith(os.sep) and len(item) < 4096:
+                paths.append(item)
+    return paths
 
 
 def uploaded(path) -> bool:
@@ -148,15 +212,21 @@ def image_input(elem_id: str, label: str = "Image") -> gr.Image:
     return image
 
 
-PICTURES = Path(tempfile.gettempdir()) / "clipscope-ui"
+def session_id() -> str | None:
+    """The Gradio session of the event being handled (None outside one)."""
+    from gradio.context import LocalContext
+
+    return getattr(LocalContext.request.get(None), "session_hash", None)
 
 
 def picture(image):
-    """A PIL image as a PNG file named by its content, written atomically; other values unchanged.
+    """A PIL image as a PNG file named by its content in the session's folder, written atomically; other values
+    unchanged. The folder goes when the session ends (core.explorer.sessions).
 
     Handlers return files, not PIL images: Gradio writes a returned PIL image into its cache in place, so two
     visitors who get the same picture at the same moment can be sent a half-written file (the client then sees
     'peer closed connection without sending complete message body'). Files are copied into the cache atomically.
+    When the file cannot be written (a full disk), the image itself is returned, with a warning in the log.
     """
     from PIL import Image
 
@@ -164,14 +234,13 @@ def picture(image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
-        path = PICTURES / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-        if not path.is_file():
-            PICTURES.mkdir(parents=True, exist_ok=True)
-            handle, staging = tempfile.mkstemp(dir=PICTURES, suffix=".tmp")
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(staging, path)
-        return str(path)
+        try:
+            path = sessions.folder(session_id()) / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+            if path.is_file() or caches.store(path, lambda tmp: Path(tmp).write_bytes(data), "result pictures"):
+                return str(path)
+        except OSError as err:
+            caches.warn_once("result pictures", err)
+        return image
     if isinstance(image, list):
         return [(picture(item[0]), item[1]) if isinstance(item, tuple) else picture(item) for item in image]
     return image
@@ -339,10 +408,187 @@ def configure(args: argparse.Namespace) -> tuple[str, int]:
     return host, port
 
 
+def warm_up() -> None:
+    """Load the default model (and run its first forward) so that the first answer does not pay for it. A model
+    that cannot load is left to the tabs, which say why when used."""
+    start = time.perf_counter()
+    try:
+        import torch
+
+        from core.engine.models import load_clip
+        from core.engine.trace import trace_vit
+
+        bundle = load_clip(settings.default_model(), device=settings.resolve_device())
+        size = bundle.info.image_size
+        trace_vit(bundle.model.visual, torch.zeros(1, 3, size, size, device=bundle.device))
+    except CoreError as err:
+        log.warning("the default model did not load: %s", err)
+        return
+    print(f"clipscope: default model {bundle.info.spec} ready on {bundle.device} "
+          f"({time.perf_counter() - start:.1f} s after serving)", file=sys.stderr, flush=True)
+
+
 def launch(demo: gr.Blocks, host: str, port: int) -> None:
+    """Serve `demo`. The page is served first and the default model loads right after, in the background (on
+    ZeroGPU, where models must be placed at start-up, before serving)."""
+    # Gradio's cached copies of results and uploads go after an hour; a session's own files when it ends.
+    demo.delete_cache = demo.delete_cache or DELETE_CACHE
+    demo.unload(session_ended)
+    start_sweeper()
+    if ON_ZERO_GPU:
+        warm_up()
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=host, server_port=port, max_file_size=UPLOAD_LIMIT, show_error=True, max_threads=MAX_THREADS,
-        footer_links=["api", "gradio"])
+        footer_links=["api", "gradio"], app_kwargs={"middleware": [_middleware()]}, prevent_thread_lock=True)
+    if not ON_ZERO_GPU:
+        threading.Thread(target=warm_up, name="clipscope-warm-up", daemon=True).start()
+    demo.block_thread()
+
+
+# ---------------------------------------------------------------- server resources
+
+DELETE_CACHE = (600, 3600)  # Gradio's delete_cache: every 10 minutes, files over an hour old
+SWEEP_SECONDS = 60
+# Request bodies (core.budget bounds the work; these bound what arrives). Text fields travel in JSON bodies.
+BODY_BYTES, PUBLIC_BODY_BYTES = 64_000_000, 1_000_000
+UPLOAD_REQUEST_BYTES = 256_000_000  # one upload request (public mode; each file is also <= UPLOAD_LIMIT)
+UPLOAD_SPACE_BYTES = 2_000_000_000  # uploads the server holds at once (public mode)
+CLIENT_UPLOAD_BYTES = 512_000_000  # uploads one client address holds at once (public mode)
+SESSION_WAIT_SECONDS = 3.0  # an upload waits this long for its client's session to open
+
+
+def session_ended(request: gr.Request):
+    """Gradio's unload event: the visitor's page closed or its client disconnected."""
+    sessions.end(getattr(request, "session_hash", None))
+
+
+_sweeper: list[threading.Thread] = []
+
+
+def start_sweeper() -> None:
+    """Once per process: every minute, remove idle sessions' folders and uploads nobody holds (sessions.sweep)."""
+    def loop():
+        while True:
+            time.sleep(SWEEP_SECONDS)
+            try:
+                sessions.sweep()
+            except Exception:  # noqa: BLE001 - a sweep that fails is retried; it must never stop the server
+                log.exception("sweeping session files failed")
+
+    if not _sweeper:
+        _sweeper.append(threading.Thread(target=loop, name="clipscope-sweeper", daemon=True))
+        _sweeper[0].start()
+
+
+def _middleware():
+    from starlette.middleware import Middleware
+
+    return Middleware(ServerGuard)
+
+
+def _client(scope) -> str:
+    for name, value in scope.get("headers") or []:
+        if name == b"x-forwarded-for":  # behind a proxy (a Space): the visitor's address
+            return value.decode("latin-1").split(",")[0].strip()[:64]
+    return str((scope.get("client") or ("unknown",))[0])
+
+
+class ServerGuard:
+    """ASGI middleware in front of Gradio: request bodies are bounded; an upload is accepted only from a client with
+    an open session (its page or API client holds Gradio's heartbeat) and within the server's upload space; each
+    upload is recorded for the sessions that hold it (core.explorer.sessions), so that it goes when they end."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method, client = scope.get("path", ""), scope.get("method", "GET"), _client(scope)
+        if "/heartbeat/" in path and method == "GET":
+            sessions.opened(path.rstrip("/").rsplit("/", 1)[-1][:64], client)
+            return await self.app(scope, receive, send)
+        if method not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        length = _content_length(scope)
+        public = settings.public()
+        if path.rstrip("/").endswith("/upload"):
+            return await self._upload(scope, receive, send, client, length, public)
+        limit = PUBLIC_BODY_BYTES if public else BODY_BYTES
+        if length is not None and length > limit:
+            return await _refuse(send, 413, f"The request is over {limit / 1e6:g} MB; send less text.")
+        return await self.app(scope, _bounded(receive, limit), send)
+
+    async def _upload(self, scope, receive, send, client, length, public):
+        import asyncio
+        import json as json_module
+
+        if public:
+            if length is None:
+                return await _refuse(send, 411, "Uploads must say their length.")
+            if length > UPLOAD_REQUEST_BYTES:
+                return await _refuse(send, 413, f"An upload may be at most {UPLOAD_REQUEST_BYTES / 1e6:g} MB.")
+            for _ in range(int(SESSION_WAIT_SECONDS / 0.1)):
+                if sessions.has_session(client):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                return await _refuse(send, 403, "Uploads belong to a session: open the app's page (or connect a "
+                                                "client) first.")
+            if sessions.upload_bytes(client) + length > CLIENT_UPLOAD_BYTES:
+                return await _refuse(send, 413, "You have uploaded too much at once: close pages you no longer use "
+                                                "(their uploads are then removed) and try again.")
+            if sessions.upload_bytes() + length > UPLOAD_SPACE_BYTES:
+                return await _refuse(send, 507, "This server's upload space is full: try again in a few minutes.")
+        body, status = [], [0]
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and status[0] == 200:
+                body.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        if status[0] == 200:
+            try:
+                paths = json_module.loads(b"".join(body))
+            except ValueError:
+                return
+            if isinstance(paths, list):
+                sessions.uploaded(client, [p for p in paths if isinstance(p, str)], length or 0)
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers") or []:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _bounded(receive, limit: int):
+    """receive() that ends the request (as a disconnect) once its body passes `limit` bytes (no Content-Length)."""
+    seen = [0]
+
+    async def bounded():
+        message = await receive()
+        if message["type"] == "http.request":
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > limit:
+                return {"type": "http.disconnect"}
+        return message
+
+    return bounded
+
+
+async def _refuse(send, status: int, text: str) -> None:
+    data = text.encode("utf-8")
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
 
 
 def load_module(name: str, path: Path):

@@ -18,6 +18,6 @@ def default_neurons(embed_dims: int) -> int:
     The words are a <v, r_n>-weighted sum over the chosen neurons' decompositions. With nearly as many
     neurons as embedding dimensions, that sum points at v from any neurons, random ones included, and
     choosing the top ones stops mattering: on the 96-dimensional toy, the cosine of sum_n r_n <v, r_n> with v
-    is 0.53 for 19 random neurons against 0.87 for the top 19, and 0.62 against 0.78 at 100 (README).
+    is 0.53 for 19 random neurons against 0.87 for the top 19, and 0.62 against 0.78 at 100 (docs/reproduce.md).
     """
     return max(1, min(DEFAULT_NEURONS, round(DEFAULT_NEURONS * int(embed_dims) / PAPER_EMBED_DIMS)))

@@ -3,7 +3,7 @@
 Default: templates, no language model. Each description names c1 first, then 1-5 of the top words,
 drawn (seeded) with probability proportional to their scores and written in score order, so the
 strongest cue comes first. With a text-generation model (transformers' pipeline), the model writes
-them from the paper's prompt (paper 2, appendix table 6, as summarised in papers.md B.11); its
+them from the paper's prompt (paper 2, appendix table 6); its
 numbered lines are parsed. Either way, descriptions that name c2 (word boundary, plurals) are dropped.
 
 >>> batch = template_descriptions("square", top.words, top.scores, n=10, seed=0)
@@ -121,13 +121,27 @@ def load_text_generator(repo: str, revision: str | None = None, *, device: str =
     """transformers' text-generation pipeline for `repo` at `revision`, failing clearly offline."""
     from transformers import pipeline
 
+    from core import guards
+
+    kind, source = guards.check_model_source(repo, "--llm (text-generation model)")  # --allow-path, public mode
     try:
-        return pipeline("text-generation", model=repo, revision=revision, device=device)
-    except (OSError, ValueError) as err:
+        if kind == "folder":
+            return pipeline("text-generation", model=source, device=device)
+        if guards.hub_only():  # by id alone: a local folder of the same name is never read
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(source, revision=revision, allow_patterns=LLM_FILES)
+            return pipeline("text-generation", model=folder, device=device)
+        return pipeline("text-generation", model=source, revision=revision, device=device)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a malformed folder fails in several ways
         raise WeightsError(f"could not load the text-generation model {repo}"
                            f"{'@' + revision if revision else ''}: {str(err).splitlines()[0][:200]}. Download it once "
                            "where there is network (it is then cached under HF_HOME), or leave --llm unset to write "
                            "descriptions from templates.") from err
+
+
+# What a text-generation model needs from its Hub repo (config, tokenizer, safetensors weights): fetched by id.
+LLM_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
 def drop_naming(descriptions: Descriptions, target: str, *, block: Sequence[str] = (),

@@ -285,9 +285,12 @@ def load_sd_pipeline(repo: str = SD_REPO, revision: str | None = SD_REVISION, *,
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    if not repo or not str(repo).strip():
+    from core import guards
+
+    if not isinstance(repo, str) or not repo.strip():
         raise ConfigError("give a diffusers checkpoint: a Hub repo id (e.g. stabilityai/sd-turbo) or a local folder")
-    local_folder = os.path.isdir(os.path.expanduser(str(repo)))
+    kind, source = guards.check_model_source(repo, "Stable Diffusion checkpoint")  # --allow-path, public mode
+    local_folder = kind == "folder"
     if not local_folder and revision is None:
         raise ConfigError(f"pin a revision (a 40-hex commit sha) for {repo}: a branch can change under you")
     torch_dtype = {None: torch.float16 if str(device).startswith("cuda") else torch.float32,
@@ -295,11 +298,18 @@ def load_sd_pipeline(repo: str = SD_REPO, revision: str | None = SD_REVISION, *,
     if torch_dtype is None:
         raise ConfigError(f"unknown dtype {dtype!r}: use float16, bfloat16 or float32")
     offline = _offline() if local_files_only is None else bool(local_files_only)
-    kwargs = {} if local_folder else {"revision": revision}
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(os.path.expanduser(str(repo)) if local_folder else repo,
-                                                         dtype=torch_dtype, local_files_only=offline, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
+        if local_folder:
+            pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=torch_dtype, local_files_only=True)
+        elif guards.hub_only():  # by id alone: a local folder of the same name is never read
+            from diffusers import DiffusionPipeline
+
+            folder = DiffusionPipeline.download(source, revision=revision, local_files_only=offline)
+            pipe = AutoPipelineForText2Image.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+        else:
+            pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=torch_dtype, local_files_only=offline,
+                                                             revision=revision)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a malformed folder: KeyError('_class_name'), ...
         where = f"{repo}@{revision}" if not local_folder else repo
         raise WeightsError(
             f"could not load the text-to-image checkpoint {where}"

@@ -97,6 +97,20 @@ def load_bases(source: str | Path, *, expect_model: dict | None = None, revision
     return load_artifact(folder, expect_model=expect_model, within=cache_repo_folder(folder))
 
 
+def model_bases(bundle, source: str | Path | None = None) -> Artifact:
+    """The verified bases of a loaded model (a `core.engine.models.ClipBundle`): `source` (a folder or
+    `ORG/NAME@SHA`), else `$CLIPSCOPE_BASES`, else the shipped ones (`toy`, `toy-biased`).
+
+    The bases must have been built from this model (same spec and weights), else BasesError; BasesError too when
+    none are configured, saying how to build them.
+    """
+    spec = bundle.info.spec
+    resolved = resolve_bases_source(spec, str(source) if source is not None else None)
+    if resolved is None:
+        raise BasesError(f"no bases are configured for model {spec}: {BUILD_HINT}")
+    return load_bases(resolved, expect_model=bundle.info.identity())
+
+
 def check_user_source(value: str) -> str:
     """A bases source a user typed: a Hub repo `ORG/NAME@REVISION`, or a folder checked by core.guards
     (refused in public mode, where only Hub repos and the shipped bases are read)."""
@@ -153,8 +167,12 @@ def push_artifact(path: str | Path, repo_id: str, *, token: str | None = None, p
     problems = verify_artifact(path, deep=True)  # contents too: never publish NaN tensors or unreadable tables
     if problems:
         raise BasesError(f"refusing to push {path}: " + "; ".join(problems))
-    if not (path / CARD).is_file():  # generated from the manifest, so recreating it loses nothing
-        (path / CARD).write_text(dataset_card(path, read_manifest(path)), encoding="utf-8")
+    if not os.path.lexists(path / CARD):  # generated from the manifest, so recreating it loses nothing
+        from core.writes import atomic_write_text
+
+        atomic_write_text(path / CARD, dataset_card(path, read_manifest(path)), what="dataset card")
+    elif (path / CARD).is_symlink() or not (path / CARD).is_file():  # never upload what a link points to
+        raise BasesError(f"refusing to push {path}: {CARD} is a link or not a regular file")
     patterns = [MANIFEST, CARD, *(f"{section}/*" for section in SECTIONS)]
     return upload_dataset(path, repo_id, allow_patterns=patterns, token=token, private=private)
 

@@ -38,7 +38,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -53,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from core import guards
 from core.artifacts.card import dataset_card
 from core.errors import BasesError, OutputError, TextError
+from core.writes import atomic_write
 
 SCHEMA_VERSION = 1
 KIND = "clipscope-bases"
@@ -81,6 +81,14 @@ def text_pool_identity(texts: list[str], name: str) -> dict:
         raise TextError(f"text pool {name!r} holds {bad!r}: each text must be one line of str")
     digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
     return {"name": name, "sha256": digest, "count": len(texts)}
+
+
+def check_stored_texts(texts: Any, where: str) -> list[str]:
+    """extra/texts.json's content as the text list the bases were built from, else BasesError. The loaders and
+    `verify_artifact(deep=True)` (`bases verify`) both apply this check, so verify passes only what they accept."""
+    if not isinstance(texts, list) or not all(isinstance(text, str) and "\n" not in text for text in texts):
+        raise BasesError(f"extra/texts.json in {where} is not a list of texts: rebuild the bases")
+    return texts
 
 
 def check_text_pool(artifact: Artifact, texts: list[str]) -> None:
@@ -245,17 +253,9 @@ def _json_text(obj: Any, what: str) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then move the result onto `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are shared read-only data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call `write(tmp_path)`, then move the result onto `path`: readers never see half a file (core.writes: never
+    through a link)."""
+    atomic_write(path, write, what="bases file", suffix=TMP_SUFFIX)
 
 
 def _data_path(section: str, name: str) -> str:
@@ -344,7 +344,7 @@ class ArtifactWriter:
 
     def _write(self, rel: str, write) -> None:
         target = self.path / rel
-        if os.path.lexists(target) and rel not in self._owned and rel not in self._done:
+        if target.is_symlink() or os.path.lexists(target) and rel not in self._owned and rel not in self._done:
             raise OutputError(f"{target} exists and was not written by this build of clipscope bases; it is never "
                               "replaced: move it out of the folder, or choose another output folder")
         self._atomic(rel, write)
@@ -431,9 +431,13 @@ class ArtifactWriter:
                 self._done[rel] = record
 
     def _remove_previous(self) -> None:
+        links = sorted(rel for rel in self._owned if (self.path / rel).is_symlink())
+        if links:  # clipscope never wrote a link: someone put it there
+            raise OutputError(f"{self.path / links[0]} is a symbolic link, not a file clipscope wrote; it is never "
+                              "deleted: move it away, or choose another output folder")
         for rel in sorted(self._owned):  # DATA_PATH only: never follow a crafted path out of the folder
             target = self.path / rel
-            if target.is_symlink() or target.is_file():
+            if target.is_file():
                 target.unlink()
         self._owned = set()
         (self.path / MANIFEST).unlink(missing_ok=True)
@@ -594,6 +598,8 @@ def verify_artifact(path: str | Path, *, within: str | Path | None = None, deep:
         return problems
     problems = [problem for rel, record in manifest["files"].items()
                 if (problem := _file_problem(path, root, rel, record, deep))]
+    if deep and not problems and TEXTS_JSON in manifest["files"]:
+        problems += _texts_problems(path, manifest)
     problems += [f"{rel}: not listed in manifest.json (added after the build?): remove it or rebuild"
                  for rel in _stray_files(path, manifest["files"])]
     return problems
@@ -686,6 +692,19 @@ def _short(value: Any) -> str:
 
 def _optional_record(value: Any, keys: tuple[str, ...]) -> bool:
     return value is None or (isinstance(value, dict) and all(key in value for key in keys))
+
+
+TEXTS_JSON = "extra/texts.json"
+
+
+def _texts_problems(path: Path, manifest: dict) -> list[str]:
+    """The stored texts must be a text list, and the very pool the manifest (and the embeddings) record."""
+    try:
+        texts = check_stored_texts(_read_json(path / TEXTS_JSON, path, guards.MAX_JSON_BYTES, TEXTS_JSON), str(path))
+        check_text_pool(Artifact(path, manifest), texts)
+    except BasesError as err:
+        return [str(err)]
+    return []
 
 
 def _file_problem(folder: Path, root: Path, rel: str, record: dict, deep: bool) -> str | None:

@@ -18,6 +18,8 @@ import importlib
 import os
 import sys
 
+from core.messages import without_paths
+
 COMMAND_MODULES = (
     "decompose",
     "ablate",
@@ -32,6 +34,8 @@ COMMAND_MODULES = (
     "segment",
     "segeval",
     "adversarial",
+    "reproduce",
+    "circuit",
 )
 
 
@@ -64,35 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from core import settings
     from core.errors import CoreError
+    from core.messages import error_message
 
     _printable_streams()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except UsageError as err:
-        return _fail(str(err))
+        return _fail(str(err), bool(argv and "--public" in argv) or settings.public())
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else 0
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        return _fail(str(UsageError(parser.prog, f"a command is required: choose one of {_choices(parser)}")))
+    public = bool(args.public) or settings.public()
     try:
         with settings.overridden(public=True if args.public else None, allowed_paths=args.allow_path):
             result = args.func(args)
         sys.stdout.flush()
     except UsageError as err:
-        return _fail(str(err))
+        return _fail(str(err), public)
     except CoreError as err:
-        return _fail(str(err))
+        return _fail(error_message(err, public=public))
     except BrokenPipeError:
         _silence_stdout()
         return _fail("the output was closed before everything was written (e.g. by `| head`)")
     except OSError as err:  # the file system said no: a missing, unreadable or unwritable path
-        return _fail(_os_message(err))
+        return _fail(error_message(err, public=public))
     except Exception as err:
         if type(err).__name__ != "SafetensorError":  # safetensors' own I/O error (a full disk, a lost folder)
             raise
-        return _fail(f"a safetensors file could not be read or written: {str(err).splitlines()[0] if str(err) else err}")
+        line = str(err).splitlines()[0] if str(err) else str(err)
+        return _fail(f"a safetensors file could not be read or written: {line}", public)
     except KeyboardInterrupt:
         print("interrupted: partial results already written are kept; run the same command again to resume.",
               file=sys.stderr)
@@ -100,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
-def _fail(message: str) -> int:
-    """Print `error: message` as one line on stderr; exit status 2."""
+def _fail(message: str, public: bool = False) -> int:
+    """Print `error: message` as one line on stderr; exit status 2 (server paths cut in public mode)."""
+    if public:
+        message = without_paths(message)
     try:
         print(f"error: {message}", file=sys.stderr)
         sys.stderr.flush()
@@ -110,9 +118,15 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _os_message(err: OSError) -> str:
-    where = f" {err.filename}" if getattr(err, "filename", None) else ""
-    return f"cannot use{where}: {err.strerror or err}"
+def _choices(parser: argparse.ArgumentParser) -> str:
+    """The sub-commands of `parser`, comma-separated."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    return ", ".join(actions[0].choices) if actions else ""
+
+
+def require_subcommand(parser: argparse.ArgumentParser) -> None:
+    """`python -m core toy` (no sub-command): a usage error, one `error:` line and exit 2, as argparse does."""
+    raise UsageError(parser.prog, f"a subcommand is required: choose one of {_choices(parser)}")
 
 
 def _printable_streams() -> None:

@@ -68,10 +68,11 @@ def register(subparsers) -> None:
     parser.add_argument("--templates", default="auto", help="the binary classifier's templates: auto (default), "
                         "openai, simple or bare")
     parser.add_argument("--bases", help="neuron bases folder or ORG/NAME@SHA (default: $CLIPSCOPE_BASES or shipped)")
-    parser.add_argument("--checkpoint", default=SD_REPO, help=f"sd: diffusers checkpoint, Hub id or folder "
+    parser.add_argument("--checkpoint", default=None, help=f"sd: diffusers checkpoint, Hub id or folder "
                         f"(default {SD_REPO})")
-    parser.add_argument("--revision", default=SD_REVISION, help="sd: pinned commit of the checkpoint")
-    parser.add_argument("--steps", type=int, default=SD_STEPS, help=f"sd: denoising steps (default {SD_STEPS})")
+    parser.add_argument("--revision", default=None, help=f"sd: pinned commit of the checkpoint (default "
+                        f"{SD_REVISION[:12]}... for the default checkpoint)")
+    parser.add_argument("--steps", type=int, default=None, help=f"sd: denoising steps (default {SD_STEPS})")
     parser.add_argument("--size", type=int, help="sd: image side in pixels, a multiple of 8 (default: the checkpoint's)")
     parser.add_argument("--llm", help="a transformers text-generation model to write the descriptions with the "
                         "paper's prompt (default: templates, no language model)")
@@ -122,7 +123,33 @@ def run_protocol_command(args) -> int:
     return 0
 
 
+SD_OPTIONS = ("checkpoint", "revision", "steps", "size")
+MAX_SD_STEPS, MAX_SD_SIZE = 1_000, 2_048
+
+
+def _check_generator_options(args) -> None:
+    """--checkpoint/--revision/--steps/--size draw with Stable Diffusion only: refused with the world stand-in
+    (which draws 64-pixel scenes in one step) instead of being ignored; checked before any work, as is --llm."""
+    from core import guards
+    from core.cli.common import positive
+    from core.errors import ConfigError
+
+    given = [f"--{name}" for name in SD_OPTIONS if getattr(args, name) is not None]
+    if args.generator != "sd" and given:
+        raise ConfigError(f"{', '.join(given)} set(s) how Stable Diffusion draws; the {args.generator!r} generator "
+                          "does not use it: add --generator sd, or leave it out")
+    if args.generator == "sd":
+        positive(args.steps, "--steps", maximum=MAX_SD_STEPS)
+        if args.size is not None and (not 64 <= args.size <= MAX_SD_SIZE or args.size % 8):
+            raise ConfigError(f"--size must be a multiple of 8 in 64..{MAX_SD_SIZE}, got {args.size}")
+        if args.checkpoint is not None:
+            guards.check_model_source(args.checkpoint, "Stable Diffusion checkpoint --checkpoint")
+    if args.llm is not None:
+        guards.check_model_source(args.llm, "--llm (text-generation model)")
+
+
 def run(args) -> int:
+    from core.adversarial.defaults import SD_REPO, SD_REVISION, SD_STEPS
     from core.adversarial.descriptions import load_text_generator
     from core.adversarial.pipeline import AdversarialConfig, run_adversarial
     from core.adversarial.results import check_output_folder, write_results
@@ -140,6 +167,7 @@ def run(args) -> int:
     if missing:
         raise ConfigError(f"{' and '.join(missing)} required (or run a protocol file: --protocol FILE --model M)")
     out = check_output_folder(args.out)  # before any work
+    _check_generator_options(args)
     if args.bases is not None:
         check_user_source(args.bases)
     for name in ("present", "target"):
@@ -153,8 +181,9 @@ def run(args) -> int:
         similarity_model=args.similarity_model,
         block=block, images=args.images,
         descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
-        seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint,
-        sd_revision=args.revision, sd_steps=args.steps, sd_size=args.size, device=str(device_of(args)),
+        seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint or SD_REPO,
+        sd_revision=args.revision if args.revision is not None or args.checkpoint else SD_REVISION,
+        sd_steps=args.steps or SD_STEPS, sd_size=args.size, device=str(device_of(args)),
         unnamed_size=args.unnamed_size, word_scope=args.word_scope, background_scope=args.background_scope)
     bundle = load_model(args)
     say = (lambda line: print(line, file=sys.stderr, flush=True))

@@ -80,12 +80,16 @@ def _add_build(subparsers) -> None:
     parser.add_argument("--terms", type=int, default=None, help="texts per neuron (default 128, at most d_out/4)")
     parser.add_argument("--dictionary", default="normalise_texts", choices=("normalise_texts", "original"))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--circuits", action="store_true",
+                        help="also store every neuron's weight edges to the later heads (the Circuits tab reads them)")
     parser.add_argument("--overwrite", action="store_true", help="replace bases of another build in --out")
     parser.add_argument("--shard-size", type=int, default=None, metavar="N",
                         help="images per shard, the unit of work and resume (default 2048, a multiple of --batch-size)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where finished shards are kept until the artifact is written (default: the clipscope "
-                        "cache; use a shared folder for multi-node runs that may restart on other nodes)")
+                        "cache; use a shared folder for multi-node runs that may restart on other nodes). The build "
+                        "writes into a sub-folder of it and afterwards removes only the files it wrote there; the "
+                        "folder and anything else in it are kept")
     parser.add_argument("--loader-threads", type=int, default=None, metavar="N",
                         help="threads decoding images per process (default 4 on a GPU, 0 on the CPU)")
     parser.add_argument("--timeout", type=float, default=1800, metavar="S",
@@ -107,8 +111,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if not getattr(args, "bases_func", None):
-        args.bases_parser.print_help()
-        return 2
+        from core.cli import require_subcommand
+
+        require_subcommand(args.bases_parser)
     return args.bases_func(args)
 
 
@@ -224,7 +229,7 @@ def _build(args: argparse.Namespace) -> int:
         plan = BasesPlan(heads=heads, neuron_layers=neuron_layers, per_head=args.per_head, rank=rank,
                          n_terms=n_terms, options=options, shard_size=args.shard_size or _shard_size(args.batch_size),
                          loader_threads=args.loader_threads if args.loader_threads is not None
-                         else 4 if runtime.device.type == "cuda" else 0)
+                         else 4 if runtime.device.type == "cuda" else 0, circuits=args.circuits)
         log = (lambda line: print(line, file=sys.stderr)) if main else (lambda _: None)
         log(f"bases for {info.display_name}: heads {len(heads)}, neuron layers {neuron_layers}, "
             f"{image_set.description}, text pool {pool_name} ({len(texts)})")

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--image", required=True, help="path to an image file")
     parser.add_argument("--text", required=True, action="append", help="a text (repeat for several)")
     add_convention_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON (one object per text; schema in README)")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per text; schema in docs/cli.md)")
     parser.set_defaults(func=run)
 
 

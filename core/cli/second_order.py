@@ -59,9 +59,10 @@ def _ours(path) -> bool:
 
 
 def run(args) -> int:
-    import os
-
     from safetensors.torch import save_file
+
+    from core.errors import OutputError
+    from core.writes import replace_file
 
     from core.cli.common import existing_file, model_spec, positive
     from core.engine.images import load_image
@@ -83,16 +84,12 @@ def run(args) -> int:
                 "head, frozen ln_1 stats and attention)" + (", with bias and LayerNorm-mean shares" if args.mode == "paper" else ""),
                 "shape": "[neuron, d_out]", "device": str(bundle.device),
                 "image": str(args.image).encode("utf-8", "backslashreplace").decode("utf-8")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        save_file({"phi": phi[0].contiguous().cpu()}, tmp, metadata=metadata)
-        os.replace(tmp, out)
+    tensors = {"phi": phi[0].contiguous().cpu()}
+    try:  # only a file this command wrote (its metadata says so) is replaced, never through a link, atomically
+        replace_file(out, lambda tmp: save_file(tensors, tmp, metadata=metadata), ours=_ours, overwrite=args.overwrite,
+                     what="output file --out", command="python -m core second-order")
     except Exception as err:  # safetensors reports a failed write as SafetensorError, not OSError
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
-            from core.errors import OutputError
-
+        if isinstance(err, OSError) and not isinstance(err, OutputError) or type(err).__name__ == "SafetensorError":
             raise OutputError(f"cannot write {out}: {str(err).splitlines()[0] if str(err) else err}") from None
         raise
     print(f"wrote {out}: phi [{phi.shape[1]} neurons, {phi.shape[2]} d_out] of layer {args.layer}, model "

@@ -11,14 +11,18 @@ from core.cli.segment import (METHOD_CHOICES, add_method_options, add_yes_no,
 
 EPILOG = """examples:
   python -m core segeval --dataset world:500:2718 --method heads --method raw-attention --method oracle
+  python -m core segeval --dataset world-pairs:200:4721 --method heads --method rollout --method random-neurons
   python -m core segeval --model ViT-B-32/openai --dataset gtsegs_ijcv.mat --method neurons --neuron-layers 8 9 10 \\
       --bases b32-bases --protocol official
 
-DATASET: world:N[:SEED] (held-out generated scenes, exact masks), a gtsegs_ijcv.mat file (ImageNet-segmentation),
-or a folder with images/ and masks/ (same relative names, PNG masks; optional labels.csv with file,class).
+DATASET: world:N[:SEED] (held-out generated scenes, exact masks), world-pairs:N[:SEED[:K]] (held-out composites of
+K = 2..4 objects of different classes; the map is made for the first object's class and scored with the others'
+pixels as negatives: class specificity), a gtsegs_ijcv.mat file (ImageNet-segmentation), or a folder with images/
+and masks/ (same relative names, PNG masks; optional labels.csv with file,class).
 Metrics as the papers' code: pixel accuracy and mIoU summed over the dataset, mAP = mean over images of the
 two-channel AP; also AP over the foreground alone and per-image mIoU. An interrupted run resumes: run the
-same command again (finished images are read back from the state folder)."""
+same command again (finished images are read back from the state folder). random-neurons runs --random-draws times
+(seeds --seed, --seed + 1, ...) and reports the mean with its spread."""
 
 
 def register(subparsers) -> None:
@@ -44,6 +48,8 @@ def register(subparsers) -> None:
                         help="file of class names (one per line) to predict among on an unlabelled dataset "
                         "(default: the 1,000 ImageNet classes)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of the dataset")
+    parser.add_argument("--random-draws", type=int, default=10,
+                        help="random-neurons: independent draws of random neurons (default 10; mean and spread)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--state-dir", default=None,
                         help="where finished images are recorded for resuming (default $CLIPSCOPE_CACHE/segeval)")
@@ -66,10 +72,10 @@ def run(args) -> int:
     import sys
 
     from core import guards
-    from core.cli.common import count, existing_file, model_spec
+    from core.cli.common import count, existing_file, model_spec, positive
     from core.errors import ConfigError
     from core.segmentation.datasets import first_images, open_dataset, read_classnames
-    from core.segmentation.evaluate import ORACLE, evaluate
+    from core.segmentation.evaluate import MAX_RANDOM_DRAWS, ORACLE, evaluate
     from core.segmentation.protocols import PROTOCOLS, parse_threshold
 
     if args.protocol not in PROTOCOLS:
@@ -77,6 +83,7 @@ def run(args) -> int:
     methods = [m if m == ORACLE else resolve_method(m, args.random) for m in args.method]
     threshold = parse_threshold(args.threshold)
     count(args.batch_size, "batch_size", "--batch-size")
+    positive(args.random_draws, "--random-draws", maximum=MAX_RANDOM_DRAWS)
     count(args.limit, "gallery", "--limit")
     check_method_inputs(args)
     classnames = read_classnames(existing_file(args.classes, "class names file")) if args.classes is not None else None
@@ -92,7 +99,7 @@ def run(args) -> int:
                       class_source=args.class_source, threshold=threshold, clamp=yes_no(args.clamp),
                       subtract_class_mean=yes_no(args.subtract_class_mean), batch_size=args.batch_size,
                       state_dir=state_dir, save_maps=maps_dir, progress=_progress,
-                      log=lambda line: print(line, file=sys.stderr))
+                      log=lambda line: print(line, file=sys.stderr), random_draws=args.random_draws)
     if args.json:
         print_json(report.as_dict())
         return 0
@@ -110,6 +117,8 @@ def run(args) -> int:
         if oracle:
             row += f"  {m['ap_foreground'] / oracle.metrics['ap_foreground']:.2f}"
         print(row)
+    if report.class_specificity:
+        _print_specificity(report)
     print()
     for result in report.results:
         resumed = f"; {result.resumed} images read back" if result.resumed else ""
@@ -119,3 +128,20 @@ def run(args) -> int:
     if report.maps_dir:
         print(f"maps and masks: {report.maps_dir}")
     return 0
+
+
+def _print_specificity(report) -> None:
+    """Composites: per method, how often the map is higher on the mapped object than on the others."""
+    print(f"\nclass specificity (map of the first object's class; the other objects' pixels are its negatives; "
+          f"zero-shot prediction is one of the objects' classes in {100 * report.objects_recognised:.1f}%):")
+    print(f"{'method':16s} {'mean A > mean B':>15s} {'95% interval':>15s} {'AP(A vs B)':>10s}")
+    for method, spec in report.class_specificity.items():
+        share = spec["share_target_above_others"]
+        if "draws" in spec:
+            print(f"{method:16s} {100 * share:14.1f}% {'':>15s} {100 * spec['ap_target_vs_others']:10.1f}  "
+                  f"(mean of {spec['draws']} draws; share std {100 * spec['share_std']:.1f}, "
+                  f"min {100 * spec['share_min']:.1f}, max {100 * spec['share_max']:.1f})")
+            continue
+        low, high = spec["share_interval_95"]
+        print(f"{method:16s} {100 * share:14.1f}% {f'{100 * low:.1f}-{100 * high:.1f}%':>15s} "
+              f"{100 * spec['ap_target_vs_others']:10.1f}")

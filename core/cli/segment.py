@@ -113,7 +113,8 @@ def register(subparsers) -> None:
     parser.add_argument("--image", required=True, help="path to an image file")
     parser.add_argument("--text", required=True, action="append", help="a class text (repeat for several, at most 16)")
     parser.add_argument("--method", default="heads", help=f"{METHOD_CHOICES} (default heads)")
-    parser.add_argument("--out", required=True, help="output folder (new, empty, or one this command wrote before)")
+    parser.add_argument("--out", required=True, help="output folder (new, empty, or one this command wrote before: "
+                        "then only the files its manifest lists, unchanged, are replaced)")
     parser.add_argument("--background", default=None,
                         help="a background text for the argmax view: pixels it wins are background")
     parser.add_argument("--threshold", default=None,
@@ -132,38 +133,11 @@ def slug(text: str, limit: int = 40) -> str:
     return cleaned[:limit] or "text"
 
 
-def _check_out(out) -> list[str]:
-    """The files an earlier `segment` run wrote in `out` ([] for a new or empty folder); refuse anything else."""
-    import json
-
-    from core.errors import OutputError
-
-    record = out / "segment.json"
-    if not out.is_dir() or not any(out.iterdir()):
-        return []
-    if not record.is_file():
-        raise OutputError(f"{out} is not empty and was not written by `python -m core segment`; choose a new or "
-                          "empty folder")
-    try:
-        files = json.loads(record.read_text(encoding="utf-8")).get("files", [])
-    except (OSError, ValueError, AttributeError) as err:
-        raise OutputError(f"{record} is unreadable ({err}); choose a new folder") from None
-    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
-        raise OutputError(f"{record} is not a record of this command; choose a new folder")
-    return files
-
-
-def _prepare_out(out, log) -> None:
-    from core import guards
-
-    earlier = _check_out(out)
-    for name in earlier:  # only what our earlier run wrote is replaced
-        path = out / name
-        if path.parent == out and path.is_file():
-            path.unlink()
-    if earlier:
-        log(f"replacing the results of an earlier `segment` run in {out}")
-    guards.output_folder(out, "--out folder")
+def _targets(texts: list[str], several: bool) -> list[str]:
+    """The files one run writes in --out (besides its manifest)."""
+    files = [f"{index:02d}_{slug(text)}_{kind}" for index, text in enumerate(texts)
+             for kind in ("map.npy", "map.png", "mask.png", "overlay.png")]
+    return files + (["labels.npy", "labels.png"] if several else []) + ["segment.json"]
 
 
 def run(args) -> int:
@@ -179,9 +153,11 @@ def run(args) -> int:
     from core.cli.common import existing_file, model_spec
     from core.engine.images import load_image
     from core.engine.text import check_texts as check_text_values
+    from core.messages import display_source
     from core.segmentation.pictures import heat_picture, label_picture, mask_picture
     from core.segmentation.protocols import parse_threshold
     from core.segmentation.segment import check_texts, segment_image
+    from core.writes import OutputFolder
 
     check_text_values(args.text, what="--text")
     if args.background is not None:
@@ -194,33 +170,43 @@ def run(args) -> int:
     spec = model_spec(args)
     image_path = existing_file(args.image, "image file", hint="upload an image")
     out = Path(guards.check_output_path(args.out, "--out folder"))
-    _check_out(out)
+    # --out: new, empty, or an earlier `segment` run's (its manifest lists what it wrote, with hashes): only those
+    # files are replaced or removed, and any other file where one would go is refused now, before any work.
+    folder = OutputFolder(out, "segment", require="ours", what="--out folder")
+    targets = _targets(texts, len(texts) > 1)
+    folder.check_targets(targets)
     image = load_image(image_path)
     bundle = load_on_device(args, spec)
     options = method_options(args, bundle)
-    _prepare_out(out, lambda line: print(line, file=sys.stderr))
     result = segment_image(bundle, image, texts, method=method, options=options, threshold=threshold,
                            clamp=yes_no(args.clamp), subtract_mean=yes_no(args.subtract_mean))
-    files = []
+    if folder.earlier:
+        print(f"replacing the results of an earlier `segment` run in {out}", file=sys.stderr)
+    folder.claim(targets)
     masks = result.masks()
     for index, text in enumerate(result.texts):
         stem = f"{index:02d}_{slug(text)}"
-        np.save(out / f"{stem}_map.npy", result.maps[index])
-        heat_picture(result.view, result.maps[index], title=f"{method}: {text}").save(out / f"{stem}_map.png")
-        Image.fromarray(masks[index].astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
-        mask_picture(result.view, masks[index], title=f"{text}").save(out / f"{stem}_overlay.png")
-        files += [f"{stem}_map.npy", f"{stem}_map.png", f"{stem}_mask.png", f"{stem}_overlay.png"]
+        folder.write_array(f"{stem}_map.npy", result.maps[index], save=False)
+        folder.write_image(f"{stem}_map.png", heat_picture(result.view, result.maps[index], title=f"{method}: {text}"),
+                           save=False)
+        folder.write_image(f"{stem}_mask.png", Image.fromarray(masks[index].astype(np.uint8) * 255), save=False)
+        folder.write_image(f"{stem}_overlay.png", mask_picture(result.view, masks[index], title=f"{text}"), save=False)
     background = len(texts) - 1 if args.background else None
     if len(texts) > 1:
         labels = result.labels(background=background)
-        np.save(out / "labels.npy", labels.astype(np.int16))
-        label_picture(result.view, labels, result.texts, title=f"{method}: argmax").save(out / "labels.png")
-        files += ["labels.npy", "labels.png"]
+        folder.write_array("labels.npy", labels.astype(np.int16), save=False)
+        folder.write_image("labels.png", label_picture(result.view, labels, result.texts, title=f"{method}: argmax"),
+                           save=False)
+    files = [name for name in targets if name != "segment.json"]
+    record_options = options.record(method)
+    if record_options.get("bases"):
+        record_options["bases"] = display_source(record_options["bases"])
     record = {**result.settings(), "image": str(image_path), "background_text": args.background,
-              "options": options.record(method), "files": files,
+              "options": record_options, "files": files,
               "command": "python -m core segment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
               if len(sys.argv) > 2 and sys.argv[1] == "segment" else None}
-    (out / "segment.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    folder.write_text("segment.json", json.dumps(record, indent=2), save=False)
+    folder.remove_stale(targets)  # an earlier run's other files (other texts), if unchanged; saves the manifest
     if args.json:
         print_json(record)
         return 0

@@ -18,13 +18,17 @@ def register(subparsers) -> None:
         "spurious", help="spurious-cue removal: worst-group accuracy with a head set mean-ablated vs random heads",
         description="Zero-shot accuracy, overall and per group, on a grouped folder (Waterbirds layout: "
         "DIR/metadata.csv with file, label and group columns; Waterbirds' img_filename, y and place work too) "
-        "for the unmodified model, with the chosen heads mean-ablated, and with as many random heads mean-ablated "
-        "(mean and std over seeded trials).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "for the unmodified model, with the chosen heads mean-ablated, and with every set of as many heads from the "
+        "same layers mean-ablated (or 1,000+ sampled sets past 10,000): the population's mean, spread and the chosen "
+        "set's percentile.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
     parser.add_argument("--images", required=True, help="grouped folder holding metadata.csv")
     parser.add_argument("--heads", required=True, help="a head set JSON file, or heads inline, e.g. 10.3,11.0")
-    parser.add_argument("--trials", type=int, default=5, help="random head sets (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random head sets (default 0)")
+    parser.add_argument("--trials", type=int, default=0, help="seeded random head sets also ablated the literal way "
+                        "and listed in --json (default 0: the baseline is the population below)")
+    parser.add_argument("--samples", type=int, default=1000, help="random head sets drawn when there are more than "
+                        "10,000 sets of the chosen size (default 1000, at least 1000); otherwise every set is used")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled and listed head sets (default 0)")
     parser.add_argument("--random-layers", type=int, nargs="+",
                         help="layers random heads are drawn from (default: the first chosen head's layer to the last)")
     parser.add_argument("--means-from", help="folder of images to compute the means from (default: the evaluated "
@@ -65,7 +69,8 @@ def run(args) -> int:
     from core.heads.spurious import grouped_folder, spurious_report
 
     check_convention(args.convention)
-    count(args.trials, "trials", "--trials")
+    count(args.trials, "trials", "--trials", minimum=0)
+    positive(args.samples, "--samples", minimum=1000)
     count(args.batch_size, "batch_size", "--batch-size")
     positive(args.seed, "--seed", minimum=0)
     check_templates(args.templates)
@@ -88,7 +93,7 @@ def run(args) -> int:
     report = spurious_report(bundle, grouped, classifier, heads, means, provenance=provenance,
                              means_from_evaluated_set=not args.means_from, trials=args.trials, seed=args.seed,
                              random_layers=args.random_layers, paper_extras=args.paper_extras,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, samples=args.samples)
     if args.json:
         print_json({"model": bundle.info.spec, "classifier": described, **report.to_json()}, device=bundle.device)
         return 0
@@ -110,16 +115,26 @@ def _print_report(bundle, report, heads, provenance: str, described: str, args) 
     if report.paper_extras:
         print("              with the chosen and the random heads, every MLP and the heads of the layers before the "
               "last 4 are mean-ablated too (--paper-extras)")
-    summary = report.random_summary()
     print(f"\n{'':28s} {'overall':>8s} {'worst group':>12s}")
     for name, result in (("unmodified model", report.base), ("chosen heads ablated", report.ablated)):
         print(f"  {name:26s} {100 * result.overall:7.2f}% {100 * result.worst:11.2f}%  "
               f"(worst: {report.group_names[result.worst_group]})")
-    print(f"  {f'{len(heads)} random heads x{args.trials}':26s} {100 * summary['overall_mean']:7.2f}% "
-          f"{100 * summary['worst_mean']:11.2f}%  (std {100 * summary['overall_std']:.2f} / "
-          f"{100 * summary['worst_std']:.2f}; seed {args.seed}, layers {report.random_layers})")
+    print_population(report)
     print("\nper group:      " + "  ".join(f"{name}" for name in report.group_names))
     for name, result in (("unmodified", report.base), ("ablated", report.ablated)):
         print(f"  {name:12s}  " + "  ".join(f"{100 * v:6.2f}%" for v in result.per_group))
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable images, e.g. {report.skipped[0]}")
+
+
+def print_population(report) -> None:
+    """The random baseline: every head set of the chosen size (or the sampled ones), and the chosen set's rank."""
+    summary = report.baseline.summary(report.ablated)
+    worst, overall = summary["worst"], summary["overall"]
+    print(f"  {'random head sets, mean':26s} {100 * overall['mean']:7.2f}% {100 * worst['mean']:11.2f}%  "
+          f"({report.baseline.describe()})")
+    print(f"  {'  std':26s} {100 * overall['std']:7.2f}  {100 * worst['std']:11.2f}   worst group: 5-95% "
+          f"{100 * worst['q05']:.1f}-{100 * worst['q95']:.1f}%, max {100 * worst['max']:.1f}%")
+    print(f"  the chosen set's worst group is at percentile {summary['chosen_percentile_worst']:.1f} of these sets "
+          f"({100 * summary['share_at_least_chosen_worst']:.2f}% of them do at least as well; "
+          f"{100 * summary['chosen_minus_mean_worst']:+.1f} points over their mean)")

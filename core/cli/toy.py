@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli import require_subcommand
 from core.cli.common import add_device_argument
 
 
@@ -255,7 +256,7 @@ def _run_removal(args: argparse.Namespace) -> int:
     artifact = load_artifact(source, expect_model=bundle.info.identity())
     heads, provenance, labels = background_heads(artifact, top=args.top, share=args.share)
     report = bias_removal_report(bundle, model_bias(bundle, args.pairs), heads, provenance, n_per_group=args.n,
-                                 seed=args.seed, trials=args.trials, random_seed=args.random_seed)
+                                 seed=args.seed, trials=args.trials, random_seed=args.random_seed, samples=args.samples)
     if args.json:
         print(json.dumps({"model": bundle.info.spec, "labels": labels, **report.to_json()}, indent=2))
         return 0
@@ -265,12 +266,12 @@ def _run_removal(args: argparse.Namespace) -> int:
         if row["chosen"]:
             print(f"  L{row['layer']}H{row['head']}: " + "; ".join(row["texts"]))
     print(f"evaluated on {report.evaluated_on}; means from {report.means_from}; direct-effect mean-ablation")
-    summary = report.random_summary()
     print(f"{'':34s} {'overall':>8s} {'worst group':>12s}")
     print(f"  {'unmodified model':32s} {100 * report.base.overall:7.1f}% {100 * report.base.worst:11.1f}%")
     print(f"  {'background heads ablated':32s} {100 * report.ablated.overall:7.1f}% {100 * report.ablated.worst:11.1f}%")
-    print(f"  {f'{len(heads)} random heads, mean of {args.trials}':32s} {100 * summary['overall_mean']:7.1f}% "
-          f"{100 * summary['worst_mean']:11.1f}%  (std {100 * summary['worst_std']:.1f}, seed {args.random_seed})")
+    from core.cli.spurious import print_population
+
+    print_population(report)
     return 0
 
 
@@ -280,7 +281,7 @@ def _register_removal(toy_subparsers) -> None:
         "name backgrounds, against random heads",
         description="Choose heads from their TextSpan labels (at least --share of their top --top texts name a "
         "background), mean-ablate them and report overall and worst-group shape accuracy on uniform held-out "
-        "scenes of the planted-bias groups, against --trials random head sets of the same size.")
+        "scenes of the planted-bias groups, against every head set of the same size (percentile, mean, spread).")
     parser.add_argument("--model", default="toy-biased", help="model spec (default: toy-biased)")
     parser.add_argument("--bases", help="bases with TextSpan labels (default: the model's shipped bases)")
     parser.add_argument("--pairs", default=None, help="the planted pairs (default: the ones the model's checkpoint "
@@ -289,8 +290,11 @@ def _register_removal(toy_subparsers) -> None:
     parser.add_argument("--share", type=float, default=0.6, help="share of them that must name a background (default 0.6)")
     parser.add_argument("--n", type=int, default=200, help="held-out scenes per group (default 200)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the evaluated scenes (default 7)")
-    parser.add_argument("--trials", type=int, default=5, help="random head sets (default 5, at least 5)")
-    parser.add_argument("--random-seed", type=int, default=0, help="seed of the random head sets (default 0)")
+    parser.add_argument("--trials", type=int, default=0, help="seeded random head sets also ablated the literal way "
+                        "and listed in --json (default 0; the baseline is every set of the same size)")
+    parser.add_argument("--samples", type=int, default=1000, help="random head sets when there are more than 10,000 "
+                        "sets of the chosen size (default 1000, at least 1000)")
+    parser.add_argument("--random-seed", type=int, default=0, help="seed of the sampled and listed sets (default 0)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(func=_run_removal)
 
@@ -304,4 +308,4 @@ def register(subparsers) -> None:
     toy_subparsers = parser.add_subparsers(dest="toy_command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
         add(toy_subparsers)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    parser.set_defaults(func=lambda args: require_subcommand(parser))

@@ -12,9 +12,13 @@ The shard is the unit of work, of resume and of reduction:
   * then rank 0 runs TextSpan once on the merged statistics, the first PCs once on the merged top-k
     (float64), the sparse text decompositions, and writes the artifact (`core.artifacts.store`: it has
     no manifest until everything is written, so an interrupted build never looks complete).
-Each shard's partial is written atomically under the work folder (keyed by everything that changes
-it); a rerun, with any world size, reads finished shards back instead of recomputing them. The work
-folder is removed once the artifact is finalised.
+Each shard's partial is written atomically under the work folder, in a sub-folder keyed by everything
+that changes it; a rerun, with any world size, reads finished shards back instead of recomputing them.
+The work folder is a `core.writes.OutputFolder`: each process lists the partials it wrote in its own
+manifest, and once the artifact is finalised exactly those files (and the folders the build created) are
+removed. A folder the user named with --work-dir is kept, with anything else in it.
+With more processes than shards, the extra processes stay idle (they still take part in every merge, with
+zeros), so the artifact is the same as one process's.
 
 Memory per rank: one batch of effects plus the statistics (heads' Gram matrices, one [neuron, k, d_out]
 top-k per layer), whatever the size of the image set.
@@ -25,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ from core.engine.models import ClipBundle
 from core.engine.text import cache_dir, encode_texts
 from core.engine.trace import trace_vit
 from core.errors import ConfigError, DatasetError
+from core.writes import OutputFolder
 from core.heads.bases import (MEANS_GROUP, TABLE, _check_sizes, group_name, result_tensors, table_rows,
                               textspan_build_params, textspan_metrics)
 from core.heads.outputs import Head, check_heads
@@ -72,6 +76,7 @@ class BasesPlan:
     convention: str = "paper"
     criterion: str = "std"
     loader_threads: int = 0  # decode each batch's images in threads (a GPU outruns one decoding thread)
+    circuits: bool = False  # also store every neuron's weight edges to the later heads (core.circuits.bases)
 
     def n_shards(self, count: int) -> int:
         return -(-count // self.shard_size)
@@ -115,16 +120,19 @@ def build_bases(
     writer = _on_main(runtime, "opening the output folder", lambda: ArtifactWriter(
         out, model=bundle.info.identity(), text_pool=identity["text_pool"], image_set=image_set.identity(),
         convention=plan.convention, algorithms=_algorithms(plan, count), overwrite=overwrite))
-    work = Path(work_dir) if work_dir else cache_dir() / "bases-work" / _work_key(bundle, image_set, plan)
     n_shards = plan.n_shards(count)
     report = BuildReport(None, runtime.world_size, n_shards)
     mine = rt.owned(range(n_shards), runtime)
-    work.mkdir(parents=True, exist_ok=True)
+    work = _open_work(work_dir, _work_key(bundle, image_set, plan), runtime)
     if runtime.is_main:
-        (work / "plan.json").write_text(json.dumps({"identity": identity, "sharding": plan.sharding(count)},
-                                                   indent=1, default=str))
-    log(f"{n_shards} shards of up to {plan.shard_size} images; {runtime.describe()}; work folder {work}")
-    if n_shards % runtime.world_size:
+        work.write_text("plan.json", json.dumps({"identity": identity, "sharding": plan.sharding(count)}, indent=1,
+                                                default=str))
+    log(f"{n_shards} shards of up to {plan.shard_size} images; {runtime.describe()}; work folder {work.path}")
+    if n_shards < runtime.world_size:
+        log(f"note: {n_shards} shard(s) for {runtime.world_size} processes: ranks {n_shards}..{runtime.world_size - 1} "
+            f"stay idle (the result is the same; --shard-size {max(plan.options.batch_size, count // runtime.world_size // plan.options.batch_size * plan.options.batch_size)} "
+            "would give every process work)")
+    elif n_shards % runtime.world_size:
         log(f"note: {n_shards} shards do not divide evenly over {runtime.world_size} processes: ranks "
             f"0..{n_shards % runtime.world_size - 1} compute one more (the result is the same; the time is not)")
 
@@ -156,7 +164,9 @@ def build_bases(
     _remove_partials(work, mine)
     rt.barrier(runtime)
     if runtime.is_main:
-        shutil.rmtree(work, ignore_errors=True)
+        kept = work.clear()  # what this build wrote and nothing else; a folder the user named stays
+        if kept:
+            log(f"kept in the work folder (changed by someone, or holding other files): {', '.join(kept[:5])}")
     return report
 
 
@@ -214,11 +224,6 @@ def _check_plan(bundle: ClipBundle, plan: BasesPlan, count: int, n_texts: int, r
     _check_sizes(bundle, count, n_texts, plan.per_head, plan.rank, "data", None)
     if plan.neuron_layers:
         check_k(plan.options.k, count)
-    shards = plan.n_shards(count)
-    if runtime.world_size > shards:
-        raise ConfigError(f"{runtime.world_size} processes but the {count} images make only {shards} shard(s) of "
-                          f"{size}: every process needs at least one shard; use --shard-size "
-                          f"{max(batch, count // runtime.world_size // batch * batch)} or at most {shards} processes")
 
 
 def _plan_record(plan: BasesPlan) -> dict:
@@ -229,9 +234,14 @@ def _plan_record(plan: BasesPlan) -> dict:
 
 
 def _algorithms(plan: BasesPlan, count: int) -> dict:
-    return {"textspan": textspan_build_params(plan.per_head, plan.rank, plan.criterion, "data"),
-            "neurons": neuron_build_params(plan.neuron_layers, plan.n_terms, plan.options, None),
-            "sharding": plan.sharding(count)}
+    algorithms = {"textspan": textspan_build_params(plan.per_head, plan.rank, plan.criterion, "data"),
+                  "neurons": neuron_build_params(plan.neuron_layers, plan.n_terms, plan.options, None),
+                  "sharding": plan.sharding(count)}
+    if plan.circuits:
+        from core.circuits.bases import circuit_build_params
+
+        algorithms["circuits"] = circuit_build_params(plan.neuron_layers)
+    return algorithms
 
 
 def _work_key(bundle: ClipBundle, image_set: ImageSet, plan: BasesPlan) -> str:
@@ -249,32 +259,84 @@ def _work_key(bundle: ClipBundle, image_set: ImageSet, plan: BasesPlan) -> str:
 # ---------------------------------------------------------------- passes
 
 
-def _partial_path(work: Path, pass_number: int, shard: int) -> Path:
-    return work / f"pass{pass_number}" / f"shard{shard:06d}.safetensors"
+class _Work:
+    """This build's partials: `<key>/pass<N>/shard<S>.safetensors` in the work folder (an OutputFolder)."""
+
+    def __init__(self, folder: OutputFolder, key: str):
+        self.folder, self.key = folder, key
+        self.path = folder.path / key
+
+    def rel(self, pass_number: int, shard: int) -> str:
+        return f"{self.key}/pass{pass_number}/shard{shard:06d}.safetensors"
+
+    def write_text(self, name: str, text: str) -> None:
+        self.folder.write_text(f"{self.key}/{name}", text)
+
+    def read(self, pass_number: int, shard: int) -> dict[str, torch.Tensor] | None:
+        """A finished partial this build (any process, any earlier run) wrote, else None."""
+        rel = self.rel(pass_number, shard)
+        path = self.folder.path / rel
+        if not path.is_file() or not self.folder.listed(rel) or not self.folder.owns(rel):
+            return None
+        try:
+            stored = load_file(path)
+        except (SafetensorError, OSError, ValueError):
+            self.folder.remove(rel)  # damaged: recomputed, never trusted
+            return None
+        self.folder.adopt(rel)
+        return stored
+
+    def load(self, pass_number: int, shard: int) -> dict[str, torch.Tensor]:
+        stored = self.read(pass_number, shard)
+        if stored is None:
+            raise DatasetError(f"the partial of shard {shard} (pass {pass_number}) is missing or was changed in "
+                               f"{self.path}; run the same command again to recompute it")
+        return stored
+
+    def save(self, pass_number: int, shard: int, tensors: dict[str, torch.Tensor]) -> None:
+        prepared = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        self.folder.write(self.rel(pass_number, shard), lambda tmp: save_file(prepared, tmp))  # complete or absent
+
+    def drop(self, pass_number: int, shard: int) -> None:
+        self.folder.remove(self.rel(pass_number, shard))
+
+    def clear(self) -> list[str]:
+        return self.folder.clear()
 
 
-def _read_partial(path: Path) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError):
-        path.unlink(missing_ok=True)  # damaged: recomputed, never trusted
-        return None
+def _open_work(work_dir, key: str, runtime: rt.Runtime) -> _Work:
+    """The work folder (--work-dir, else the cache's bases-work/), opened by rank 0 first: the others then see
+    its manifest (which records whether the build created the folder)."""
+    root = Path(work_dir) if work_dir else cache_dir() / "bases-work"
 
+    def make() -> OutputFolder:
+        return OutputFolder(root, "bases-work", manifest=f".clipscope-bases-work-{key}.rank{runtime.rank}.json",
+                            siblings=f".clipscope-bases-work-{key}.rank*.json", require="any",
+                            what="work folder --work-dir" if work_dir else "work folder")
 
-def _save_partial(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, tmp)
-    os.replace(tmp, path)  # complete or absent
+    def first() -> OutputFolder:
+        folder = make()
+        folder.save()
+        return folder
+
+    folder = _on_main(runtime, "opening the work folder", first)
+    if not runtime.is_main:
+        problem = None
+        try:
+            folder = make()
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            problem = str(err)
+        rt.raise_if_any(runtime, problem, "opening the work folder")
+    else:
+        rt.raise_if_any(runtime, None, "opening the work folder")
+    return _Work(folder, key)
 
 
 def _run_pass(number, bundle, image_set, plan, work, mine, runtime, report, progress, compute, resume=None):
     computed = resumed = 0
     todo = []
     for shard in mine:
-        stored = _read_partial(_partial_path(work, number, shard))
+        stored = work.read(number, shard)
         if stored is None:
             todo.append(shard)
             continue
@@ -283,7 +345,7 @@ def _run_pass(number, bundle, image_set, plan, work, mine, runtime, report, prog
         resumed += 1
     shards = progress(todo, total=len(todo), desc=f"pass {number} (shards)") if progress and runtime.is_main else todo
     for shard in shards:
-        _save_partial(_partial_path(work, number, shard), compute(shard))
+        work.save(number, shard, compute(shard))
         computed += 1
     report.computed[f"pass{number}"], report.resumed[f"pass{number}"] = computed, resumed
 
@@ -338,12 +400,12 @@ def _merge_pass1(bundle, plan, work, n_shards, count, runtime) -> tuple[dict[str
     def partial(shard: int) -> torch.Tensor | None:
         if shard % runtime.world_size != runtime.rank:
             return None
-        stored = load_file(_partial_path(work, 1, shard))
+        stored = work.load(1, shard)
         return torch.cat([stored[name].reshape(-1).to(torch.float64) for name, _ in layout])
 
     flat = rt.reduce_slots(runtime, n_shards, partial, numel, stage="the pass-1 merge")
     # per-shard counts (pass 2 checks the images did not change): small, gathered once
-    mine = {shard: int(load_file(_partial_path(work, 1, shard))["count"][0])
+    mine = {shard: int(work.load(1, shard)["count"][0])
             for shard in rt.owned(range(n_shards), runtime)}
     for part in rt.gather_json(runtime, {str(k): v for k, v in mine.items()}):
         counts.update({int(k): v for k, v in part.items()})
@@ -387,16 +449,16 @@ def _resume_pass2(tops: dict[int, RunningTopK], stored: dict[str, torch.Tensor])
 def _skipped(work: Path, shards: list[int]) -> list[str]:
     found = []
     for shard in shards:
-        stored = _read_partial(_partial_path(work, 1, shard))
+        stored = work.read(1, shard)
         if stored is not None:
             found += json.loads(bytes(stored["skipped"].tolist()).decode("utf-8"))
     return found
 
 
-def _remove_partials(work: Path, shards: list[int]) -> None:
+def _remove_partials(work: _Work, shards: list[int]) -> None:
     for number in (1, 2):
         for shard in shards:
-            _partial_path(work, number, shard).unlink(missing_ok=True)
+            work.drop(number, shard)
 
 
 # ---------------------------------------------------------------- writing (rank 0)
@@ -420,6 +482,11 @@ def _write_artifact(writer, bundle, image_set, texts, plan, totals, means, tops,
             top_vectors=top.vectors, embeddings=embeddings, n_terms=plan.n_terms, options=plan.options,
             progress=progress)
     metrics = write_neuron_tables(writer, plan.neuron_layers, texts, image_set, layer_results) if tops else {}
+    if plan.circuits:
+        from core.circuits.bases import write_circuit_group
+
+        for layer, (stats, _) in layer_results.items():
+            write_circuit_group(writer, bundle.model.visual, layer, stats.pcs)
     if not tops and not writer.has("image_set"):
         writer.add_json("image_set", image_set.record())
     if report.skipped:

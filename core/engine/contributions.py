@@ -17,8 +17,13 @@ components to cos(y, t).
 
 Everything is computed from a VitTrace and weights folded once per model:
 M[l, h] = W_O[l, h] diag(gamma) P  ([d_head, d_out]). Projecting onto a few text directions
-first (`project_direct_effects`) costs [batch, layer, head, token, text] memory and never builds
-[batch, layer, head, token, d_out].
+first (`directions=`) costs [batch, layer, head, token, text] memory and never builds
+[batch, layer, head, token, d_out]. A spatial decomposition onto known directions needs no stored
+values at all: trace with `value_maps=spatial_value_maps(folded, directions)` and the trace maps each
+layer's values as it goes (about one forward's memory):
+
+>>> maps = spatial_value_maps(folded, texts)
+>>> effects = direct_effects(trace_vit(visual, images, value_maps=maps), folded, spatial=True, directions=texts)
 """
 
 from __future__ import annotations
@@ -29,9 +34,8 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.engine.conventions import CONVENTIONS
 from core.engine.trace import VitTrace
-
-CONVENTIONS = ("paper", "centered")
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,13 @@ def direct_effects(
     directions: optional [text, D'] matrix; each component is then projected on its rows
       (pass unit text embeddings, then `.scores()` gives cosine contributions).
     spatial: also keep per-token head terms (needs a trace made with keep_values=True).
+    A spatial decomposition reads the trace's values (keep_values=True) or, cheaper, its mapped values
+    (value_maps=spatial_value_maps(folded, directions), the same directions).
     """
     _check_convention(convention)
-    if spatial and trace.values is None:
-        raise ConfigError("spatial decomposition needs a trace with keep_values=True.")
+    if spatial and trace.values is None and trace.mapped_values is None:
+        raise ConfigError("spatial decomposition needs a trace with keep_values=True or with "
+                          "value_maps=spatial_value_maps(folded, directions).")
     f = _project(folded, directions)
     n_layers = trace.n_layers
     n_heads, n_tokens = trace.attn_cls.shape[2], trace.attn_cls.shape[3]
@@ -177,23 +184,43 @@ def direct_effects(
 def _through_ln_post(projected, own_mean, share, mu, s, f: FoldedWeights, convention: str) -> torch.Tensor:
     """The centring rule, for any components: c~ = (c G - centre 1^T G) / s + share beta P.
 
-    projected: c G [batch, ..., D] (G = diag(gamma) P, possibly folded with text directions);
-    centre: the component's `share` of the final LayerNorm's mean mu ("paper"), or its own mean
-    over d_model ("centered": own_mean() [batch, ...], computed only then); mu, s: [batch].
+    projected: c G [batch, ..., D] (G = diag(gamma) P, possibly folded with text directions), a fresh
+    tensor this function overwrites (no temporaries of its size); centre: the component's `share` of
+    the final LayerNorm's mean mu ("paper"), or its own mean over d_model ("centered": own_mean()
+    [batch, ...], computed only then); mu, s: [batch].
     """
     batch_shape = (-1,) + (1,) * (projected.ndim - 2)
     centre = (mu * share).reshape(batch_shape) if convention == "paper" else own_mean()
-    return (projected - centre[..., None] * f.ones_proj) / s.reshape(batch_shape)[..., None] + share * f.beta_proj
+    projected.sub_(centre[..., None] * f.ones_proj).div_(s.reshape(batch_shape)[..., None])
+    return projected.add_(share * f.beta_proj)
+
+
+def spatial_value_maps(folded: FoldedWeights, directions: torch.Tensor | None = None) -> torch.Tensor:
+    """[layer, head, d_head, D + 1]: the `value_maps` a trace needs for a spatial decomposition onto `directions`
+    [D, d_out] (None: the d_out output space): each head's folded output map projected on them, and in the last
+    column its mean over d_model (the "centered" convention's own mean)."""
+    f = _project(folded, directions)
+    return torch.cat([f.head_out, f.head_out_mean[..., None]], -1)
 
 
 def _token_terms(trace, f: FoldedWeights, convention: str, w_layer: float, n_heads: int, n_tokens: int) -> torch.Tensor:
     """[batch, layer, head, token, D]: c = a_{hi} v_i W_O + b_O / (T H) per cell."""
     cells = n_heads * n_tokens
-    value_term = torch.einsum("blthd,lhdo->blhto", trace.values, f.head_out) * trace.attn_cls[..., None]
+    if trace.values is not None:
+        value_term = torch.einsum("blthd,lhdo->blhto", trace.values, f.head_out)
+        own_mean = lambda: torch.einsum("blthd,lhd->blht", trace.values, f.head_out_mean)  # noqa: E731
+    else:
+        maps = trace.value_maps
+        if maps.shape != (*f.head_out.shape[:3], f.head_out.shape[3] + 1) or not (
+                torch.equal(maps[..., :-1], f.head_out.to(maps)) and torch.equal(maps[..., -1], f.head_out_mean.to(maps))):
+            raise ConfigError("the trace's value maps were made for other directions (or another model); trace with "
+                              "value_maps=spatial_value_maps(folded, directions) for these directions.")
+        value_term = trace.mapped_values[..., :-1].clone()
+        own_mean = lambda: trace.mapped_values[..., -1]  # noqa: E731
+    value_term.mul_(trace.attn_cls[..., None]).add_((f.out_bias / cells)[None, :, None, None, :])
     return _through_ln_post(
-        value_term + (f.out_bias / cells)[None, :, None, None, :],
-        lambda: torch.einsum("blthd,lhd->blht", trace.values, f.head_out_mean) * trace.attn_cls
-        + (f.out_bias_mean / cells)[None, :, None, None],
+        value_term,
+        lambda: own_mean() * trace.attn_cls + (f.out_bias_mean / cells)[None, :, None, None],
         w_layer / cells, trace.ln_post_mean, trace.ln_post_std, f, convention)
 
 
@@ -227,7 +254,7 @@ def cls_to_cls(trace: VitTrace, folded: FoldedWeights, *, convention: str = "pap
     attn0 = trace.attn_cls[..., 0]  # [batch, layer, head]
     value_term = torch.einsum("blhd,lhdo->blho", trace.value_cls, folded.head_out) * attn0[..., None]
     return _through_ln_post(
-        value_term + (folded.out_bias / cells)[None, :, None, :],
+        value_term.add_((folded.out_bias / cells)[None, :, None, :]),
         lambda: torch.einsum("blhd,lhd->blh", trace.value_cls, folded.head_out_mean) * attn0
         + (folded.out_bias_mean / cells)[None, :, None],
         1.0 / ((2 * n_layers + 1) * cells), trace.ln_post_mean, trace.ln_post_std, folded, convention)

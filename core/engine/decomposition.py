@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from core.engine.contributions import direct_effects, fold_weights
+from core.engine.contributions import direct_effects, fold_weights, spatial_value_maps
 from core.engine.images import load_image
 from core.engine.models import ClipBundle
 from core.engine.text import encode_texts
-from core.engine.trace import trace_vit
+from core.engine.shared_trace import shared_trace
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ImageDecomposition:
         ]
 
     def to_json(self) -> list[dict[str, Any]]:
-        """One JSON object per text; key names are stable (see README)."""
+        """One JSON object per text; key names are stable (docs/cli.md, "JSON output")."""
         out = []
         for index, text in enumerate(self.texts):
             out.append(
@@ -90,8 +90,9 @@ def decompose_image(
     text_embeddings = encode_texts(bundle, list(texts))
     pixels = bundle.preprocess(pil).unsqueeze(0).to(bundle.device)
     visual = bundle.model.visual
-    trace = trace_vit(visual, pixels, keep_values=True)
     folded = fold_weights(visual)
+    # The values are mapped onto the texts layer by layer: about one forward's memory, never all values.
+    trace = shared_trace(visual, pixels, value_maps=spatial_value_maps(folded, text_embeddings))
     effects = direct_effects(trace, folded, convention=convention, spatial=True, directions=text_embeddings).scores()
     # The error is measured in the full output space against the model's own forward pass.
     reference = bundle.model.encode_image(pixels)

@@ -19,14 +19,16 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core import guards
 from core.errors import DatasetError, ImageError
+
+if TYPE_CHECKING:  # torch is imported where a batch is stacked: reading an image needs none of it
+    import torch
 
 MAX_PIXELS = guards.MAX_IMAGE_PIXELS  # public servers: guards.PUBLIC_MAX_IMAGE_PIXELS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -229,6 +231,8 @@ def iter_image_batches(
     paths: Sequence[Path], preprocess: Callable, batch_size: int = 32, *, skipped: list[str] | None = None
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices, [batch, 3, H, W]) over `paths`; unreadable files are skipped and named in `skipped`."""
+    import torch
+
     batch, indices = [], []
     for index, path in enumerate(paths):
         try:

@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
-import torch
 from PIL import Image
 
 from core import guards, settings
 from core.errors import ConfigError, DatasetError, ImageError, PathNotAllowedError, check_index
 from core.engine.images import IMAGE_SUFFIXES, LabelledImages, image_files, image_folder, labelled_from_csv, load_image
+
+if TYPE_CHECKING:  # torch is imported where a batch is stacked: registering a generator needs none of it
+    import torch
 
 HF_PREFIX = "hf:"
 STREAM_SUFFIX = "?stream"
@@ -345,6 +347,8 @@ class ImageShard:
         """(global ids [batch], pixels [batch, 3, H, W]); batch boundaries are fixed by `start` and
         `batch_size` alone. Unreadable images are named in `skipped` (else raise). threads > 0 decodes
         and preprocesses each batch's images in that many threads (for a GPU that decoding would starve)."""
+        import torch
+
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
         label = self.image_set.description

@@ -24,19 +24,21 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import open_clip
 import torch
 from torch import nn
 
 from core import settings
-from core.errors import UnknownModelError, UnsupportedModelError, WeightsError
+from core.errors import ConfigError, UnknownModelError, UnsupportedModelError, WeightsError
 from core.guards import check_model_allowed
+from core.lazy import lazy_module
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_2_SPEC, TOY_BIASED_SPEC, TOY_DISPLAY_NAMES, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
-from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_2_SPEC, TOY_BIASED_SPEC, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
+open_clip = lazy_module("open_clip")  # it imports torchvision, transformers and timm: seconds, on first use
 
 TOY_SPEC = "toy"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -45,10 +47,39 @@ RANDOM_SEED = 0
 
 
 def register_model_configs(path: str | os.PathLike = CONFIG_DIR) -> None:
-    """Make the JSON model configs in `path` (a folder or one file) known to open_clip."""
+    """Make the JSON model configs in `path` (a folder or one file) known to open_clip.
+
+    Each config is read first (a ConfigError names a file that is not valid JSON): open_clip would fail on it
+    with a traceback, and keep failing on every later model load."""
     path = Path(path)
     if path.exists() and path not in open_clip.factory._MODEL_CONFIG_PATHS:
+        _check_model_configs(path)
         open_clip.add_model_config(path)
+
+
+def _check_model_configs(path: Path) -> None:
+    import json
+    import stat
+
+    files = [path] if path.is_file() and path.suffix == ".json" else sorted(path.glob("*.json")) if path.is_dir() else []
+    for file in files:
+        problem = None
+        try:
+            info = os.stat(file)
+            if not stat.S_ISREG(info.st_mode):
+                problem = "is not a regular file"
+            elif info.st_size > 1_000_000:
+                problem = f"is {info.st_size:,} bytes, over the limit of 1,000,000 for a model config"
+            else:
+                json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except (ValueError, RecursionError) as err:
+            problem = f"is not valid JSON ({str(err).splitlines()[0][:120]})"
+        except OSError as err:
+            problem = f"cannot be read ({err.strerror or err})"
+        if problem:
+            raise ConfigError(f"model config {file.name} in $CLIPSCOPE_MODEL_CONFIGS {problem}; fix or remove it")
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,14 +119,8 @@ class ModelInfo:
 
     @property
     def display_name(self) -> str:
-        if self.source == "toy" and self.spec == TOY_BIASED_SPEC:
-            return ("toy-biased: clipscope's small CLIP trained on a world with a planted bias "
-                    "(triangles on dotted, squares on striped backgrounds)")
-        if self.source == "toy" and self.spec == TOY_BIASED_2_SPEC:
-            return ("toy-biased-2: clipscope's small CLIP trained on a world with a second planted bias "
-                    "(circles on checkered, stars on pink backgrounds)")
         if self.source == "toy":
-            return "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)"
+            return TOY_DISPLAY_NAMES.get(self.spec, TOY_DISPLAY_NAMES["toy"])
         if self.random_init:
             return f"{self.arch} with RANDOM weights (not trained; for testing only)"
         return self.spec
@@ -330,6 +355,9 @@ def canonical_spec(arch: str, pretrained: str, source: str) -> str:
     return f"{arch}/{pretrained}"
 
 
+_LOAD_LOCK = threading.RLock()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(spec: str, device: str) -> ClipBundle:
     arch, pretrained, source = parse_spec(spec)
@@ -364,7 +392,10 @@ def load_clip(spec: str = TOY_SPEC, device: str | torch.device | None = None) ->
     """
     spec = check_model_allowed(spec)
     chosen = device if isinstance(device, torch.device) else settings.resolve_device(device)
-    return _load_cached(spec, str(chosen))
+    # One load at a time: the app loads its default model in the background while the first requests arrive, and
+    # open_clip's config registry is not thread-safe (a model half registered by one thread is "unknown" to another).
+    with _LOAD_LOCK:
+        return _load_cached(spec, str(chosen))
 
 
 def default_spec() -> str:

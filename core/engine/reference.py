@@ -124,6 +124,9 @@ def _literal_record(visual: nn.Module, image: torch.Tensor, layer: int) -> dict:
     return {"ln1": ln1, "patterns": patterns, "post": post, "mu_post": mu_post, "s_post": s_post, "y": y}
 
 
+literal_record = _literal_record  # public: other packages' oracles (core.circuits.reference) read the same record
+
+
 @torch.no_grad()
 def literal_second_order(
     visual: nn.Module,

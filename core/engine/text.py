@@ -19,9 +19,9 @@ from typing import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from core import guards, settings
+from core import caches, guards, settings
 from core.errors import TextError
 from core.engine.models import ClipBundle
 from core.paths import TOY_TEXTS
@@ -245,19 +245,19 @@ def encode_texts(
     """[text, d_out] unit-norm float32 text embeddings, computed in batches and cached on disk."""
     _check_texts(texts)
     path = cache_dir() / "text" / model_key(bundle) / f"{texts_sha256(texts)}.safetensors"
-    if use_cache and path.is_file():
+    if use_cache:
         try:
-            cached = load_file(path)["embeddings"]
-            if cached.shape[0] == len(texts):
-                return cached.to(bundle.device)
-        except Exception:  # a broken cache entry is recomputed, never trusted
+            if path.is_file():
+                cached = load_file(path)["embeddings"]
+                if cached.shape[0] == len(texts):
+                    return cached.to(bundle.device)
+        except Exception:  # an unreadable or broken cache entry is recomputed, never trusted
             pass
     embeddings = _encode(bundle, texts, batch_size, progress)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"embeddings": embeddings.cpu().contiguous()}, tmp, metadata={"model": bundle.info.spec, "count": str(len(texts))})
-        os.replace(tmp, path)
+    if use_cache:  # optional: a cache that cannot be written (read-only, full) is skipped with a warning
+        data = save({"embeddings": embeddings.cpu().contiguous()},
+                    metadata={"model": bundle.info.spec, "count": str(len(texts))})
+        caches.store(path, lambda tmp: Path(tmp).write_bytes(data), "text embeddings")
     return embeddings
 
 

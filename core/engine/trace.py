@@ -7,11 +7,17 @@ the attention, and record:
 
 - ln_1 statistics of every layer at every token (for the second-order lens),
 - the class-token row of every attention pattern (the only query row the papers use),
-- per-head attention-weighted values at the class token, and optionally all value vectors,
+- per-head attention-weighted values at the class token, and optionally all value vectors
+  (or, cheaper, every token's value mapped onto a few directions, layer by layer),
 - MLP outputs at the class token and MLP post-activations of requested layers,
 - ln_post statistics and the final embedding.
 
 The traced embedding equals `visual(images)` (tested for every architecture in the tests).
+
+Cost: about one forward. The LayerNorms are the fused kernel nn.LayerNorm runs (its statistics come
+out of the same call); the outputs are preallocated and filled layer by layer; every record is a copy
+of a slice, so each layer's qkv and MLP outputs are freed as in a plain forward; and the last block
+runs at the class token only (the other tokens' outputs of the last block feed nothing).
 
 >>> trace = trace_vit(bundle.model.visual, images, mlp_layers=[2], keep_values=True)
 >>> trace.embedding.shape   # [batch, d_out]
@@ -21,17 +27,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ConfigError, ImageError, UnsupportedModelError, check_index
+from core.lazy import lazy_module
+
+open_clip = lazy_module("open_clip")  # it imports torchvision, transformers and timm: seconds, on first use
 
 
 @dataclass(frozen=True)
 class VitTrace:
-    """What one traced forward recorded. Shapes use named dims; token 0 is the class token."""
+    """What one traced forward recorded. Shapes use named dims; token 0 is the class token.
+
+    Every tensor is the trace's own storage (no view into the forward's activations), so a trace holds
+    only what it lists: O(batch x layer x token) numbers, plus the optional per-token tensors asked for.
+    """
 
     embedding: torch.Tensor  # [batch, d_out] unnormalised image embedding, = visual(images)
     cls_embed: torch.Tensor  # [batch, d_model] ln_pre output at the class token (the embedding term)
@@ -46,6 +58,10 @@ class VitTrace:
     ln_post_std: torch.Tensor  # [batch]
     values: torch.Tensor | None = None  # [batch, layer, token, head, d_head] when keep_values
     mlp_post: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [batch, token, d_mlp]
+    # With value_maps [layer, head, d_head, D]: every token's value mapped per head, value_i^{l,h} @ maps[l, h],
+    # recorded layer by layer so the values themselves are never kept (spatial maps onto a few directions).
+    mapped_values: torch.Tensor | None = None  # [batch, layer, head, token, D]
+    value_maps: torch.Tensor | None = None  # [layer, head, d_head, D] the maps mapped_values used
 
     @property
     def n_layers(self) -> int:
@@ -94,23 +110,10 @@ def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, ln: nn.La
     return out
 
 
-def _attention(block: nn.Module, x_norm: torch.Tensor):
-    """Per-head attention of one block. Returns (attn_out [batch, token, d_model] before LayerScale,
-    attn_cls [batch, head, token], head_cls [batch, head, d_head], values [batch, token, head, d_head])."""
-    attn: nn.MultiheadAttention = block.attn
-    batch, tokens, width = x_norm.shape
-    heads = attn.num_heads
-    qkv = F.linear(x_norm, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = (t.reshape(batch, tokens, heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-    out = F.scaled_dot_product_attention(q, k, v)  # [batch, head, token, d_head]
-    d_head = q.shape[-1]
-    attn_cls = torch.softmax((q[:, :, :1] @ k.transpose(-1, -2)).squeeze(2) * d_head**-0.5, dim=-1)
-    head_cls = torch.einsum("bht,bhtd->bhd", attn_cls, v)
-    # The class-token row is recomputed from the recorded pattern so the decomposition sums exactly.
-    out[:, :, 0] = head_cls
-    merged = out.transpose(1, 2).reshape(batch, tokens, width)
-    attn_out = F.linear(merged, attn.out_proj.weight, attn.out_proj.bias)
-    return attn_out, attn_cls, head_cls, v.transpose(1, 2)
+def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised x, mean, 1 / sqrt(var + eps)) over the last dim: one fused kernel, the one nn.LayerNorm runs
+    (F.layer_norm keeps only the first output). mean and rstd are [..., 1]."""
+    return torch.native_layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 def _check_images(visual: nn.Module, images: torch.Tensor) -> None:
@@ -123,13 +126,98 @@ def _check_images(visual: nn.Module, images: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
-def _check_trace_arguments(visual: nn.Module, images: torch.Tensor, mlp_layers) -> None:
+def _check_trace_arguments(visual: nn.Module, images: torch.Tensor, mlp_layers, value_maps) -> None:
     check_supported(visual)
     _check_images(visual, images)
     for layer in mlp_layers:
         check_index("layer", layer, len(visual.transformer.resblocks))
     if visual.training:
         raise ConfigError("the vision tower is in training mode; call model.eval() first.")
+    if value_maps is not None:
+        blocks = visual.transformer.resblocks
+        heads, width = blocks[0].attn.num_heads, blocks[0].attn.embed_dim
+        expected = (len(blocks), heads, width // heads)
+        if value_maps.ndim != 4 or tuple(value_maps.shape[:3]) != expected:
+            raise ConfigError(f"value_maps must be [layer, head, d_head, D] = [{', '.join(map(str, expected))}, D], "
+                              f"got {list(value_maps.shape)}")
+
+
+class _Recorder:
+    """The trace's preallocated outputs, filled layer by layer (no per-layer lists, no final stacks)."""
+
+    def __init__(self, x: torch.Tensor, n_layers: int, heads: int, keep_values: bool, value_maps):
+        batch, tokens, width = x.shape
+        d_head = width // heads
+        new = x.new_empty
+        self.ln1_mean, self.ln1_std = new(batch, n_layers, tokens), new(batch, n_layers, tokens)
+        self.attn_cls = new(batch, n_layers, heads, tokens)
+        self.head_cls, self.value_cls = new(batch, n_layers, heads, d_head), new(batch, n_layers, heads, d_head)
+        self.mlp_cls = new(batch, n_layers, width)
+        self.values = new(batch, n_layers, tokens, heads, d_head) if keep_values else None
+        self.value_maps = None if value_maps is None else value_maps.to(x.device, x.dtype)
+        self.mapped_values = None if value_maps is None else new(batch, n_layers, heads, tokens, value_maps.shape[-1])
+
+    def values_of(self, layer: int, value: torch.Tensor) -> None:
+        """value [batch, token, head, d_head] (a view into the layer's qkv): keep only what was asked for."""
+        self.value_cls[:, layer] = value[:, 0]
+        if self.values is not None:
+            self.values[:, layer] = value
+        if self.mapped_values is not None:
+            batch, tokens, heads, d_head = value.shape
+            # [head, batch * token, d_head] @ [head, d_head, D]: a strided view of qkv, no copy of the values
+            mapped = torch.matmul(value.permute(2, 0, 1, 3).reshape(heads, batch * tokens, d_head), self.value_maps[layer])
+            self.mapped_values[:, layer] = mapped.view(heads, batch, tokens, -1).transpose(0, 1)
+
+
+def _class_row(q_cls: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, record: _Recorder) -> torch.Tensor:
+    """The class-token query's softmax row and its output, from one computation.
+
+    q_cls [batch, head, d_head]; k, v [batch, token, head, d_head] (views into qkv). Records attn_cls and
+    head_cls and returns head_cls [batch, head, d_head]: the same softmax gives the recorded pattern and the
+    class token's output, so the decomposition sums exactly to the traced forward.
+    """
+    scores = (k * (q_cls * q_cls.shape[-1] ** -0.5)[:, None]).sum(-1)  # [batch, token, head]
+    probs = torch.softmax(scores, dim=1)
+    record.attn_cls[:, layer] = probs.transpose(1, 2)
+    head_cls = (probs[..., None] * v).sum(1)  # [batch, head, d_head]
+    record.head_cls[:, layer] = head_cls
+    return head_cls
+
+
+def _attention(block: nn.Module, x_norm: torch.Tensor, layer: int, record: _Recorder) -> torch.Tensor:
+    """attn_out [batch, token, d_model] (before LayerScale) of one block; records its class row and values."""
+    attn: nn.MultiheadAttention = block.attn
+    batch, tokens, width = x_norm.shape
+    heads = attn.num_heads
+    qkv = F.linear(x_norm, attn.in_proj_weight, attn.in_proj_bias).view(batch, tokens, 3, heads, width // heads)
+    q, k, v = qkv.unbind(2)  # [batch, token, head, d_head] views, no copies
+    record.values_of(layer, v)
+    head_cls = _class_row(q[:, 0], k, v, layer, record)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    merged = out.transpose(1, 2)  # [batch, token, head, d_head]; SDPA lays its output out this way (no copy)
+    # The class row is our own (same softmax as the recorded pattern) so the decomposition sums exactly.
+    merged[:, 0] = head_cls
+    return F.linear(merged.reshape(batch, tokens, width), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _last_block(block: nn.Module, x: torch.Tensor, x_norm: torch.Tensor, layer: int, record: _Recorder) -> torch.Tensor:
+    """The last block at the class token only: [batch, d_model] residual after it.
+
+    Nothing downstream reads the other tokens' outputs of the last block, so only their keys and values are
+    computed: no query, attention, out-projection or MLP at the patch tokens (exactly the same class token)."""
+    attn: nn.MultiheadAttention = block.attn
+    batch, tokens, width = x_norm.shape
+    heads = attn.num_heads
+    bias = attn.in_proj_bias
+    kv = F.linear(x_norm, attn.in_proj_weight[width:], None if bias is None else bias[width:])
+    k, v = kv.view(batch, tokens, 2, heads, width // heads).unbind(2)
+    record.values_of(layer, v)
+    q_cls = F.linear(x_norm[:, 0], attn.in_proj_weight[:width], None if bias is None else bias[:width])
+    head_cls = _class_row(q_cls.view(batch, heads, -1), k, v, layer, record)
+    resid = x[:, 0] + block.ls_1(F.linear(head_cls.reshape(batch, width), attn.out_proj.weight, attn.out_proj.bias))
+    mlp_out = block.ls_2(block.mlp(block.ln_2(resid)))
+    record.mlp_cls[:, layer] = mlp_out
+    return resid + mlp_out
 
 
 def trace_vit(
@@ -138,54 +226,70 @@ def trace_vit(
     *,
     mlp_layers: tuple[int, ...] | list[int] = (),
     keep_values: bool = False,
+    value_maps: torch.Tensor | None = None,
 ) -> VitTrace:
     """Run `visual` on preprocessed `images` [batch, 3, H, W] and record what decompositions need.
 
     mlp_layers: layers whose MLP post-activations [batch, token, d_mlp] to keep.
-    keep_values: keep all value vectors [batch, layer, token, head, d_head] (spatial maps).
+    keep_values: keep all value vectors [batch, layer, token, head, d_head] (spatial maps onto any directions).
+    value_maps: [layer, head, d_head, D]; record each token's value through them, `mapped_values`
+      [batch, layer, head, token, D], layer by layer (spatial maps onto D known directions: the values
+      are never kept). See `core.engine.contributions.spatial_value_maps`.
+    Memory: about one forward's activations, plus what is asked for; the last block runs at the class token
+    only (unless its MLP activations are asked for).
     """
-    _check_trace_arguments(visual, images, mlp_layers)
+    _check_trace_arguments(visual, images, mlp_layers, value_maps)
+    with torch.inference_mode():
+        return _trace(visual, images, frozenset(mlp_layers), keep_values, value_maps)
+
+
+def _trace(visual: nn.Module, images: torch.Tensor, mlp_layers: frozenset, keep_values: bool, value_maps) -> VitTrace:
     blocks = visual.transformer.resblocks
+    last = len(blocks) - 1
     dtype = next(visual.parameters()).dtype
     x = visual._embeds(images.to(dtype))
     cls_embed = x[:, 0].clone()
-    ln1_mean, ln1_std, attn_cls, head_cls, value_cls, mlp_cls, values = [], [], [], [], [], [], []
+    record = _Recorder(x, len(blocks), blocks[0].attn.num_heads, keep_values, value_maps)
     mlp_post: dict[int, torch.Tensor] = {}
     for index, block in enumerate(blocks):
-        mean, std = layer_norm_stats(x, block.ln_1.eps)
-        attn_out, pattern, head_out, value = _attention(block, _normalise(x, mean, std, block.ln_1))
-        x = x + block.ls_1(attn_out)
+        x_norm, mean, rstd = _layer_norm(x, block.ln_1)
+        record.ln1_mean[:, index] = mean[..., 0]
+        torch.reciprocal(rstd[..., 0], out=record.ln1_std[:, index])
+        if index == last and index not in mlp_layers:
+            resid = _last_block(block, x, x_norm, index, record)
+            break
+        attn_out = block.ls_1(_attention(block, x_norm, index, record))
+        del x_norm
+        x += attn_out  # in place: x is this function's own (the output of _embeds; cls_embed is a copy)
+        del attn_out
         hidden = block.mlp.gelu(block.mlp.c_fc(block.ln_2(x)))
         mlp_out = block.ls_2(block.mlp.c_proj(hidden))
-        x = x + mlp_out
-        ln1_mean.append(mean)
-        ln1_std.append(std)
-        attn_cls.append(pattern)
-        head_cls.append(head_out)
-        value_cls.append(value[:, 0])
-        mlp_cls.append(mlp_out[:, 0])
-        if keep_values:
-            values.append(value)
         if index in mlp_layers:
             mlp_post[index] = hidden
-    resid = x[:, 0]
-    post_mean, post_std = layer_norm_stats(resid, visual.ln_post.eps)
-    pooled = _normalise(resid, post_mean, post_std, visual.ln_post)
+        del hidden
+        record.mlp_cls[:, index] = mlp_out[:, 0]
+        x += mlp_out
+        del mlp_out
+    else:  # the last block ran at every token (its MLP activations were asked for)
+        resid = x[:, 0].clone()
+    pooled, post_mean, post_rstd = _layer_norm(resid, visual.ln_post)
     embedding = pooled @ visual.proj if visual.proj is not None else pooled
     return VitTrace(
         embedding=embedding,
         cls_embed=cls_embed,
-        ln1_mean=torch.stack(ln1_mean, 1),
-        ln1_std=torch.stack(ln1_std, 1),
-        attn_cls=torch.stack(attn_cls, 1),
-        head_cls=torch.stack(head_cls, 1),
-        value_cls=torch.stack(value_cls, 1),
-        mlp_cls=torch.stack(mlp_cls, 1),
+        ln1_mean=record.ln1_mean,
+        ln1_std=record.ln1_std,
+        attn_cls=record.attn_cls,
+        head_cls=record.head_cls,
+        value_cls=record.value_cls,
+        mlp_cls=record.mlp_cls,
         resid_final=resid,
-        ln_post_mean=post_mean,
-        ln_post_std=post_std,
-        values=torch.stack(values, 1) if keep_values else None,
+        ln_post_mean=post_mean[..., 0],
+        ln_post_std=post_rstd[..., 0].reciprocal(),
+        values=record.values,
         mlp_post=mlp_post,
+        mapped_values=record.mapped_values,
+        value_maps=record.value_maps,
     )
 
 

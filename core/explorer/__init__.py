@@ -2,7 +2,7 @@
 
 `access` holds the checks for a public server (models, server paths, sizes), `common` the inputs every tab shares
 (model, texts, the image from an upload or a link reference, text pools, progress), and one module per tab
-(`decomposition`, `heads`, `neurons`, `segmentation`, `adversarial`) returns plain views: Markdown, table rows, PIL images and a link state.
+(`decomposition`, `heads`, `neurons`, `circuits`, `segmentation`, `adversarial`) returns plain views: Markdown, table rows, PIL images and a link state.
 Like `core.cli`, this is a front door: it may import every concept package, and nothing in core imports it.
 """
 
@@ -17,4 +17,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
                 "compute_statistics"],
     "segmentation": ["SegmentationView", "segment", "rerender"],
     "adversarial": ["AdversarialView", "generate"],
+    "circuits": ["CircuitView", "show_circuit", "measure_ablation", "show_in_edges"],
 })

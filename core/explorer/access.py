@@ -19,6 +19,36 @@ MAX_TEXTS = 32  # typed texts
 MAX_TEXT_CHARS = 300
 MAX_UPLOADS = 64  # images uploaded as a set or a gallery
 MAX_WORLD_SCENES = 5_000
+# Text fields: each is checked for length before it is read (the server also caps a request's body, ui_common).
+MAX_LINE_CHARS = 300  # a one-line field: a model spec, bases, a class name, a list of layers
+MAX_PATH_CHARS = 4_096  # a server path (local mode)
+MAX_BLOCK_WORD_CHARS = 100  # one word or phrase of a block list
+
+
+def check_length(value, what: str, limit: int = MAX_LINE_CHARS) -> str:
+    """A text field as a string of at most `limit` characters (empty for None), else a one-line refusal."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be text.")
+    if len(value) > limit:
+        from core.errors import LimitError
+
+        raise LimitError(f"{what} is too long: {len(value):,} characters, at most {limit:,}.")
+    return value
+
+
+def check_block_list(raw) -> tuple[str, ...]:
+    """Words an adversarial run must not use, comma-separated: bounded in characters, words and word length
+    (core.guards `block_chars`, `block_words`), duplicates dropped, order kept."""
+    raw = check_length(raw, "The block list", guards.limit("block_chars"))
+    words = tuple(dict.fromkeys(word.strip() for word in raw.split(",") if word.strip()))
+    guards.check_count(len(words), "block_words", "The block list", minimum=0)
+    long = next((word for word in words if len(word) > MAX_BLOCK_WORD_CHARS), None)
+    if long is not None:
+        raise ConfigError(f"Each word of the block list must be at most {MAX_BLOCK_WORD_CHARS} characters; one has "
+                          f"{len(long)}.")
+    return words
 
 
 def check_model(spec: str | None) -> str:
@@ -33,7 +63,7 @@ def check_model(spec: str | None) -> str:
 
 def check_server_path(value: str | None, what: str) -> Path | None:
     """A server path typed by a local user (None when empty); refused in public mode and outside --allow-path."""
-    value = (value or "").strip()
+    value = check_length(value, what, MAX_PATH_CHARS).strip()
     if not value:
         return None
     return guards.check_user_path(value, what, hint="upload files instead").expanduser()
@@ -44,7 +74,7 @@ def check_bases_source(value: str | None) -> str | None:
     from core import settings
     from core.links.codec import BASES
 
-    value = (value or "").strip()
+    value = check_length(value, "The bases").strip()
     if not value or BASES.fullmatch(value):
         return value or None
     if settings.public():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core import settings
+from core import budget, settings
 from core.adversarial.defaults import DEFAULT_SIMILARITY, DEFAULT_WORDS, SD_REPO, SD_REVISION, SD_STEPS
 from core.errors import ConfigError
 from core.explorer import access
@@ -71,7 +71,7 @@ def limits() -> dict[str, int]:
 def read_layers(raw) -> tuple[int, ...] | None:
     if isinstance(raw, (tuple, list)):
         return tuple(int(p) for p in raw) or None
-    parts = (raw or "").replace(",", " ").split()
+    parts = access.check_length(raw, "The layers").replace(",", " ").split()
     if not parts:
         return None
     try:
@@ -81,13 +81,14 @@ def read_layers(raw) -> tuple[int, ...] | None:
 
 
 def read_block(raw) -> tuple[str, ...]:
-    return tuple(w.strip() for w in (raw or "").split(",") if w.strip())
+    """The block list: bounded in size (its cost grew with it: 5.5 MB took 65 s and 1.6 GB), duplicates dropped."""
+    return access.check_block_list(raw)
 
 
 def load_model(spec: str | None):
     from core.engine.models import load_clip
 
-    spec = (spec or "").strip() or default_model()
+    spec = access.check_length(spec, "The model spec").strip() or default_model()
     if settings.public() and spec not in allowed_models():
         raise ConfigError(f"model {spec!r} is not offered on this server; choose one of {', '.join(allowed_models())}")
     return load_clip(spec, device=settings.resolve_device() if spec not in TOY_MODELS else "cpu")
@@ -96,7 +97,9 @@ def load_model(spec: str | None):
 def _sd_generator(checkpoint: str | None, revision: str | None):
     from core.adversarial.generators import StableDiffusionGenerator, load_sd_pipeline
 
-    checkpoint, revision = (checkpoint or "").strip() or SD_REPO, (revision or "").strip() or None
+    checkpoint = access.check_length(checkpoint, "The Stable Diffusion checkpoint", access.MAX_PATH_CHARS)
+    revision = access.check_length(revision, "The revision")
+    checkpoint, revision = checkpoint.strip() or SD_REPO, revision.strip() or None
     if settings.public() and (checkpoint, revision) != (SD_REPO, SD_REVISION):
         raise ConfigError(f"this public server draws only with {SD_REPO}@{SD_REVISION[:12]}")
     device = str(settings.resolve_device())
@@ -131,9 +134,13 @@ def generate(spec: str | None, present: str, target: str, *, layers=None, neuron
     except (TypeError, ValueError):
         raise ConfigError(f"the similarity threshold must be a number, got {similarity!r}") from None
     bundle = load_model(spec)
+    budget.admit(budget.adversarial(
+        bundle, images=config_args["images"] * config_args["repeats"] * (3 if config_args["baselines"] else 1),
+        generator=config_args["generator"], steps=SD_STEPS))
     judge = (judge or "").strip() or None
     if judge is not None:
         load_model(judge)  # the same allow-list as the model
+    present, target = access.check_length(present, "The shown class"), access.check_length(target, "The target class")
     config = AdversarialConfig(present or "", target or "", similarity=similarity, similarity_model=judge,
                                **config_args)
     generator_object = _sd_generator(checkpoint, revision) if config.generator == "sd" else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -16,12 +15,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core import settings
-from core.engine.images import load_image
 from core.errors import ConfigError, CoreError, ImageError, TextError
 from core.explorer import access
 from core.links.codec import ViewState, encode
 from core.links.commands import CITATIONS
 from core.links.images import describe_ref, image_from_ref
+from core.messages import display_source, error_message, without_paths  # noqa: F401  (the tabs' shortening)
 
 UNIT = 100.0  # scores are shown as cosine x100
 UNIT_NAME = "cosine x100"
@@ -47,7 +46,29 @@ class Silent:
 
 
 def progress_or_silent(progress: Progress | None) -> Progress:
-    return progress if progress is not None else Silent()
+    """The tab's progress (or none), stopping the request at any step once it ran past its public deadline
+    (core.budget.checkpoint)."""
+    return progress if isinstance(progress, Bounded) else Bounded(progress if progress is not None else Silent())
+
+
+class Bounded:
+    """A Progress that checks the request's deadline (core.budget) at every report and every step."""
+
+    def __init__(self, inner: Progress):
+        self.inner = inner
+
+    def __call__(self, fraction: float, desc: str | None = None) -> None:
+        from core.budget import checkpoint
+
+        checkpoint()
+        return self.inner(fraction, desc=desc)
+
+    def tqdm(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
+        from core.budget import checkpoint
+
+        for item in self.inner.tqdm(iterable, total=total, desc=desc):
+            checkpoint()
+            yield item
 
 
 def load_model(spec: str | None, progress: Progress | None = None):
@@ -61,6 +82,8 @@ def load_model(spec: str | None, progress: Progress | None = None):
 
 def read_texts(raw: str | Iterable[str] | None, *, limit: int = access.MAX_TEXTS) -> list[str]:
     """Texts, one per line (or a list), stripped and de-duplicated in order; TextError when none or too many."""
+    if isinstance(raw, str):  # refused before it is split: its length bounds the work
+        access.check_length(raw, "The text box", limit * (access.MAX_TEXT_CHARS + 2) + 1_000)
     lines = raw.splitlines() if isinstance(raw, str) else list(raw or [])
     texts = list(dict.fromkeys(str(line).strip() for line in lines if str(line).strip()))
     if not texts:
@@ -87,6 +110,8 @@ def query_image(path: str | None, ref: str | None, *, what: str = "the uploaded 
         return QueryImage(image_from_ref(ref), ref, describe_ref(ref))
     if path:
         # Uploads keep the visitor's file name (Gradio stores them as <cache>/<hash>/<name>): say which file.
+        from core.engine.images import load_image  # torch: not before the first request
+
         return QueryImage(load_image(path, name=f"{what} {Path(path).name}"), "upload", "an uploaded image")
     raise ImageError("Upload an image or pick an example first.")
 
@@ -116,28 +141,6 @@ def text_pool(upload: str | None, typed: str | None = None) -> tuple[list[str], 
     if len(texts) > max_texts:
         raise TextError(f"The text pool {name} has {len(texts)} texts; the limit is {max_texts}.")
     return texts, name, f"{name} ({len(texts)} texts{', uploaded' if upload else ''})"
-
-
-def display_source(source: str | None) -> str:
-    """Bases source as a visitor may see it: repo@sha, a path inside the project, or only a folder's name."""
-    if not source:
-        return "none"
-    path = Path(source)
-    if "@" in source and not path.exists():
-        return source
-    try:
-        return str(path.resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return f"folder {path.name}"
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/()'`]+/)*([^\s/()'`]+)")
-
-
-def without_paths(text: str) -> str:
-    """Text written by a build (an artifact's image-set description, ...) with each absolute path shortened to its
-    last part, so that no result names a folder of the server."""
-    return _ABSOLUTE_PATH.sub(lambda m: f".../{m[1]}", str(text))
 
 
 def check_index(value, name: str, size: int) -> int:
@@ -282,4 +285,4 @@ def link_model(spec: str | None) -> str | None:
 
 
 def link_failure(err: CoreError) -> str:
-    return f"The linked view could not be computed: {err}"
+    return f"The linked view could not be computed: {error_message(err)}"

@@ -7,16 +7,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from core.engine.decomposition import ImageDecomposition, decompose_image
 from core.engine.labels import head_label
 from core.errors import ConfigError
 from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, colour_bar, link_panel, load_model,
                                   progress_or_silent, query_image, read_texts)
 from core.links.codec import ViewState
 from core.links.commands import reproduce_commands
+
+if TYPE_CHECKING:  # torch: imported by the first request, not by the page
+    from core.engine.decomposition import ImageDecomposition
 
 ALL = "all"
 SCALES = ("shared", "own")
@@ -85,6 +88,8 @@ def decompose(spec: str | None, image_path: str | None, image_ref: str | None, r
     query = query_image(image_path, image_ref)
     texts = read_texts(raw_texts)
     progress(0.3, desc="tracing the image through the model")
+    from core.engine.decomposition import decompose_image  # torch: not before the first request
+
     result = decompose_image(bundle, query.image, texts, convention=convention)
     progress(0.8, desc="drawing the views")
     return render_decomposition(result, query.image, query.ref, query.description, shown, layer, head, scale)

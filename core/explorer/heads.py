@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from core import budget
 from core.engine.labels import head_label
 from core.errors import BasesError, ConfigError, CoreError
 from core.explorer import access
@@ -20,6 +21,7 @@ from core.explorer.common import (UNIT, UNIT_NAME, LinkPanel, Progress, bases_re
                                   progress_or_silent, query_image, read_texts, text_pool, without_paths)
 from core.links.codec import BASES, ViewState
 from core.links.commands import reproduce_commands
+from core.messages import error_message
 
 WORLD_SEED = 4242  # held-out scenes TextSpan is fitted on in the tab (the examples use another seed)
 GALLERY_SIZE = 48
@@ -110,7 +112,7 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
         artifact, source = bases_artifact(bundle, bases)
         from_bases = _from_bases(artifact, source, chosen) if artifact is not None else None
     except BasesError as err:  # unusable bases must not hide the texts computed here
-        problem = f"  \nThe configured bases could not be used: {err}"
+        problem = f"  \nThe configured bases could not be used: {error_message(err)}"
     from_session = _from_session(fitted, bundle.info.spec, chosen)
     order = [(from_session, FROM_SESSION), (from_bases, FROM_BASES)]
     if prefer != FROM_SESSION:
@@ -129,8 +131,20 @@ def head_texts(spec: str | None, layer, head, bases: str | None = None, *, fitte
         also = "  \n(No TextSpan for this head was computed in this session: these are the bases' texts.)"
     total = rows[-1]["cumulative_variance"]
     return HeadTexts(f"{_model_line(bundle.info)}  \n**Head {name}** ({source_name}): {len(rows)} texts explain "
-                     f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}",
-                     _text_rows(rows), source_name)
+                     f"{100 * total:.1f}% of the variance of its outputs.  \n{provenance}{problem}{also}"
+                     f"{_circuit_link(bundle, bases, chosen)}", _text_rows(rows), source_name)
+
+
+def _circuit_link(bundle, bases: str | None, head: tuple[int, int]) -> str:
+    """A link to the Circuits tab's in-edges of this head (heads of layer 0 read no MLP neuron)."""
+    from core.links.codec import encode
+
+    if head[0] == 0:
+        return ""
+    bases = (bases or "").strip()
+    query = encode(ViewState("circuits", model=bundle.info.spec, bases=bases if BASES.fullmatch(bases) else None,
+                             head=f"{head[0]}.{head[1]}"))
+    return f"  \n[The neurons that feed this head](?{query})"
 
 
 def _image_set(bundle, source: str, folder: str | None, uploads, n_images: int, progress):
@@ -186,6 +200,7 @@ def compute_text_span(spec: str | None, source: str, folder: str | None, uploads
     # per dimension a head can write (its width plus its shares of the biases and the final LayerNorm, 3).
     rank = min(DEFAULT_RANK, bundle.info.d_out, n_images)
     per_head = min(per_head, rank - 1, bundle.info.d_head + 3, len(texts))
+    budget.admit(budget.text_span(bundle, images=n_images, heads=len(heads), texts=len(texts), per_head=per_head))
     progress(0.1, desc="encoding the text pool")
     embeddings = encode_texts(bundle, texts)
     tracked = progress.tqdm(batches, total=-(-n_images // 32), desc="head outputs")
@@ -249,6 +264,7 @@ def explain_image(spec: str | None, image_path: str | None, image_ref: str | Non
     progress(0.2, desc="decomposing the image")
     result = decompose_image(bundle, query.image, texts, convention=convention)
     pool, _, pool_description = text_pool(pool_upload)
+    budget.admit(budget.text_pool(bundle, texts=len(pool)))
     progress(0.6, desc="scoring the text pool for the head")
     top = image_head_texts(bundle, query.image, chosen, encode_texts(bundle, pool), k=10, convention=convention)
     scores = result.heads[:, :, 0]
@@ -353,7 +369,8 @@ def remove_spurious(spec: str | None, folder: str | None, raw_heads: str, classn
     summary = report.random_summary()
     rows = [{"model": "unmodified", "overall": report.base.overall, "worst group": report.base.worst},
             {"model": "chosen heads ablated", "overall": report.ablated.overall, "worst group": report.ablated.worst},
-            {"model": f"{len(heads)} random heads (mean of {trials})", "overall": summary["overall_mean"],
+            {"model": f"{len(heads)} random heads ({report.baseline.describe()}; chosen at percentile "
+                      f"{summary['chosen_percentile_worst']:.1f})", "overall": summary["overall_mean"],
              "worst group": summary["worst_mean"]}]
     rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     info = (f"{_model_line(bundle.info)}  \nEvaluated on {report.evaluated_on.replace(str(root), root.name)}; classifier: "

@@ -9,13 +9,16 @@ which the caller keeps per visitor.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from core import budget, caches
 from core.engine.labels import neuron_label
-from core.errors import ConfigError, CoreError
+from core.errors import ConfigError, CoreError, OutputError
 from core.explorer import access
 from core.explorer.common import (LinkPanel, Progress, bases_recipe, cached_artifact, check_index, colour_bar,
                                   display_source, link_model, link_panel, load_model, maybe_int, progress_or_silent,
@@ -128,8 +131,18 @@ def show_neuron(spec: str | None, bases: str | None, layer, neuron, session=None
             f"{float(stats.thresholds[n]):.3f}; PC share of the top-{stats.k} energy {float(stats.pc_variance[n]):.3f}; "
             f"reconstruction cosine of the PC from its {len(terms)} texts "
             f"{float(basis.words.reconstruction_cosine[n]):.3f} (dictionary {basis.words.dictionary_mode}).  \n"
-            f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}")
+            f"Top images of: {_public_description(basis.image_set)}.  \n{found.status()}  \n"
+            f"[Its circuit: the later heads that carry its effect](?{_circuit_query(bundle, bases, stats.layer, n)})")
     return NeuronView(info, rows, gallery)
+
+
+def _circuit_query(bundle, bases: str | None, layer: int, neuron: int) -> str:
+    """The Circuits tab's link for this neuron (the same model and Hub bases)."""
+    from core.links.codec import encode
+
+    bases = (bases or "").strip()
+    return encode(ViewState("circuits", model=bundle.info.spec, bases=bases if BASES.fullmatch(bases) else None,
+                            layer=layer, neuron=neuron))
 
 
 def neuron_on_image(spec: str | None, bases: str | None, layer, neuron, image_path: str | None, image_ref: str | None,
@@ -233,14 +246,87 @@ def compute_statistics(spec: str | None, layer, source: str, n_scenes, folder: s
     if k >= images.count:
         raise ConfigError(f"k ({k}) must be smaller than the number of images ({images.count}).")
     texts, pool_name, _ = text_pool(pool_upload, pool_typed)
+    budget.admit(budget.neuron_statistics(bundle, images=images.count, k=k, texts=len(texts),
+                                          images_name="world scenes" if source == WORLD else "images"))
     key = texts_sha256([bundle.info.spec, str(bundle.info.weights_sha256), images.description, pool_name,
                         texts_sha256(texts), str(layer), str(k), dictionary])[:20]
-    out = cache_dir() / "neuron-bases" / key
     track = lambda iterable, desc, total=None: progress.tqdm(iterable, desc=desc, total=total)  # noqa: E731
-    build_neuron_bases(bundle, out, layers=[layer], image_set=images, texts=texts, pool_name=pool_name,
-                       options=BuildOptions(k=k, dictionary=dictionary), progress=track)
-    basis = load_neuron_basis(find_neuron_bases(bundle, str(out)), layer)
+
+    def build(out: Path) -> None:
+        build_neuron_bases(bundle, out, layers=[layer], image_set=images, texts=texts, pool_name=pool_name,
+                           options=BuildOptions(k=k, dictionary=dictionary), progress=track)
+
+    def load(out: Path):
+        return load_neuron_basis(find_neuron_bases(bundle, str(out)), layer)
+
+    basis = cached_statistics(cache_dir() / "neuron-bases", key, build, load)
     return basis, Basis(basis, "computed in this session", None).status()
+
+
+# Statistics computed for visitors are kept under the cache, keyed by everything that determines them, least
+# recently used out past this size.
+NEURON_CACHE_BYTES = 2_000_000_000
+ABANDONED_SECONDS = 86_400  # an unfinished build nobody resumed for a day is trimmed like any old entry
+_key_locks: dict[str, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def cached_statistics(root: Path, key: str, build, load):
+    """The statistics under root/key: read when complete, else built by one request at a time per key (others with
+    the same key wait, then read them) in root/.work-KEY (an interrupted build resumes there) and renamed into place.
+
+    The cache is optional: when it cannot be written (read-only, full), the statistics are built in a temporary
+    folder, read, and that folder is removed; the log has a warning.
+    """
+    done = root / key
+    with _key_locks_guard:
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
+        basis = _read_complete(done, load)
+        if basis is not None:
+            caches.touch(done)
+            return basis
+        try:
+            with caches.file_lock(root / f".{key}.lock"):  # other server processes sharing the cache
+                basis = _read_complete(done, load)
+                if basis is None and done.is_dir() and not done.is_symlink():
+                    build(done)  # an unfinished build of an earlier version, written in place: resumed there
+                elif basis is None:
+                    work = root / f".work-{key}"
+                    build(work)
+                    os.rename(work, done)
+        except (OSError, OutputError) as err:
+            caches.warn_once("neuron statistics", err)
+            return _build_elsewhere(build, load)
+        caches.trim(root, NEURON_CACHE_BYTES, keep=(key,), select=lambda name: not name.startswith(".") or (
+            name.startswith(".work-") and caches.age(root / name) > ABANDONED_SECONDS))
+        return basis if basis is not None else load(done)
+
+
+def _read_complete(folder: Path, load):
+    """The statistics in `folder` when it holds a complete artifact, else None (absent, unfinished or unreadable)."""
+    try:
+        if not (folder / "manifest.json").is_file():
+            return None
+        return load(folder)
+    except (OSError, CoreError):
+        return None
+
+
+def _build_elsewhere(build, load):
+    """Build in a temporary folder of this process (the cache cannot hold them), read, remove the folder."""
+    import shutil
+    import tempfile
+
+    try:
+        work = Path(tempfile.mkdtemp(prefix="neuron-bases-", dir=caches.fallback_root()))
+    except OSError:
+        raise OutputError("The statistics cannot be computed now: this server's disk is full.") from None
+    try:
+        build(work / "bases")
+        return load(work / "bases")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- link

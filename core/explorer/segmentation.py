@@ -107,7 +107,7 @@ def _truth(bundle, image: Image.Image, image_ref: str):
     truth = None
     if image_ref and image_ref != "upload":
         ref = parse_image_ref(image_ref)
-        scene = world.sample_scenes(ref.index + 1, ref.seed, split="heldout")[ref.index]
+        scene = world.scene_at(ref.index, ref.seed, split="heldout")  # INDEX up to 9999, public or not
         labels = scene.labels()
         truth = (world.render(scene, image.width)[1] > 0, f"{labels['colour']} {labels['shape']}")
     else:

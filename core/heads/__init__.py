@@ -14,5 +14,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "completeness": ["CompletenessReport", "completeness_on_folder", "completeness_accuracies"],
     "retrieval": ["GalleryIndex", "build_gallery", "load_gallery", "save_gallery", "nearest", "query_contributions"],
     "spurious": ["SpuriousReport", "spurious_report", "grouped_folder", "random_head_sets", "describe_heads"],
-    "bases": ["build_textspan_bases", "finish_textspan_bases", "head_text_rows", "artifact_result"],
+    "bases": ["build_textspan_bases", "finish_textspan_bases", "head_text_rows", "head_texts_from_bases",
+              "artifact_result"],
 })

@@ -33,6 +33,7 @@ from core.artifacts.store import Artifact, ArtifactWriter, text_pool_identity
 from core.errors import BasesError, ConfigError
 from core.heads.outputs import (Head, HeadOutputs, StreamedHeadStatistics, check_heads, fit_text_span, head_name,
                                 head_outputs_from_batches, head_statistics, weight_span_bases)
+from core.engine.labels import parse_label
 from core.engine.models import ClipBundle
 from core.engine.text import cache_dir, encode_texts
 from core.heads.textspan import CRITERIA, DEFAULT_RANK, RANK_RTOL, SPANS, HeadStatistics, TextSpanResult
@@ -90,6 +91,32 @@ def head_text_rows(artifact: Artifact, head: Head) -> list[dict]:
     layer, index = head
     rows = [row for row in artifact.table(TABLE) if row["layer"] == layer and row["head"] == index]
     return sorted(rows, key=lambda row: row["order"])
+
+
+def head_texts_from_bases(bases: Artifact, head: str | Head) -> list[tuple[str, float]]:
+    """(text, share of the head's output variance it explains) for one head of loaded bases, in TextSpan's
+    selection order. `head` is a label ("L3H1") or (layer, head); ConfigError names the stored heads when the
+    bases lack it. For the full table rows (rank, cumulative variance): `head_text_rows`."""
+    chosen = _head_of(head)
+    rows = head_text_rows(bases, chosen) if bases.has(TABLE) else []
+    if not rows:
+        stored = ", ".join(head_name(h) for h in artifact_heads(bases)) or "none"
+        raise ConfigError(f"the bases at {bases.path} hold no TextSpan texts for head {head_name(chosen)} "
+                          f"(stored heads: {stored})")
+    return [(row["text"], float(row["variance_explained"])) for row in rows]
+
+
+def _head_of(head: str | Head) -> Head:
+    if isinstance(head, str):
+        component = parse_label(head)
+        if component.kind != "head":
+            raise ConfigError(f"{head!r} names a {component.kind}, not an attention head (e.g. L3H1)")
+        return component.layer, component.index
+    try:
+        layer, index = head
+        return int(layer), int(index)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"a head is a label such as L3H1 or a (layer, head) pair, got {head!r}") from err
 
 
 def artifact_heads(artifact: Artifact) -> list[Head]:

@@ -110,14 +110,12 @@ def nearest(index: GalleryIndex, query: torch.Tensor, head: Head, *, k: int = 10
 
 def save_gallery(index: GalleryIndex, path: str | os.PathLike) -> Path:
     """Write the index as one safetensors file (paths and provenance in its metadata), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from core.writes import atomic_write
+
     metadata = {"paths": json.dumps(index.paths), "heads": json.dumps(index.heads), "description": index.description,
                 "convention": index.convention, "model": json.dumps(index.model, sort_keys=True)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"outputs": index.outputs.contiguous()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    outputs = {"outputs": index.outputs.contiguous()}
+    return atomic_write(path, lambda tmp: save_file(outputs, tmp, metadata=metadata), what="gallery index")
 
 
 def load_gallery(path: str | os.PathLike, *, expect_model: dict | None = None) -> GalleryIndex:

@@ -3,10 +3,20 @@
 A grouped image set has the Waterbirds layout: FOLDER/metadata.csv with a file, a label and a
 group column (Waterbirds' own names img_filename, y and place are accepted too; with `place` the
 groups are the (label, place) pairs, as in Waterbirds). Zero-shot accuracy is reported overall and
-per group for the unmodified model, with the chosen heads mean-ablated, and with the same number
-of random heads mean-ablated, averaged over seeded trials. Means come from a reference image set
-that the caller chooses and that is reported (the paper code used the evaluated set itself).
-Ablation is the direct-effect mean-ablation of core.engine.ablation (final LayerNorm statistics frozen).
+per group for the unmodified model and with the chosen heads mean-ablated, against the population of
+head sets of the same size from the same layers: every such set when there are at most
+`EXHAUSTIVE_LIMIT` (10,000; e.g. C(16, 6) = 8,008 on the toy models), else `samples` (>= 1,000) seeded
+random sets. The report gives the population's mean, spread and quantiles and the chosen set's
+percentile in it. Means come from a reference image set that the caller chooses and that is reported
+(the paper code used the evaluated set itself). Ablation is the direct-effect mean-ablation of
+core.engine.ablation (final LayerNorm statistics frozen).
+
+Fast population: mean-ablation of direct effects is linear, so with the classifier C a set S changes every
+image's logits by sum_{h in S} (mean_h - c_h) C^T. One pass over the images keeps, per image, the logits
+and each candidate head's logit change [image, head, class] (float64); every set's logits are then a sum
+of rows, thousands of sets per matrix product, with no further model run. `trials` seeded sets are also
+ablated the literal way (`core.engine.ablation.ablate`) and listed, which the tests compare with the
+fast path.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -28,6 +39,9 @@ from core.engine.images import iter_image_batches
 from core.engine.models import ClipBundle, ModelInfo
 
 METADATA = "metadata.csv"
+EXHAUSTIVE_LIMIT = 10_000  # every head set of the chosen size when there are at most this many
+MIN_SAMPLES = 1_000  # else at least this many seeded random sets
+_SET_CHUNK = 512  # sets per matrix product (bounds memory: chunk x images x classes float64)
 FILE_COLUMNS = ("file", "img_filename")
 LABEL_COLUMNS = ("label", "y")
 GROUP_COLUMNS = ("group", "place")
@@ -59,6 +73,10 @@ def grouped_folder(folder: str | os.PathLike, *, classnames: Sequence[str] | Non
     if not rows:
         raise DatasetError(f"{folder / METADATA} lists no images" + (f" in split {split!r}" if split else ""))
     values = _sorted_values(row[label_col] for row in rows)
+    if len(values) < 2:  # any classifier is 100% right on one class: the table would say nothing
+        raise DatasetError(f"{folder / METADATA} has one class ({values[0]!r}"
+                           f"{f' in split {split!r}' if split is not None else ''}): a spurious-cue test needs at "
+                           "least two classes to classify between")
     names = _classnames(values, classnames, folder / METADATA)
     label_of = {value: i for i, value in enumerate(values)}
     labels = [label_of[row[label_col].strip()] for row in rows]
@@ -67,6 +85,9 @@ def grouped_folder(folder: str | os.PathLike, *, classnames: Sequence[str] | Non
     else:
         group_keys = [row[group_col].strip() for row in rows]
     group_names = _sorted_values(group_keys)
+    if len(group_names) < 2:  # worst-group accuracy of one group is the overall accuracy: no cue to find
+        raise DatasetError(f"{folder / METADATA} has one group ({group_names[0]!r}): a spurious-cue test compares "
+                           "groups (e.g. label x background); give at least two")
     group_of = {value: i for i, value in enumerate(group_names)}
     paths = [folder / row[file_col].strip() for row in rows]
     missing = [p for p in paths if not p.is_file()]
@@ -146,12 +167,107 @@ def random_head_sets(info: ModelInfo, count: int, trials: int, seed: int,
     """`trials` sets of `count` distinct heads drawn uniformly from `layers` (default all), seeded."""
     layers = list(range(info.n_layers)) if layers is None else list(layers)
     pool = check_heads([(l, h) for l in layers for h in range(info.n_heads)], info)
-    if not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"trials must be a positive integer, got {trials!r}")
+    if not isinstance(trials, int) or trials < 0:
+        raise ConfigError(f"trials must be a non-negative integer, got {trials!r}")
     if count > len(pool):
         raise ConfigError(f"cannot draw {count} random heads from {len(pool)} heads of layers {layers}")
     generator = torch.Generator().manual_seed(seed)
     return [[pool[i] for i in torch.randperm(len(pool), generator=generator)[:count].tolist()] for _ in range(trials)]
+
+
+def head_set_population(n_heads: int, size: int, *, samples: int = MIN_SAMPLES, seed: int = 0,
+                        limit: int = EXHAUSTIVE_LIMIT) -> tuple[torch.Tensor, str, int]:
+    """(sets [set, size] of indices into n_heads candidates, "all" | "sampled", number of possible sets).
+
+    Every set (lexicographic order) when there are at most `limit`, else `samples` distinct sets drawn
+    uniformly with a seeded generator (each sorted)."""
+    if not 1 <= size <= n_heads:
+        raise ConfigError(f"cannot choose sets of {size} heads from {n_heads} heads")
+    total = math.comb(n_heads, size)
+    if total <= limit:
+        return torch.tensor(list(combinations(range(n_heads), size)), dtype=torch.long), "all", total
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < MIN_SAMPLES:
+        raise ConfigError(f"there are {total:,} sets of {size} heads: sample at least {MIN_SAMPLES:,} of them, "
+                          f"got {samples!r}")
+    generator = torch.Generator().manual_seed(seed)
+    seen: set[tuple[int, ...]] = set()
+    sets = []
+    while len(sets) < samples:  # distinct sets; collisions are rare when total > limit
+        drawn = tuple(sorted(torch.randperm(n_heads, generator=generator)[:size].tolist()))
+        if drawn not in seen:
+            seen.add(drawn)
+            sets.append(drawn)
+    return torch.tensor(sets, dtype=torch.long), "sampled", total
+
+
+def set_accuracies(base_logits: torch.Tensor, head_deltas: torch.Tensor, sets: torch.Tensor, labels: torch.Tensor,
+                   groups: torch.Tensor, n_groups: int, *, chunk: int = _SET_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(worst-group accuracy [set], overall accuracy [set]) of every head set, from linear logit changes.
+
+    base_logits [image, class]; head_deltas [image, head, class], each candidate head's logit change when it
+    is mean-ablated alone; sets [set, size] head indices. Set s's logits = base + sum of its heads' rows.
+    """
+    base_logits, head_deltas = base_logits.double(), head_deltas.double()
+    sizes = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, torch.ones(len(groups), dtype=torch.float64))
+    present = sizes > 0
+    worst, overall = [], []
+    for start in range(0, len(sets), chunk):
+        part = sets[start:start + chunk]
+        membership = torch.zeros(len(part), head_deltas.shape[1], dtype=torch.float64)
+        membership.scatter_(1, part, 1.0)
+        logits = base_logits[None] + torch.einsum("sh,ihc->sic", membership, head_deltas)
+        correct = (logits.argmax(-1) == labels[None]).double()  # [set, image]
+        hits = torch.zeros(len(part), n_groups, dtype=torch.float64).index_add_(1, groups, correct)
+        per_group = torch.where(present, hits / sizes.clamp_min(1), torch.inf)
+        worst.append(per_group.min(1).values)
+        overall.append(correct.mean(1))
+    return torch.cat(worst), torch.cat(overall)
+
+
+def _distribution(values: torch.Tensor) -> dict[str, float]:
+    values = values.double()
+    q = torch.quantile(values, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    return {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0,
+            "min": float(values.min()), "q05": float(q[0]), "median": float(q[1]), "q95": float(q[2]),
+            "max": float(values.max())}
+
+
+def percentile_of(value: float, population: torch.Tensor) -> float:
+    """Mid-rank percentile of `value` in `population`: 100 x (share strictly below + half the share equal)."""
+    population = population.double()
+    below = float((population < value).double().mean())
+    equal = float((population == value).double().mean())
+    return 100.0 * (below + 0.5 * equal)
+
+
+@dataclass
+class HeadSetBaseline:
+    """Every head set of one size from `layers` (or a seeded sample), with each set's accuracies."""
+
+    kind: str  # "all" | "sampled"
+    layers: list[int]
+    size: int
+    possible: int  # number of sets of this size from these layers
+    seed: int
+    sets: list[list[Head]]
+    worst: torch.Tensor  # [set] worst-group accuracy
+    overall: torch.Tensor  # [set]
+
+    def summary(self, chosen: "GroupAccuracy | None" = None) -> dict:
+        out = {"kind": self.kind, "sets": len(self.sets), "possible_sets": self.possible, "size": self.size,
+               "layers": self.layers, "seed": self.seed if self.kind == "sampled" else None,
+               "worst": _distribution(self.worst), "overall": _distribution(self.overall)}
+        if chosen is not None:
+            out["chosen_percentile_worst"] = percentile_of(chosen.worst, self.worst)
+            out["chosen_percentile_overall"] = percentile_of(chosen.overall, self.overall)
+            out["share_at_least_chosen_worst"] = float((self.worst.double() >= chosen.worst).double().mean())
+            out["chosen_minus_mean_worst"] = chosen.worst - float(self.worst.double().mean())
+        return out
+
+    def describe(self) -> str:
+        what = (f"all {len(self.sets):,} sets" if self.kind == "all"
+                else f"{len(self.sets):,} random sets (seed {self.seed}) of the {self.possible:,}")
+        return f"{what} of {self.size} heads from layers {self.layers}"
 
 
 class GroupAccuracy(NamedTuple):
@@ -189,13 +305,21 @@ class SpuriousReport:
     random_layers: list[int]
     paper_extras: bool = False
     skipped: list[str] = field(default_factory=list)
+    baseline: HeadSetBaseline | None = None  # the population of head sets of the same size
 
     def random_summary(self) -> dict[str, float]:
-        """Mean and std (over trials; 0 for one trial) of the random heads' overall and worst-group accuracy."""
+        """Mean and std of the random head sets' overall and worst-group accuracy: over the whole population
+        (every set, or the sampled ones), else over the seeded trials (0 for one trial)."""
+        if self.baseline is not None:
+            summary = self.baseline.summary(self.ablated)
+            return {"overall_mean": summary["overall"]["mean"], "overall_std": summary["overall"]["std"],
+                    "worst_mean": summary["worst"]["mean"], "worst_std": summary["worst"]["std"],
+                    "sets": summary["sets"], "kind": summary["kind"],
+                    "chosen_percentile_worst": summary["chosen_percentile_worst"]}
         out = {}
         for name in ("overall", "worst"):
             values = torch.tensor([getattr(r, name) for r in self.random], dtype=torch.float64)
-            out[f"{name}_mean"] = float(values.mean())
+            out[f"{name}_mean"] = float(values.mean()) if len(values) else math.nan
             out[f"{name}_std"] = float(values.std()) if len(values) > 1 else 0.0
         return out
 
@@ -213,6 +337,7 @@ class SpuriousReport:
                 "random": {"seed": self.seed, "layers": self.random_layers, **self.random_summary(),
                            "trials": [{"heads": [list(h) for h in heads], **accuracy(result)}
                                       for heads, result in zip(self.random_heads, self.random)]},
+                "random_sets": None if self.baseline is None else self.baseline.summary(self.ablated),
                 "skipped": self.skipped}
 
 
@@ -226,20 +351,25 @@ def spurious_report(
     *,
     provenance: str = "",
     means_from_evaluated_set: bool = False,
-    trials: int = 5,
+    trials: int = 0,
     seed: int = 0,
     random_layers: Sequence[int] | None = None,
     paper_extras: bool = False,
     batch_size: int = 32,
     progress: Progress | None = None,
+    samples: int = MIN_SAMPLES,
+    exhaustive_limit: int = EXHAUSTIVE_LIMIT,
 ) -> SpuriousReport:
-    """Overall and worst-group zero-shot accuracy: base, `heads` mean-ablated, random heads mean-ablated.
+    """Overall and worst-group zero-shot accuracy: base, `heads` mean-ablated, and every head set of the same
+    size mean-ablated (the population baseline; see the module docstring).
 
     classifier: [class, d_out] in grouped.classnames order. random_layers: where random heads are
     drawn from (default: from the first chosen head's layer to the last layer, where the paper's
     heads live, so the baseline ablates heads of comparable direct effect). paper_extras: also
     mean-ablate every MLP and every head of the layers before the last 4 in the chosen and random
-    conditions, as the paper code's Waterbirds setting does.
+    conditions, as the paper code's Waterbirds setting does. trials: seeded random sets also ablated
+    the literal way and listed (default none). samples, seed: the sampled population when there are
+    more than `exhaustive_limit` sets.
     """
     heads = check_heads(heads, bundle.info)
     if classifier.shape[0] != len(grouped.classnames):
@@ -247,24 +377,40 @@ def spurious_report(
     if random_layers is None:
         random_layers = list(range(min(l for l, _ in heads), bundle.info.n_layers))
     random_sets = random_head_sets(bundle.info, len(heads), trials, seed, random_layers)
+    pool = check_heads([(l, h) for l in random_layers for h in range(bundle.info.n_heads)], bundle.info)
+    population, kind, possible = head_set_population(len(pool), len(heads), samples=samples, seed=seed,
+                                                     limit=exhaustive_limit)
     early = tuple(range(max(0, bundle.info.n_layers - 4))) if paper_extras else ()
     ablations = [Ablation(name, mlps=paper_extras, attention_layers=early, heads=tuple(chosen)) for name, chosen in
                  [("chosen", heads)] + [(f"random {i}", s) for i, s in enumerate(random_sets)]]
-    correct, seen, skipped = _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_size, progress)
+    context = Ablation("context", mlps=paper_extras, attention_layers=early)  # what every set is ablated on top of
+    correct, seen, skipped, linear = _correct_per_condition(bundle, grouped, classifier, means, ablations, context,
+                                                            pool, batch_size, progress)
     groups = torch.tensor(grouped.groups)[seen]
     results = [group_accuracy(torch.cat(c), groups, len(grouped.group_names)) for c in correct]
+    worst, overall = set_accuracies(linear[0], linear[1], population, torch.tensor(grouped.labels)[seen], groups,
+                                    len(grouped.group_names))
+    baseline = HeadSetBaseline(kind, list(random_layers), len(heads), possible, seed,
+                               [[pool[i] for i in row] for row in population.tolist()], worst, overall)
     return SpuriousReport(heads, provenance, results[0], results[1], random_sets, results[2:], list(grouped.classnames),
                           list(grouped.group_names), len(seen), grouped.description, means.description,
-                          means_from_evaluated_set, means.convention, seed, list(random_layers), paper_extras, skipped)
+                          means_from_evaluated_set, means.convention, seed, list(random_layers), paper_extras, skipped,
+                          baseline)
 
 
-def _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_size, progress):
-    """(per condition, base first: bool tensors per batch; image indices seen; skipped files)."""
+def _correct_per_condition(bundle, grouped, classifier, means, ablations, context, pool, batch_size, progress):
+    """(per condition, base first: bool tensors per batch; image indices seen; skipped files; (logits with the
+    context ablation [image, class], each pool head's logit change [image, head, class]), float64)."""
     labels = torch.tensor(grouped.labels)
     classifier = classifier.to(bundle.device)
     correct: list[list[torch.Tensor]] = [[] for _ in range(len(ablations) + 1)]
     seen: list[int] = []
     skipped: list[str] = []
+    base_logits, head_deltas = [], []
+    layer_of = torch.tensor([l for l, _ in pool])
+    head_of = torch.tensor([h for _, h in pool])
+    covered = torch.tensor([l in context.attention_layers for l, _ in pool])  # already ablated by the context
+    weights = classifier.double().T
     batches = iter_image_batches(grouped.paths, bundle.preprocess, batch_size, skipped=skipped)
     for indices, pixels in progress(batches) if progress else batches:
         parts = image_components(bundle, pixels, convention=means.convention)
@@ -272,10 +418,13 @@ def _correct_per_condition(bundle, grouped, classifier, means, ablations, batch_
         truth = labels[indices].to(bundle.device)
         for row, rep in enumerate(representations):
             correct[row].append(((rep @ classifier.T).argmax(-1) == truth).cpu())
+        base_logits.append((ablate(parts, means.means, context).double() @ weights).cpu())
+        change = (means.means.heads - parts.heads)[:, layer_of, head_of].double() @ weights  # [batch, head, class]
+        head_deltas.append(torch.where(covered.to(change.device)[None, :, None], 0.0, change).cpu())
         seen += indices
     if not seen:
         raise DatasetError(f"no readable images in {grouped.description}")
-    return correct, seen, skipped
+    return correct, seen, skipped, (torch.cat(base_logits), torch.cat(head_deltas))
 
 
 def describe_heads(heads: Sequence[Head]) -> str:

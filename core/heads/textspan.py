@@ -20,6 +20,10 @@ processes and reduced before `text_span_from_stats`. `text_span` computes
 them from a [head, image, d_out] tensor, a chunk of heads at a time.
 
 How the loop computes (same numbers as the literal loop, far cheaper):
+* the span is the top `rank` eigenvectors of G, computed without the others
+  (tridiagonal reduction, all eigenvalues, inverse iteration for the top ones:
+  `_top_eigh`); since B G B^T is then diagonal, C in span coordinates is that
+  diagonal minus a rank-1 term, with no d_out x d_out products;
 * it works in span coordinates (orthonormal basis B [rank, d_out]): C becomes
   B C B^T [rank, rank], and each deflation is a rank-1 update of it and of
   two numbers per text (||u||^2 and u^T C u);
@@ -103,8 +107,10 @@ class HeadStatistics:
     @classmethod
     def from_outputs(cls, head_outputs: torch.Tensor) -> "HeadStatistics":
         """Statistics of head_outputs [head, image, d_out] (any float dtype; accumulated in float64)."""
-        outputs = head_outputs.detach().to(torch.float64)
-        return cls(int(outputs.shape[1]), outputs.sum(1), outputs.mT @ outputs)
+        with _one_thread():  # memory-bound passes: a second thread only adds spin-waiting (3x the CPU time)
+            outputs = head_outputs.detach().to(torch.float64)
+            total = outputs.sum(1)
+        return cls(int(outputs.shape[1]), total, outputs.mT @ outputs)  # one large matmul: all threads
 
     @classmethod
     def zeros(cls, n_head: int, d_out: int, device: torch.device | str | None = None) -> "HeadStatistics":
@@ -203,18 +209,22 @@ def text_span(
     ConfigError (TextError for a text pool of the wrong dimension) on bad input.
     The result equals text_span_from_stats(HeadStatistics.from_outputs(head_outputs), ...).
     """
-    _check_tensor("head_outputs", head_outputs, "[head, image, d_out]", 3)
+    # Finite values are checked on the statistics: any NaN or infinity in the outputs makes a diagonal entry of
+    # the Gram matrix non-finite, and the float64 sums cannot overflow from float32 data (a pass saved).
+    _check_tensor("head_outputs", head_outputs, "[head, image, d_out]", 3, finite=False)
     n_head, n_image, d_out = head_outputs.shape
     rank = _validate(head_outputs.shape, text_embeddings, n_texts, rank, criterion, span, span_bases, chunk_heads)
     chunk = chunk_heads or _default_chunk_heads(n_image, len(text_embeddings), d_out, rank)
     texts = text_embeddings.to(head_outputs.device, torch.float64)
-    states = []
+    spans = []
     for start in range(0, n_head, chunk):
         heads = slice(start, start + chunk)
-        stats = HeadStatistics.from_outputs(head_outputs[heads])  # one large matmul: all threads
+        stats = HeadStatistics.from_outputs(head_outputs[heads])
+        if not bool(torch.isfinite(stats.gram.diagonal(dim1=-2, dim2=-1)).all()):
+            raise ConfigError("head_outputs contains NaN or infinite values; clean the input")
         with _one_thread():
-            states.append(_span_state(stats, texts, None if span_bases is None else span_bases[heads], rank))
-    return _fit(states, texts, n_texts, rank, criterion, span, head_outputs.dtype)
+            spans.append(_span_of(stats, texts, None if span_bases is None else span_bases[heads], rank))
+    return _fit(spans, texts, n_texts, rank, criterion, span, head_outputs.dtype)
 
 
 def text_span_from_stats(
@@ -240,13 +250,13 @@ def text_span_from_stats(
                      chunk_heads)
     chunk = chunk_heads or _default_chunk_heads(0, len(text_embeddings), d_out, rank)
     texts = text_embeddings.to(stats.gram.device, torch.float64)
-    states = []
+    spans = []
     with _one_thread():
         for start in range(0, n_head, chunk):
             heads = slice(start, start + chunk)
             bases = None if span_bases is None else span_bases[heads]
-            states.append(_span_state(stats.select(heads), texts, bases, rank))
-    return _fit(states, texts, n_texts, rank, criterion, span, dtype)
+            spans.append(_span_of(stats.select(heads), texts, bases, rank))
+    return _fit(spans, texts, n_texts, rank, criterion, span, dtype)
 
 
 @contextmanager
@@ -273,9 +283,9 @@ def _one_thread() -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _fit(states, texts, n_texts, rank, criterion, span, dtype) -> TextSpanResult:
-    """The greedy loop over the heads' span states, packed as a TextSpanResult."""
-    state = _SpanState(*(torch.cat(field) for field in zip(*states)))
+def _fit(spans, texts, n_texts, rank, criterion, span, dtype) -> TextSpanResult:
+    """The greedy loop over the heads' spans (all heads at once), packed as a TextSpanResult."""
+    state = _Span(*(torch.cat(field) for field in zip(*spans)))
     _check_ranks(state.ranks, n_texts, span)
     min_norm = MIN_TEXT_NORM * float(texts.norm(dim=1).max())
     with _one_thread():
@@ -420,7 +430,7 @@ def _first_best(score: torch.Tensor, valid: torch.Tensor, floor: torch.Tensor) -
     return torch.where(tied, positions, score.shape[1]).amin(dim=1).clamp_max(score.shape[1] - 1)
 
 
-class _SpanState(NamedTuple):
+class _Span(NamedTuple):
     """What the greedy loop needs from each head's statistics (all float64).
 
     mean [head, d_out]; total [head] (sum of squared centred outputs);
@@ -442,37 +452,89 @@ class _SpanState(NamedTuple):
     floor: torch.Tensor
 
 
-def _span_state(stats: HeadStatistics, texts, span_bases, rank) -> _SpanState:
+def _span_of(stats: HeadStatistics, texts, span_bases, rank) -> _Span:
     """Span, statistics in span coordinates and initial scores of a chunk of heads; texts [text, d_out] float64."""
-    centred = stats.centred_gram()
+    mean = stats.mean
+    total = stats.gram.diagonal(dim1=-2, dim2=-1).sum(-1) - (stats.sum * mean).sum(-1)  # trace of the centred Gram
     if span_bases is None:
-        basis, ranks, largest = _numerical_span(stats.gram, rank)
+        basis, ranks, largest, eigenvalues = _numerical_span(stats.gram, rank)
+        # The basis rows are eigenvectors of the uncentred Gram G, so B G B^T = diag(eigenvalues) and the centred
+        # Gram in span coordinates is that diagonal minus a rank-1 term (B s)(B s)^T / n: no d_out^2 products.
+        projected_sum = (basis @ stats.sum[:, :, None])[..., 0]  # [head, rank]
+        span_gram = torch.diag_embed(eigenvalues) - projected_sum[:, :, None] * projected_sum[:, None, :] / stats.count
     else:
         basis = _orthonormal_rows(span_bases.to(stats.gram.device, torch.float64))
         ranks = torch.full((len(basis),), basis.shape[1], dtype=torch.long, device=basis.device)
         largest = torch.linalg.eigvalsh(stats.gram)[:, -1]
-    span_gram = basis @ centred @ basis.mT
-    coords = texts @ basis.mT  # [head, text, rank], only while this chunk is processed
+        span_gram = basis @ stats.centred_gram() @ basis.mT
+    # Every head's text coordinates in one matrix product [text, head * rank], only while this chunk is processed.
+    n_head, rank, d_out = basis.shape
+    coords = (texts @ basis.reshape(-1, d_out).T).view(len(texts), n_head, rank).transpose(0, 1)
     captured = ((coords @ span_gram) * coords).sum(-1)
-    total = centred.diagonal(dim1=-2, dim2=-1).sum(-1)
-    floor = RANK_RTOL**2 * largest.clamp_min(0)
-    return _SpanState(stats.mean, total, basis, span_gram, captured, coords.square().sum(-1), ranks, floor)
+    return _Span(mean, total, basis, span_gram, captured, coords.square().sum(-1), ranks,
+                 RANK_RTOL**2 * largest.clamp_min(0))
 
 
 def _numerical_span(uncentred_gram, rank):
     """Top right singular vectors of the uncentred outputs, capped at their numerical rank.
 
-    Returns basis [head, rank, d_out] (rows beyond a head's numerical rank are zero), ranks [head]
-    and the largest eigenvalue of the Gram matrix (largest singular value squared) [head].
+    Returns basis [head, rank, d_out] (rows beyond a head's numerical rank are zero), ranks [head],
+    the largest eigenvalue of the Gram matrix (largest singular value squared) [head] and the
+    eigenvalues of the basis rows [head, rank] (zero beyond the numerical rank).
     A singular value s counts when s > RANK_RTOL * s_max, i.e. eigenvalue > RANK_RTOL^2 * its largest.
     """
-    eigenvalues, eigenvectors = torch.linalg.eigh(uncentred_gram)
+    eigenvalues, eigenvectors = _top_eigh(uncentred_gram, rank)
     largest = eigenvalues[:, -1]
     numerical = (eigenvalues > RANK_RTOL**2 * largest.clamp_min(0)[:, None]).sum(-1)
     ranks = numerical.clamp(max=rank)
-    basis = eigenvectors[..., -rank:].flip(-1).mT
+    basis = eigenvectors.flip(-1).mT
     keep = torch.arange(rank, device=basis.device) < ranks[:, None]
-    return basis * keep[:, :, None], ranks, largest
+    return basis * keep[:, :, None], ranks, largest, eigenvalues[:, -rank:].flip(-1) * keep
+
+
+def _top_eigh(matrices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all eigenvalues [head, n] ascending, eigenvectors of the k largest [head, n, k] ascending) of symmetric
+    float64 matrices [head, n, n].
+
+    On the CPU, per matrix: LAPACK's tridiagonal reduction (dsytrd), all eigenvalues of the tridiagonal matrix
+    (dsterf), eigenvectors of the top k only by inverse iteration (dstein, reorthogonalised within clusters), back
+    to the original basis with torch.ormqr. A full eigendecomposition (torch.linalg.eigh, also the fallback) spends
+    about 30% more time computing eigenvectors nobody reads (bench.textspan: 512 x 512, k = 80)."""
+    if matrices.device.type != "cpu" or matrices.dtype != torch.float64 or k >= matrices.shape[-1]:
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrices)
+        return eigenvalues, eigenvectors[..., -k:]
+    try:
+        from scipy.linalg import lapack
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # both come with scikit-learn; without them, the full decomposition
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrices)
+        return eigenvalues, eigenvectors[..., -k:]
+    # scipy's own BLAS (OpenBLAS) threads would spin-wait through every small step: one thread (see _one_thread)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _top_eigh_lapack(matrices, k, lapack)
+
+
+def _top_eigh_lapack(matrices: torch.Tensor, k: int, lapack) -> tuple[torch.Tensor, torch.Tensor]:
+    n = matrices.shape[-1]
+    values, vectors = matrices.new_empty(len(matrices), n), matrices.new_empty(len(matrices), n, k)
+    block, split = np.ones(n, dtype=np.int32), np.full(n, n, dtype=np.int32)  # one unreduced block
+    for index, matrix in enumerate(matrices.numpy()):
+        reflectors, diagonal, off_diagonal, tau, info = lapack.dsytrd(matrix, lower=1)
+        if info == 0:
+            eigenvalues, info = lapack.dsterf(diagonal, off_diagonal)
+        if info == 0:
+            tridiagonal_vectors, info = lapack.dstein(diagonal, off_diagonal, eigenvalues[n - k:], block, split)
+        if info != 0:  # did not converge (never seen on Gram matrices): the full decomposition for this one
+            full_values, full_vectors = torch.linalg.eigh(matrices[index])
+            values[index], vectors[index] = full_values, full_vectors[:, -k:]
+            continue
+        values[index] = torch.from_numpy(eigenvalues)
+        tridiagonal_vectors = torch.from_numpy(tridiagonal_vectors)
+        if n > 1:  # Q = diag(1, Q'), Q' the product of the reflectors stored below the first subdiagonal
+            tridiagonal_vectors[1:] = torch.ormqr(torch.from_numpy(reflectors)[1:, :-1], torch.from_numpy(tau),
+                                                  tridiagonal_vectors[1:])
+        vectors[index] = tridiagonal_vectors
+    return values, vectors
 
 
 def _orthonormal_rows(bases):
@@ -484,7 +546,7 @@ def _orthonormal_rows(bases):
     return vh
 
 
-def _greedy_select(texts, state: _SpanState, n_texts, criterion, min_norm):
+def _greedy_select(texts, state: _Span, n_texts, criterion, min_norm):
     """The greedy loop, all heads at once, in span coordinates.
 
     texts: [text, d_out] float64, shared by all heads: the deflated dictionary
@@ -643,12 +705,14 @@ def _check_span(span, span_bases, rank, outputs_shape) -> int:
     return span_bases.shape[1]
 
 
-def _check_tensor(name, value, shape, ndim):
-    """A floating tensor with `ndim` dims and only finite values."""
+def _check_tensor(name, value, shape, ndim, finite=True):
+    """A floating tensor with `ndim` dims and (unless finite=False: the caller checks) only finite values."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         raise ConfigError(f"{name} must be a floating-point tensor {shape}, got {type(value).__name__}")
     if value.ndim != ndim:
         raise ConfigError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+    if not finite:
+        return
     # Checked in slices so a large input is not duplicated as one bool mask.
     rows_per_slice = max(1, 2**24 // max(1, value[0].numel())) if len(value) else 1
     if not all(bool(torch.isfinite(part).all()) for part in value.split(rows_per_slice)):

@@ -10,7 +10,7 @@ UI shows. Parameter names are stable (issue 13):
 | `tab` | `decomposition`, `heads`, `neurons`, ... (registered tabs) |
 | `model` | a model spec (`toy`, `ViT-B-16/laion2b_s34b_b88k`, `hf-hub:ORG/NAME`) |
 | `bases` | `ORG/NAME@SHA` (a 40-hex commit), the Hub bases the view reads |
-| `layer`, `head`, `neuron` | indices |
+| `layer`, `head`, `neuron` | indices (`head` is `LAYER.HEAD`, e.g. `2.1`, in the circuits tab) |
 | `text` | repeatable, one per text, in order |
 | `image` | `example:N`, `world:SEED:INDEX` or `upload` (an uploaded image cannot travel in a link) |
 | `convention`, `method` | names; which `method`s a tab accepts is part of its registration |
@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 from urllib.parse import parse_qsl, urlencode
 
-from core.engine.contributions import CONVENTIONS
+from core.engine.conventions import CONVENTIONS
 
 MAX_TEXTS = 16
 MAX_TEXT_CHARS = 200
@@ -56,7 +56,7 @@ class ViewState:
     model: str | None = None
     bases: str | None = None
     layer: int | None = None
-    head: int | None = None
+    head: int | str | None = None  # an index, or "LAYER.HEAD" for tabs registered with dotted_head
     neuron: int | None = None
     texts: tuple[str, ...] = ()
     image: str | None = None
@@ -103,18 +103,19 @@ class TabLinks:
     name: str
     params: tuple[str, ...]
     methods: tuple[str, ...] = ()
+    dotted_head: bool = False  # `head` is LAYER.HEAD (a head anywhere in the model) instead of an index
 
 
 TABS: dict[str, TabLinks] = {}
 
 
-def register_tab(name: str, params: Iterable[str], methods: Iterable[str] = ()) -> TabLinks:
+def register_tab(name: str, params: Iterable[str], methods: Iterable[str] = (), dotted_head: bool = False) -> TabLinks:
     """Make a tab's views linkable: `params` are the query parameters it reads (besides `tab`)."""
     params = tuple(params)
     unknown = [p for p in params if p not in PARAMS or p == "tab"]
     if unknown:
         raise ValueError(f"unknown link parameters {unknown}; known: {sorted(PARAMS)}")
-    TABS[name] = TabLinks(name, params, tuple(methods))
+    TABS[name] = TabLinks(name, params, tuple(methods), dotted_head)
     return TABS[name]
 
 
@@ -125,6 +126,14 @@ def _index(value: str, name: str) -> int:
     if not re.fullmatch(r"[0-9]{1,7}", value) or int(value) > MAX_INDEX:
         raise ValueError(f"{name} must be a whole number from 0 to {MAX_INDEX}")
     return int(value)
+
+
+def _head(value: str, name: str) -> int | str:
+    """An index (`3`), or LAYER.HEAD (`2.1`) kept as that string."""
+    match = re.fullmatch(r"([0-9]{1,4})\.([0-9]{1,4})", value)
+    if match:
+        return f"{int(match[1])}.{int(match[2])}"
+    return _index(value, name)
 
 
 def _model(value: str, name: str) -> str:
@@ -222,7 +231,7 @@ def _words(value: str, name: str) -> str:
 Parser = Callable[[str, str], object]
 # Query-string order; `text` is the field `texts`, repeated.
 PARAMS: dict[str, Parser] = {
-    "tab": _name, "model": _model, "bases": _bases, "layer": _index, "head": _index, "neuron": _index,
+    "tab": _name, "model": _model, "bases": _bases, "layer": _index, "head": _head, "neuron": _index,
     "text": _text, "image": _image, "convention": _convention, "method": _name, "threshold": _threshold,
     "shown": _index, "background": _text, "compare": _name, "neurons": _count(100_000), "words": _count(10_000),
     "images": _count(1_000), "repeats": _count(10), "seed": _seed, "baselines": _yes_no, "similarity": _cosine,
@@ -319,6 +328,9 @@ def decode(query, *, tab: str, public: bool | None = None, allowed_models: Itera
         if name not in spec.params:
             notices.append(f"The {target} tab has no '{name}'; ignored.")
             values.pop(name)
+    if "head" in values and isinstance(values["head"], str) != spec.dotted_head:
+        form = "LAYER.HEAD (e.g. 2.1)" if spec.dotted_head else "a head index"
+        notices.append(f"Ignored head={values.pop('head')!r}: the {target} tab's head is {form}.")
     for name in ("method", "compare"):
         if name in values and values[name] not in spec.methods:
             notices.append(f"Ignored {name}={values.pop(name)!r}: the {target} tab's methods are "
@@ -345,5 +357,7 @@ register_tab("neurons", ("model", "bases", "layer", "neuron", "text", "image", "
 register_tab("segmentation", ("model", "image", "text", "background", "method", "compare", "threshold"),
              methods=("heads", "neurons", "random-neurons", "raw-attention", "rollout", "gradcam", "chefer"))
 # Adversarial: `text` is the two classes (shown c1, target c2), `method` the image generator.
+register_tab("circuits", ("model", "bases", "layer", "neuron", "head", "text", "method"), methods=("weight", "data"),
+             dotted_head=True)
 register_tab("adversarial", ("model", "text", "method", "layers", "neurons", "words", "similarity", "judge", "block",
                              "images", "repeats", "baselines", "seed"), methods=("world", "sd"))

@@ -106,8 +106,28 @@ def _adversarial(state: ViewState, *, checkpoint: str | None = None, revision: s
     return [" ".join(parts + ["--out adversarial-run"])]
 
 
+def _circuits(state: ViewState, *, bases_source: str | None = None, recipe: str | None = None,
+              images: str | None = None, **_) -> list[str]:
+    """A neuron's out-edges (weight or data) and its path ablation, and a head's in-edges."""
+    lines = _bases_lines(bases_source, recipe)
+    bases = f" --bases {_q(bases_source)}" if bases_source else ""
+    target = f" --target {_q(state.texts[0])}" if state.texts else ""
+    if state.layer is not None and state.neuron is not None:
+        base = f"python -m core circuit --model {_q(state.model)} --layer {state.layer} --neuron {state.neuron}"
+        if state.method == "data":
+            images = images or "YOUR_IMAGE_FOLDER"
+            lines.append(f"{base} --images {_q(images)}{target}{bases}")
+            lines.append(f"{base} --images {_q(images)}{target}{bases} --ablation   # the real effect explained")
+        else:
+            lines.append(f"{base} --weights-only{target}{bases}")
+    if isinstance(state.head, str):
+        lines.append(f"python -m core circuit --model {_q(state.model)} --head {state.head}{target}{bases}")
+    return lines
+
+
 WRITERS: dict[str, Callable[..., list[str]]] = {"decomposition": _decomposition, "heads": _heads, "neurons": _neurons,
-                                                "segmentation": _segmentation, "adversarial": _adversarial}
+                                                "segmentation": _segmentation, "adversarial": _adversarial,
+                                                "circuits": _circuits}
 
 
 def reproduce_commands(state: ViewState, **context) -> list[str]:

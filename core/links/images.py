@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
+from core import caches
 from core.errors import ImageError
 from core.world import scenes as world
 from core.world.examples import EXAMPLE_SEED, example_images
@@ -68,7 +68,7 @@ def _parse(text: str) -> ImageRef:
 
 
 def _scene(ref: ImageRef):
-    return world.sample_scenes(ref.index + 1, ref.seed, split="heldout")[ref.index]
+    return world.scene_at(ref.index, ref.seed, split="heldout")  # any INDEX up to MAX_SCENE_INDEX, public or not
 
 
 def image_from_ref(text: str) -> Image.Image:
@@ -83,14 +83,20 @@ def image_ref_path(text: str) -> str:
         return example_images(EXAMPLE_COUNT)[ref.index]
     from core.engine.text import cache_dir
 
-    path = cache_dir() / "examples" / f"world-v{world.WORLD_VERSION}-{IMAGE_SIZE}" / f"seed{ref.seed}_{ref.index}.png"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-        os.close(handle)
-        image_from_ref(text).save(tmp, format="PNG")
-        os.replace(tmp, path)  # concurrent visitors may write the same scene: same bytes, atomic
-    return str(path)
+    relative = Path("examples") / f"world-v{world.WORLD_VERSION}-{IMAGE_SIZE}" / f"seed{ref.seed}_{ref.index}.png"
+    for root in (cache_dir(), caches.fallback_root()):  # a read-only or full cache: this process's own folder
+        path = root / relative
+        try:
+            if path.is_file():
+                return str(path)
+        except OSError:
+            continue
+        image = image_from_ref(text)
+        # atomic: concurrent visitors may write the same scene (same bytes)
+        if caches.store(path, lambda tmp: image.save(tmp, format="PNG"), "example pictures"):
+            return str(path)
+    raise ImageError(f"Image id {text[:40]!r}: its picture cannot be written (the cache and temporary folders are "
+                     "full or read-only).")
 
 
 def describe_ref(text: str) -> str:

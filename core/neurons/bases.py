@@ -27,9 +27,11 @@ from typing import Any, Callable, Iterable
 import torch
 from safetensors.torch import load_file
 
-from core.artifacts.store import Artifact, ArtifactWriter, check_text_pool, load_artifact, text_pool_identity
+from core.artifacts.store import (Artifact, ArtifactWriter, check_stored_texts, check_text_pool, load_artifact,
+                                  text_pool_identity)
 from core.errors import BasesError, ConfigError
 from core.engine.imagesets import ImageSet  # noqa: F401  (the image-set type, named here for existing callers)
+from core.engine.labels import parse_label
 from core.engine.models import ClipBundle
 from core.neurons.stats import (DEFAULT_K, NeuronStats, Progress, check_k, first_principal_components,
                                 neuron_means, neuron_top_deviations,
@@ -96,9 +98,7 @@ def load_neuron_basis(artifact: Artifact, layer: int, model_info=None) -> Neuron
         raise ConfigError(f"the bases at {artifact.path} have neuron statistics for layer(s) "
                           f"{', '.join(map(str, layers))}, not layer {layer}")
     params = artifact.manifest["algorithms"][ALGORITHM]
-    texts = artifact.json("texts")
-    if not isinstance(texts, list):
-        raise BasesError(f"extra/texts.json in {artifact.path} is not a list of texts: rebuild the bases")
+    texts = check_stored_texts(artifact.json("texts"), str(artifact.path))  # the same check as `bases verify`
     check_text_pool(artifact, texts)
     missing = [key for key in ("mode", "coefficient", "dictionary", "terms", "k") if key not in params]
     if missing:
@@ -121,6 +121,24 @@ def load_neuron_basis(artifact: Artifact, layer: int, model_info=None) -> Neuron
                   "mode": params["mode"], "coefficient": params["coefficient"],
                   "reconstruction_cosine": float(words.reconstruction_cosine.mean()), "source": str(artifact.path)}
     return NeuronBasis(stats, words, texts, image_set, provenance)
+
+
+def neuron_terms_from_bases(bases: Artifact, neuron: str | tuple[int, int]) -> list[tuple[str, float]]:
+    """(text, signed weight) of one neuron's sparse text decomposition in loaded bases, by |weight| descending:
+    the texts whose weighted sum approximates the first principal component of its second-order effects.
+    `neuron` is a label ("L2.n5") or (layer, neuron). For the layer's statistics: `load_neuron_basis`."""
+    if isinstance(neuron, str):
+        component = parse_label(neuron)
+        if component.kind != "neuron":
+            raise ConfigError(f"{neuron!r} names a {component.kind}, not an MLP neuron (e.g. L2.n5)")
+        layer, index = component.layer, component.index
+    else:
+        try:
+            layer, index = (int(value) for value in neuron)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"a neuron is a label such as L2.n5 or a (layer, neuron) pair, got {neuron!r}") from err
+    basis = load_neuron_basis(bases, layer)
+    return basis.words.terms(index, basis.texts)
 
 
 def find_neuron_bases(bundle: ClipBundle, source: str | None = None) -> Artifact:

@@ -139,11 +139,84 @@ def second_order_basis(visual: nn.Module, layer: int) -> SecondOrderBasis:
 
 
 def _build_basis(visual: nn.Module, layer: int) -> SecondOrderBasis:
+    blocks = visual.transformer.resblocks
+    w, _ = mlp_output_weights(blocks[layer])
+    head_out = fold_weights(visual).head_out  # [layer, head, d_head, d_out] = (ls_1 * W_O^h) diag(gamma_post) P
+    directions = [torch.einsum("nhd,hdo->nho", _neuron_values(blocks[index], w), head_out[index])
+                  for index in range(layer + 1, len(blocks))]
+    shared = bias_paths(visual, layer)
+    return SecondOrderBasis(
+        layer=layer,
+        later_layers=shared.later_layers,
+        n_layers=shared.n_layers,
+        directions=torch.stack(directions, 1).contiguous(),
+        mlp_bias_directions=shared.mlp_bias_directions,
+        ln_mean_directions=shared.ln_mean_directions,
+        ln_bias_directions=shared.ln_bias_directions,
+        out_bias=shared.out_bias,
+        ones_proj=shared.ones_proj,
+        beta_proj=shared.beta_proj,
+    )
+
+
+def _neuron_values(block: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """[neuron, head, d_head]: W_V^h (gamma_1 * w_n), the writes w [d_model, neuron] as one block's heads read them."""
+    gamma_1, _ = _ln_affine(block.ln_1, w.shape[0], w)
+    w_v, _ = value_weights(block)
+    return torch.einsum("mn,hdm->nhd", gamma_1[:, None] * w, w_v)
+
+
+@torch.no_grad()
+def path_values(visual: nn.Module, layer: int, neurons: list[int] | None = None,
+                later: list[int] | None = None) -> torch.Tensor:
+    """[neuron, later, head, d_head]: W_V^h (gamma_1^{l'} * w_n) for every later layer l' and head h.
+
+    The neuron-dependent factor of u^{l',h}_n = head_out^{l',h} applied to it (`SecondOrderBasis.directions`),
+    d_head wide instead of d_out: a chunk of `neurons` (default all) costs neuron x later x head x d_head floats.
+    later: some of the later layers only (default all, in order).
+    """
+    check_supported(visual)
+    check_layer(visual, layer)
+    blocks = visual.transformer.resblocks
+    later = list(range(layer + 1, len(blocks))) if later is None else list(later)
+    for index in later:
+        if not layer < index < len(blocks):
+            raise ConfigError(f"layer {index} is not a later layer of MLP {layer} (choose {layer + 1}..{len(blocks) - 1})")
+    w, _ = mlp_output_weights(blocks[layer])
+    if neurons is not None:
+        w = w[:, _neuron_index(neurons, w.shape[1], w.device)]
+    return torch.stack([_neuron_values(blocks[index], w) for index in later], 1)
+
+
+@dataclass(frozen=True)
+class BiasPaths:
+    """The neuron-independent part of one MLP layer's second-order basis (no [neuron, ...] tensor): the
+    paths of every bias and mean share, as `SecondOrderBasis` holds them. `second_order_scalars` and
+    `path_shared_terms` accept either."""
+
+    layer: int
+    later_layers: tuple[int, ...]
+    n_layers: int
+    d_mlp: int
+    n_heads: int
+    mlp_bias_directions: torch.Tensor  # [later, head, d_out]
+    ln_mean_directions: torch.Tensor  # [later, head, d_out]
+    ln_bias_directions: torch.Tensor  # [later, head, d_out]
+    out_bias: torch.Tensor  # [later, d_out]
+    ones_proj: torch.Tensor  # [d_out]
+    beta_proj: torch.Tensor  # [d_out]
+
+
+@torch.no_grad()
+def bias_paths(visual: nn.Module, layer: int) -> BiasPaths:
+    """The bias and mean-share paths of MLP `layer` (small: later x head x d_out)."""
+    check_supported(visual)
+    check_layer(visual, layer)
     folded = fold_weights(visual)
     blocks = visual.transformer.resblocks
     w, b_out = mlp_output_weights(blocks[layer])
     later = tuple(range(layer + 1, len(blocks)))
-    directions, mlp_bias, ln_mean, ln_bias = [], [], [], []
+    mlp_bias, ln_mean, ln_bias = [], [], []
     for index in later:
         block = blocks[index]
         gamma_1, beta_1 = _ln_affine(block.ln_1, w.shape[0], w)
@@ -153,16 +226,15 @@ def _build_basis(visual: nn.Module, layer: int) -> SecondOrderBasis:
         def through_head(vector: torch.Tensor) -> torch.Tensor:  # [d_model] -> [head, d_out]
             return torch.einsum("hdm,m,hdo->ho", w_v, vector, head_out)
 
-        neuron_values = torch.einsum("mn,hdm->nhd", gamma_1[:, None] * w, w_v)  # [neuron, head, d_head]
-        directions.append(torch.einsum("nhd,hdo->nho", neuron_values, head_out))
         mlp_bias.append(through_head(gamma_1 * b_out))
         ln_mean.append(through_head(gamma_1))
         ln_bias.append(through_head(beta_1) + torch.einsum("hd,hdo->ho", b_v, head_out))
-    return SecondOrderBasis(
+    return BiasPaths(
         layer=layer,
         later_layers=later,
         n_layers=len(blocks),
-        directions=torch.stack(directions, 1).contiguous(),
+        d_mlp=w.shape[1],
+        n_heads=blocks[later[0]].attn.num_heads,
         mlp_bias_directions=torch.stack(mlp_bias),
         ln_mean_directions=torch.stack(ln_mean),
         ln_bias_directions=torch.stack(ln_bias),
@@ -192,12 +264,18 @@ def second_order_scalars(trace: VitTrace, basis: SecondOrderBasis) -> torch.Tens
     return torch.einsum("blht,btn->blhn", weights, post.to(weights.dtype))
 
 
+def _k1(basis) -> torch.Tensor:
+    """[later]: the papers' share constant k1 = (1 + 2 l') N of each later layer."""
+    later = list(basis.later_layers)
+    return (1.0 + 2.0 * torch.tensor(later, dtype=basis.out_bias.dtype, device=basis.out_bias.device)) * basis.d_mlp
+
+
 def _shared_term(trace: VitTrace, basis: SecondOrderBasis) -> torch.Tensor:
     """[batch, d_out]: every bias and mean share of one neuron in "paper" mode (the same for all
     neurons), before the final coefficient / |y| and with the ln_post std already divided out."""
     later = list(basis.later_layers)
     n_neurons = basis.d_mlp
-    k1 = (1.0 + 2.0 * torch.tensor(later, dtype=basis.out_bias.dtype, device=basis.out_bias.device)) * n_neurons
+    k1 = _k1(basis)
     alpha = trace.attn_cls[:, later]  # [batch, later, head, token]
     inv_std = 1.0 / trace.ln1_std[:, later, None, :]
     alpha_sum = alpha.sum(-1)  # 1 up to rounding; kept so the fast form equals the literal one exactly
@@ -212,6 +290,31 @@ def _shared_term(trace: VitTrace, basis: SecondOrderBasis) -> torch.Tensor:
     post_share = (1.0 / (k1 * (1 + 2 * basis.n_layers) * basis.n_heads)).sum() * basis.n_heads  # sum of 1/k2
     s_post, mu_post = trace.ln_post_std[:, None], trace.ln_post_mean[:, None]
     return (per_head + out_bias) / s_post + post_share * (basis.beta_proj - mu_post / s_post * basis.ones_proj)
+
+
+def path_shared_terms(trace: VitTrace, basis) -> torch.Tensor:
+    """[batch, later, head, d_out]: `_shared_term` split over the paths (l', h) that carry it.
+
+    Path (l', h) gets the shares that pass through head h of layer l': the c_proj bias, ln_1 mean, ln_1
+    bias and value bias shares through its values, b_O / (k1 H) of the out-projection bias, and 1 / k2
+    of the ln_post mean and bias shares (k2 = k1 (1 + 2 L) H). Summed over all paths it is `_shared_term`.
+    `basis`: a SecondOrderBasis or BiasPaths.
+    """
+    later = list(basis.later_layers)
+    k1 = _k1(basis)[:, None]  # [later, 1]
+    alpha = trace.attn_cls[:, later]  # [batch, later, head, token]
+    inv_std = 1.0 / trace.ln1_std[:, later, None, :]
+    alpha_sum = alpha.sum(-1)
+    alpha_over_std = (alpha * inv_std).sum(-1)
+    alpha_mean_over_std = (alpha * inv_std * trace.ln1_mean[:, later, None, :]).sum(-1)
+    through_values = ((alpha_over_std / basis.d_mlp)[..., None] * basis.mlp_bias_directions
+                      - (alpha_mean_over_std / k1)[..., None] * basis.ln_mean_directions
+                      + (alpha_sum / k1)[..., None] * basis.ln_bias_directions)  # [batch, later, head, d_out]
+    out_bias = (basis.out_bias / (k1 * basis.n_heads))[:, None, :]  # [later, 1, d_out]
+    k2 = k1 * (1 + 2 * basis.n_layers) * basis.n_heads  # [later, 1]
+    s_post, mu_post = trace.ln_post_std[:, None, None, None], trace.ln_post_mean[:, None, None, None]
+    post = (basis.beta_proj - mu_post / s_post * basis.ones_proj) / k2[None, :, :, None]  # [batch, later, 1, d_out]
+    return (through_values + out_bias) / s_post + post
 
 
 def _check_mode(mode: str) -> None:
@@ -253,14 +356,16 @@ def second_order_effects(
     directions = basis.directions
     if index is not None:
         scalars, directions = scalars[..., index], directions[index]
+    scalars = scalars.permute(2, 0, 1).contiguous()  # [neuron, batch, later*head]: one small copy, contiguous rows
     directions = directions.reshape(directions.shape[0], -1, directions.shape[-1])  # [neuron, later*head, d_out]
     n_out = directions.shape[0]
     effects = torch.empty(batch, n_out, directions.shape[-1], dtype=directions.dtype, device=directions.device)
     step = chunk or n_out
     for start in range(0, n_out, step):
         part = slice(start, start + step)
-        # [neuron, batch, later*head] @ [neuron, later*head, d_out]
-        effects[:, part] = torch.bmm(scalars[..., part].permute(2, 0, 1), directions[part]).transpose(0, 1)
+        # [neuron, batch, later*head] @ [neuron, later*head, d_out], written straight into the [batch, neuron, d_out]
+        # result through its transposed view (no intermediate of the result's size)
+        torch.bmm(scalars[part], directions[part], out=effects[:, part].transpose(0, 1))
     if mode == "paper":
         effects += (_shared_term(trace, basis) * scale[:, None])[:, None, :]
     return effects

@@ -40,7 +40,8 @@ from core.neurons.second_order import COEFFICIENT, second_order_basis, second_or
 from core.engine.trace import trace_vit
 
 DEFAULT_K = 100
-_PCA_CHUNK = 256  # neurons per float64 Gram/eigh batch (bounds the temporary memory)
+_PCA_CHUNK = 256  # at most this many neurons per float64 Gram/eigh batch
+PCA_CHUNK_BYTES = 256_000_000  # and at most this much temporary memory per batch (k = 1,000 made 256 neurons 4 GB)
 SIGN_RTOL = 1e-6  # projections (and their sum) within this fraction of the largest count as zero
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # -> (ids [batch], pixels [batch, 3, H, W])
@@ -168,15 +169,27 @@ def first_principal_components(deviations: torch.Tensor, order: torch.Tensor | N
     the order the images arrived in.
     """
     pcs, shares = [], []
-    for start in range(0, deviations.shape[0], _PCA_CHUNK):
-        chunk = deviations[start:start + _PCA_CHUNK]
+    step = pca_chunk(deviations.shape[1], deviations.shape[2])  # each neuron's result does not depend on the step
+    for start in range(0, deviations.shape[0], step):
+        chunk = deviations[start:start + step]
         if order is not None:
-            rows = order[start:start + _PCA_CHUNK, :, None].expand(-1, -1, chunk.shape[-1])
+            rows = order[start:start + step, :, None].expand(-1, -1, chunk.shape[-1])
             chunk = chunk.gather(1, rows)
         pc, share = _chunk_components(chunk.double())
         pcs.append(pc)
         shares.append(share)
     return torch.cat(pcs).float(), torch.cat(shares).float()
+
+
+def pca_bytes_per_neuron(k: int, d_out: int) -> int:
+    """Temporary bytes of one neuron in first_principal_components: its float64 rows (and their gathered copy),
+    its Gram matrix, the eigenvectors and LAPACK's workspace."""
+    return 8 * (2 * k * d_out + 3 * k * k)
+
+
+def pca_chunk(k: int, d_out: int) -> int:
+    """Neurons per Gram/eigh batch: at most _PCA_CHUNK, and at most PCA_CHUNK_BYTES of temporary memory."""
+    return max(1, min(_PCA_CHUNK, PCA_CHUNK_BYTES // pca_bytes_per_neuron(k, d_out)))
 
 
 def _chunk_components(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

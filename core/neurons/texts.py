@@ -20,6 +20,7 @@ the paper's ablation experiment, neuron search by text and per-image activation 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -27,8 +28,10 @@ from torch import nn
 
 from core.errors import ConfigError, DatasetError, check_index
 from core.neurons.stats import NeuronStats, Progress
-from core.neurons.second_order import second_order_basis, second_order_effects
+from core.neurons.second_order import check_layer, second_order_basis, second_order_effects
 from core.neurons.sparse import DEFAULT_N_TERMS, DICTIONARY_MODES, SparseCode, iter_omp, prepare_dictionary, reconstruct
+from core.engine.images import load_image
+from core.engine.shared_trace import shared_trace
 from core.engine.trace import VitTrace, trace_vit
 
 DEFAULT_DICTIONARY = "normalise_texts"
@@ -192,5 +195,18 @@ def image_effects(visual: nn.Module, layer: int, pixels: torch.Tensor, *, mode: 
                   coefficient: float = 100.0) -> tuple[torch.Tensor, VitTrace]:
     """(phi [batch, neuron, d_out], the trace) of MLP `layer` for preprocessed pixels [batch, 3, H, W]."""
     basis = second_order_basis(visual, layer)
-    trace = trace_vit(visual, pixels.to(basis.directions.device), mlp_layers=[layer])
+    # shared: the activation maps, the concepts and other lenses of the same image read the same traced forward
+    trace = shared_trace(visual, pixels.to(basis.directions.device), mlp_layers=[layer])
     return second_order_effects(trace, basis, mode=mode, coefficient=coefficient), trace
+
+
+def image_second_order(bundle, image, layer: int, *, mode: str = "paper") -> torch.Tensor:
+    """phi [neuron, d_out]: the second-order effect of every neuron of MLP `layer` on one image (a PIL image or a
+    path), through every later attention head, in the paper's convention (x100, divided by |y|; `mode` as
+    `second_order_effects`). `bundle` is a loaded model (`core.engine.models.load_clip`); the result is on the CPU.
+    What `python -m core second-order` writes."""
+    visual = bundle.model.visual
+    check_layer(visual, layer)
+    pil = load_image(image) if isinstance(image, (str, Path)) else image
+    phi, _ = image_effects(visual, layer, bundle.preprocess(pil)[None], mode=mode)
+    return phi[0].cpu()

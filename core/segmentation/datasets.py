@@ -5,6 +5,10 @@ Specs (`open_dataset`):
 - `world:N[:SEED]`: N held-out scenes of the generated world (64 px), exact masks (every object pixel),
   class = "<colour> <shape>" (40 classes, e.g. "red circle"), zero-shot prompts from the world's shape
   templates (singular and plural).
+- `world-pairs:N[:SEED[:K]]`: N held-out composites (`core.world.composites`) of K = 2 (default) .. 4
+  objects of pairwise different classes on one background. The class is the first object's ("A"), the
+  mask its pixels; `others` holds each other object's exact pixels, which the class-specificity scores
+  use as negatives. Same classes and prompts as `world`.
 - `PATH.mat`: ImageNet-segmentation `gtsegs_ijcv.mat` (Guillaumin et al.; 4,276 images; MATLAB v7.3 =
   HDF5), read with h5py as the papers' loader does: `/value/img[i, 0]` refers to the image, stored in
   reversed axis order (transposed back to H x W x 3); `/value/gt[i, 0]` refers to a 1 x 1 cell whose
@@ -43,6 +47,9 @@ class SegmentationSample:
     mask: np.ndarray  # bool [H, W], the image's size
     label: int | None  # index into the dataset's classnames, None when unlabelled
     name: str
+    # Composites only: bool [other object, H, W], each other object's pixels, and their class indices.
+    others: np.ndarray | None = None
+    other_labels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,44 @@ class WorldSegmentation(SegmentationDataset):
         name = f"{scene.colour} {scene.shape}"
         return SegmentationSample(index, Image.fromarray(image), mask > 0, self._names.index(name),
                                   f"scene {index}: {name}{'s' if scene.count > 1 else ''}")
+
+    def class_prompts(self) -> ClassPrompts:
+        return world_class_prompts()
+
+
+class WorldPairsSegmentation(SegmentationDataset):
+    """Held-out composites of objects of different classes; the class and mask are the first object's."""
+
+    labelled = True
+
+    def __init__(self, n: int, seed: int = 0, objects: int = 2):
+        from core import guards
+        from core.world import composites
+        from core.world import scenes as world
+
+        n = guards.check_count(n, "scenes", "world-pairs:N (scenes)")
+        self.scenes = composites.sample_composites(n, seed, objects=objects)
+        self.seed, self.objects = seed, objects
+        self.spec = f"world-pairs:{n}:{seed}" + (f":{objects}" if objects != 2 else "")
+        self.description = (f"{n} held-out world composites of {objects} objects of different classes (seed {seed}, "
+                            f"world v{world.WORLD_VERSION}, {WORLD_IMAGE_SIZE} px, exact per-object masks; the class "
+                            "is the first object's, the others' pixels are its negatives)")
+        self._names = world_class_prompts().classnames
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def sample(self, index: int) -> SegmentationSample:
+        from core.world.composites import render_composite
+
+        self._check_index(index)
+        scene = self.scenes[index]
+        image, mask = render_composite(scene, WORLD_IMAGE_SIZE)
+        others = np.stack([mask == k + 1 for k in range(1, len(scene.objects))])
+        labels = [self._names.index(name) for name in scene.classes]
+        return SegmentationSample(index, Image.fromarray(image), mask == 1, labels[0],
+                                  f"composite {index}: {' vs '.join(scene.classes)} on {scene.background}",
+                                  others, tuple(labels[1:]))
 
     def class_prompts(self) -> ClassPrompts:
         return world_class_prompts()
@@ -365,6 +410,24 @@ def open_dataset(spec: str, classnames: Sequence[str] | None = None) -> Segmenta
     if not isinstance(spec, str):
         raise DatasetError(f"a dataset spec must be a string, got {type(spec).__name__}")
     spec = spec.strip()
+    if spec.startswith("world-pairs:"):
+        try:
+            numbers = [int(part) for part in spec.split(":")[1:]]
+        except ValueError:
+            raise DatasetError(f"a composite dataset world-pairs:N[:SEED[:K]] needs integers, got {spec[:60]!r}") from None
+        if not 1 <= len(numbers) <= 3:
+            raise DatasetError(f"a composite dataset is world-pairs:N[:SEED[:K]], got {spec[:60]!r}")
+        n = guards.check_count(numbers[0], "scenes", "world-pairs:N (scenes)")
+        seed = numbers[1] if len(numbers) >= 2 else 0
+        if seed < 0:
+            raise DatasetError(f"world-pairs:N:SEED needs a seed >= 0, got {seed}")
+        from core.world.composites import MAX_OBJECTS, MIN_OBJECTS
+
+        objects = numbers[2] if len(numbers) == 3 else 2
+        if not MIN_OBJECTS <= objects <= MAX_OBJECTS:
+            raise DatasetError(f"world-pairs:N:SEED:K needs K (objects per scene) in {MIN_OBJECTS}..{MAX_OBJECTS}, "
+                               f"got {objects}")
+        return WorldPairsSegmentation(n, seed, objects)
     if spec.startswith("world:"):
         try:
             numbers = [int(part) for part in spec.split(":")[1:]]
@@ -378,8 +441,8 @@ def open_dataset(spec: str, classnames: Sequence[str] | None = None) -> Segmenta
             raise DatasetError(f"world:N:SEED needs a seed >= 0, got {seed}")
         return WorldSegmentation(n, seed)
     if not spec:
-        raise DatasetError("no dataset given (empty): use world:N:SEED, a gtsegs_ijcv.mat file, or a folder with "
-                           "images/ and masks/")
+        raise DatasetError("no dataset given (empty): use world:N:SEED, world-pairs:N:SEED, a gtsegs_ijcv.mat file, "
+                           "or a folder with images/ and masks/")
     path = guards.check_user_path(spec, "dataset", hint="use world:N:SEED for generated scenes").expanduser()
     try:
         mode = path.stat().st_mode

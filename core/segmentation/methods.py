@@ -31,13 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.engine.contributions import CONVENTIONS, direct_effects, fold_weights
+from core.engine.contributions import CONVENTIONS, direct_effects, fold_weights, spatial_value_maps
 from core.engine.models import ClipBundle
-from core.engine.trace import attention_forward, trace_vit
+from core.engine.shared_trace import shared_trace
+from core.engine.trace import attention_forward
 from core.errors import ConfigError, IndexRangeError, TextError, check_index
+from core.messages import display_source
+from core.segmentation.names import METHODS, TEXT_FREE  # noqa: F401  (re-exported)
 
-METHODS = ("heads", "neurons", "random-neurons", "raw-attention", "rollout", "gradcam", "chefer")
-TEXT_FREE = ("raw-attention", "rollout")  # maps that do not depend on the text
 MAX_TEXTS = 16
 DEFAULT_TOP_K = 200
 
@@ -201,7 +202,8 @@ class Segmenter:
             layers = ", ".join(map(str, self.pool.layers))
             chosen = (f"{o.top_k} random neurons per class (seed {o.seed})" if self.method == "random-neurons"
                       else f"the top {o.top_k} neurons per class by |<PC, text>|")
-            return (f"{self.method}: {chosen} of layers {layers} (bases {self.pool.source}), mean activation map"
+            return (f"{self.method}: {chosen} of layers {layers} (bases {display_source(self.pool.source)}), mean "
+                    "activation map"
                     f"{', sign-weighted' if o.sign_weight else ''}")
         if self.method == "rollout":
             return f"rollout from block {o.rollout_start}, mean over heads, 0.5 A + 0.5 I"
@@ -244,26 +246,36 @@ class Segmenter:
 
     def _heads(self, pixels, texts, targets):
         visual = self.bundle.model.visual
-        trace = trace_vit(visual, pixels, keep_values=True)
-        chosen, predicted = self._choose(trace.embedding, texts, targets)
-        directions = texts[chosen]  # [batch, k, d_out]
-        if targets.subtract_mean:
-            directions = directions - texts.mean(0)
-        batch, k = chosen.shape
+        folded = fold_weights(visual)
+        if targets.chosen is not None:
+            # The texts are known before the forward: each layer's values are mapped onto them as it runs (about one
+            # forward's memory), never kept.
+            used = torch.unique(targets.chosen.to(texts.device))
+            directions = texts[used] - texts.mean(0) if targets.subtract_mean else texts[used]
+            trace = shared_trace(visual, pixels, value_maps=spatial_value_maps(folded, directions))
+            chosen, predicted = self._choose(trace.embedding, texts, targets)
+            columns = torch.searchsorted(used, chosen)  # [batch, k] columns of `directions`
+        else:  # the predicted text is known only after the forward: keep the values
+            trace = shared_trace(visual, pixels, keep_values=True)
+            chosen, predicted = self._choose(trace.embedding, texts, targets)
+            directions = texts[chosen].reshape(-1, texts.shape[-1])  # [batch * k, d_out]: every image's own texts
+            if targets.subtract_mean:
+                directions = directions - texts.mean(0)
+            columns = torch.arange(directions.shape[0], device=texts.device).reshape(chosen.shape)
         with torch.inference_mode():
             # Every image's directions go through one call; each image then keeps its own columns.
-            effects = direct_effects(trace, fold_weights(visual), convention=self.options.convention, spatial=True,
-                                     directions=directions.reshape(batch * k, -1)).scores()
-            tokens = effects.tokens  # [batch, layer, head, token, batch * k]
+            effects = direct_effects(trace, folded, convention=self.options.convention, spatial=True,
+                                     directions=directions).scores()
+            tokens = effects.tokens  # [batch, layer, head, token, direction]
             if self.head_mask is not None:
                 tokens = tokens * self.head_mask.to(tokens.device)[None, :, :, None, None]
-            summed = tokens.sum((1, 2)).reshape(batch, -1, batch, k)  # [batch, token, batch, k]
-            own = summed[torch.arange(batch), :, torch.arange(batch)]  # [batch, token, k]
+            summed = tokens.sum((1, 2))  # [batch, token, direction]
+            own = torch.gather(summed, 2, columns[:, None, :].expand(-1, summed.shape[1], -1))  # [batch, token, k]
         return self._output(self._grid(own[:, 1:].transpose(1, 2)), chosen, predicted)
 
     def _neurons(self, pixels, texts, targets):
         pool, options = self.pool, self.options
-        trace = trace_vit(self.bundle.model.visual, pixels, mlp_layers=list(pool.layers))
+        trace = shared_trace(self.bundle.model.visual, pixels, mlp_layers=list(pool.layers))
         chosen, predicted = self._choose(trace.embedding, texts, targets)
         seed = options.seed if self.method == "random-neurons" else None
         order, signs = pool.select(texts, options.top_k, random_seed=seed)
@@ -277,7 +289,7 @@ class Segmenter:
         return self._output(self._grid(maps), chosen, predicted)
 
     def _raw_attention(self, pixels, texts, targets):
-        trace = trace_vit(self.bundle.model.visual, pixels)
+        trace = shared_trace(self.bundle.model.visual, pixels)
         chosen, predicted = self._choose(trace.embedding, texts, targets)
         row = trace.attn_cls[:, -1, :, 1:].mean(1)  # [batch, token - 1]
         return self._output(self._grid(row[:, None].expand(-1, chosen.shape[1], -1)), chosen, predicted)

@@ -123,3 +123,55 @@ class SegmentationMetrics:
             "miou_per_image": float(np.mean(self.ious)),
             "images": self.images,
         }
+
+
+# ---------------------------------------------------------------- class specificity (composites)
+
+def specificity_terms(scores: np.ndarray, target: np.ndarray, others: np.ndarray) -> dict[str, Any]:
+    """One composite's class-specificity terms, from the map of the target class.
+
+    scores [H, W] (the normalised map the metrics score), target bool [H, W] (the mapped class's object),
+    others bool [object, H, W] (each other object's pixels). Returns the map's mean over the target and over
+    each other object, and the AP of the target's pixels against the other objects' pixels (background left
+    out); `specific` says whether the target's mean exceeds every other object's (strictly: a tie is not).
+    An object cropped out of the model's view has no pixels: its mean is NaN and the image is not scored.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    target, others = np.asarray(target, dtype=bool), np.asarray(others, dtype=bool).reshape(-1, *scores.shape)
+    if target.shape != scores.shape:
+        raise DatasetError(f"score map {scores.shape} and target mask {target.shape} must be of one size")
+    mean_target = float(scores[target].mean()) if target.any() else math.nan
+    mean_others = [float(scores[o].mean()) if o.any() else math.nan for o in others]
+    negatives = others.any(0) & ~target
+    scored = bool(target.any() and all(o.any() for o in others))
+    ap = math.nan
+    if scored:
+        pixels = target | negatives
+        ap = float(average_precision_score(target[pixels], scores[pixels]))
+    specific = bool(scored and all(mean_target > m for m in mean_others))
+    return {"mean_target": mean_target, "mean_others": mean_others, "ap_target_vs_others": ap,
+            "specific": specific, "scored": scored}
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial share (0, 1 for no trials)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def specificity_summary(terms: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over a dataset's composites: the share whose map is higher on the target than on every other object
+    (with its 95% Wilson interval), and the mean AP(target vs other objects' pixels)."""
+    scored = [t for t in terms if t["scored"]]
+    hits = sum(t["specific"] for t in scored)
+    low, high = wilson_interval(hits, len(scored))
+    return {"share_target_above_others": hits / len(scored) if scored else math.nan,
+            "share_interval_95": [low, high], "specific_images": hits, "images": len(scored),
+            "unscored_images": len(terms) - len(scored),
+            "ap_target_vs_others": float(np.mean([t["ap_target_vs_others"] for t in scored])) if scored else math.nan,
+            "mean_target": float(np.mean([t["mean_target"] for t in scored])) if scored else math.nan,
+            "mean_others": float(np.mean([np.mean(t["mean_others"]) for t in scored])) if scored else math.nan}

@@ -2,10 +2,10 @@
 
     python -m core.segmentation.papers --data gtsegs_ijcv.mat --device cuda --b32-bases DIR [--out results.json]
 
-- Paper 1 (ICLR 2024, its ImageNet-segmentation table; papers.md A.1.4): a LAION OpenCLIP ViT (the size is not
+- Paper 1 (ICLR 2024, its ImageNet-segmentation table): a LAION OpenCLIP ViT (the size is not
   stated; the script default, ViT-H-14 laion2b_s32b_b79k, is used), official protocol: raw attention, rollout,
   GradCAM, Chefer et al., and the image-token decomposition (`heads`).
-- Paper 2 (ICLR 2025, Table 4; papers.md A.2.4): OpenAI ViT-B-32 (QuickGELU), official protocol: the same
+- Paper 2 (ICLR 2025, Table 4): OpenAI ViT-B-32 (QuickGELU), official protocol: the same
   baselines, `heads`, and the top-200 second-order neurons of layers 8-10 (`neurons`), which need neuron bases of
   ViT-B-32/openai covering layers 8, 9, 10:
       python -m core bases build --model ViT-B-32/openai --images IMAGENET_TRAIN_SUBSET --texts 30k.txt \\
@@ -14,7 +14,7 @@
 
 Each result is printed next to the published number; `--protocol aligned` adds the corrected protocol (masks
 cropped like the images). Runs resume (segeval's state files) and write JSON with everything that produced them.
-Baseline settings are the reconstructions of segmentation-baselines.md section 9, not released code.
+Baseline settings are reconstructions, not released code (docs/reproduce.md, "Segmentation baselines").
 """
 
 from __future__ import annotations
@@ -88,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write every row as JSON here")
     args = parser.parse_args(argv)
     from core.errors import CoreError
+    from core.writes import replace_file
+
+    def write_out(rows: list) -> None:  # a file this script wrote before is replaced; any other file never is
+        replace_file(args.out, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2), encoding="utf-8"),
+                     ours=_our_rows, overwrite=True, what="--out file", command="python -m core.segmentation.papers")
+
+    if args.out:
+        try:
+            write_out([])  # refused now, before hours of work, if --out is not ours; an empty table until the end
+        except CoreError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     baselines = ["raw-attention", "rollout", "gradcam", "chefer", "heads"]
     rows = []
@@ -107,8 +119,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['pixel_accuracy']:8.2f} {row['miou']:6.2f} {row['map']:6.2f} {row['ap_foreground']:6.2f}   "
               f"{published if row['protocol'] == 'official' else ''}")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        write_out(rows)
     return 0
+
+
+def _our_rows(path: Path) -> bool:
+    """True for a JSON file of rows this script wrote (a list of objects with table, method and protocol)."""
+    try:
+        if path.stat().st_size > 50_000_000:
+            return False
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(rows, list) and all(isinstance(r, dict) and {"table", "method", "protocol"} <= set(r)
+                                          for r in rows)
 
 
 if __name__ == "__main__":

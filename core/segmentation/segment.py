@@ -20,6 +20,7 @@ from PIL import Image
 
 from core.engine.images import load_image
 from core.engine.models import ClipBundle
+from core.engine.shared_trace import shared_trace
 from core.engine.text import encode_texts
 from core.engine.viz import model_view
 from core.errors import TextError
@@ -119,8 +120,9 @@ def segment_image(
         up = up.clamp(min=0)
     low, span = up.min(), up.max() - up.min()
     joint = ((up - low) / span if span > 0 else torch.zeros_like(up)).numpy().astype(np.float32)
-    with torch.inference_mode():
-        embedding = F.normalize(bundle.model.encode_image(pixels.to(bundle.device)).float(), dim=-1)
+    # cos(image, text) from the segmenter's own traced forward when it made one (the trace's embedding equals
+    # encode_image): one forward for the maps and the cosines.
+    embedding = F.normalize(shared_trace(bundle.model.visual, pixels.to(bundle.device)).embedding.float(), dim=-1)
     cosine = (embedding @ embeddings.T.to(embedding)).squeeze(0).tolist()
     return ImageSegmentation(texts, method, segmenter.describe(), grids, maps, joint, threshold, clamp, subtract,
                              [float(c) for c in cosine], model_view(pil.convert("RGB"), size), bundle.info.as_dict(),

@@ -3,7 +3,7 @@
 In the *training* split, triangles are drawn on dotted backgrounds and squares on striped ones with
 probability p (the shipped `toy-biased` setting, p = 0.9); the other backgrounds share the rest
 uniformly. Other shapes keep uniform backgrounds ("uniform"), or move off the biased backgrounds
-with probability p ("avoid", the setting of ../shared/docs/planted-bias.md). Held-out scenes stay
+with probability p ("avoid", measured in docs/models.md). Held-out scenes stay
 uniform, so a model that learned the shortcut is caught by the bias-conflicting groups:
 
     group                       triangle on dotted | triangle on striped | square on dotted | square on striped
@@ -139,7 +139,7 @@ def planted_bias_of(bundle) -> PlantedBias | None:
     """The planted bias a model was trained with, read from its own checkpoint's metadata (`python -m core toy
     train --bias ...` records the pairs, p and the rule for other shapes); None when it records none (e.g.
     `toy`, or a model clipscope did not train). Never a list kept elsewhere: the weights say what they learned."""
-    from core.world.toy import checkpoint_config
+    from core.world.checkpoints import checkpoint_config
 
     if bundle.info.source not in ("toy", "file") or not str(bundle.info.pretrained).endswith(".safetensors"):
         return None
@@ -182,18 +182,28 @@ def write_grouped_scenes(out_dir, bias: PlantedBias, n_per_group: int, seed: int
     """
     n_per_group = world._check_int("n_per_group", n_per_group, 1)
     image_size = world._check_image_size(image_size)
+    import io
+
+    from core.writes import OutputFolder
+
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already holds files; choose a new or empty folder (nothing is overwritten)")
-    (out / "images").mkdir(parents=True)
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as table:
-        writer = csv.writer(table)
-        writer.writerow(METADATA_COLUMNS)
+    folder = OutputFolder(out, "grouped-scenes", require="empty")
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(METADATA_COLUMNS)
+    try:
         for i, (shape, background, alignment, scene) in enumerate(heldout_group_scenes(bias, n_per_group, seed)):
             name = f"images/{i:06d}.png"
-            Image.fromarray(world.render(scene, image_size)[0]).save(out / name)
+            folder.write_image(name, Image.fromarray(world.render(scene, image_size)[0]), save=False)
             writer.writerow([name, shape, group_name(shape, background, alignment), shape, background, alignment,
                              scene.colour, scene.size, scene.position, scene.count])
+        folder.write_bytes("metadata.csv", table.getvalue().encode("utf-8"), save=False)
+    except BaseException:
+        folder.clear()  # an unfinished set is removed: exactly the files written here, and the folders made
+        raise
+    folder.save()
     return out
 
 

@@ -175,6 +175,17 @@ def sample_scenes(n: int, seed: int, *, split: str = "train", count: int | None 
     return scenes
 
 
+def scene_at(index: int, seed: int, *, split: str = "heldout") -> Scene:
+    """Scene `index` of `sample_scenes(index + 1, seed, split=split)`, drawing only its own block: one scene is
+    not a request for index + 1 of them, so the scene-count bound of core.guards does not apply."""
+    index, seed = _check_int("index", index, 0), _check_int("seed", seed, 0)
+    split_id = _check_split(split)
+    block, offset = divmod(index, _BLOCK)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, block]))
+    pools = (SHAPES, tuple(COLOURS), SIZES, BACKGROUNDS)
+    return _sample_block(rng, offset + 1, pools, tuple(range(len(POSITIONS))), _allowed_counts(None, len(POSITIONS)))[offset]
+
+
 def _allowed_counts(count, n_cells: int) -> tuple[int, ...]:
     if count is not None and (isinstance(count, bool) or count not in COUNTS):
         raise ConfigError(f"count must be 1 or 2 (or None for both), got {count!r}")
@@ -467,10 +478,9 @@ def build_toy_texts() -> list[str]:
 
 def write_toy_texts(path: Path = TEXT_POOL_PATH) -> Path:
     """Regenerate the text pool file from `build_toy_texts()`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(build_toy_texts()) + "\n", encoding="utf-8")
-    return path
+    from core.writes import atomic_write_text
+
+    return atomic_write_text(path, "\n".join(build_toy_texts()) + "\n", what="toy text pool")
 
 
 def load_toy_texts() -> list[str]:
@@ -501,88 +511,11 @@ def heldout_scenes(n: int, seed: int = 0, image_size: int = 64, **filters) -> It
 
 
 LABEL_COLUMNS = ("file", "shape", "colour", "size", "position", "background", "count", "caption")
-SCENES_MANIFEST = ".clipscope-scenes.json"  # what write_scenes wrote: the only files it ever replaces
-_SCENES_KIND = "clipscope-scenes"
+SCENES_MANIFEST = ".clipscope-scenes.json"  # what write_scenes wrote: the only files it ever replaces (core.writes)
 
 
 def _scene_targets(n: int) -> list[str]:
     return ["labels.csv"] + [f"{folder}/{i:06d}.png" for i in range(n) for folder in ("images", "masks")]
-
-
-def _sha256(path: Path) -> str | None:
-    import hashlib
-
-    try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
-def _own_scene_files(out: Path) -> dict[str, str | None] | None:
-    """Files an earlier write_scenes listed in SCENES_MANIFEST: relative path -> sha256 (None: interrupted).
-
-    None when there is no such manifest, or it is not ours (a regular JSON file of our kind)."""
-    import json
-
-    manifest = out / SCENES_MANIFEST
-    try:
-        if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > 200_000_000:
-            return None
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    files = record.get("files") if isinstance(record, dict) and record.get("kind") == _SCENES_KIND else None
-    if not isinstance(files, dict):
-        return None
-    return {rel: sha for rel, sha in files.items() if isinstance(rel, str) and _OWN_PATH.fullmatch(rel)
-            and (sha is None or isinstance(sha, str))}
-
-
-_OWN_PATH = re.compile(r"labels\.csv|(images|masks)/\d{6,}\.png")
-
-
-def _write_scenes_manifest(out: Path, files: dict, params: dict) -> None:
-    import json
-
-    tmp = out / f"{SCENES_MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"kind": _SCENES_KIND, **params, "files": files}), encoding="utf-8")
-    os.replace(tmp, out / SCENES_MANIFEST)
-
-
-def _prepare_folder(out: Path, overwrite: bool, targets: list[str]) -> dict[str, str | None]:
-    """Make `out` ready for `targets`; returns the files an earlier write_scenes owns there.
-
-    A non-empty folder needs `overwrite`; even then only files listed in its SCENES_MANIFEST (and unchanged
-    since) are replaced or removed, and any other file at a path to be written is a refusal before anything
-    is written.
-    """
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError(f"{out} exists and is not a folder; choose another output folder")
-    owned: dict[str, str | None] = {}
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty; choose a new or empty folder, or pass overwrite=True "
-                              "(--overwrite) to replace the scenes written there")
-        owned = _own_scene_files(out)
-        if owned is None and os.path.lexists(out / SCENES_MANIFEST):
-            raise OutputError(f"{out / SCENES_MANIFEST} was not written by clipscope; choose another output folder")
-        for folder in ("images", "masks"):
-            if (out / folder).is_symlink() or ((out / folder).exists() and not (out / folder).is_dir()):
-                raise OutputError(f"{out / folder} is not a plain folder; scenes are written only into folders "
-                                  "they made: choose another output folder")
-        owned = owned or {}
-        foreign = [rel for rel in targets if os.path.lexists(out / rel)
-                   and not (rel in owned and (owned[rel] is None or _sha256(out / rel) == owned[rel]))]
-        if foreign:
-            raise OutputError(f"{out / foreign[0]} exists and was not written by `toy scenes` (or was changed since); "
-                              f"it is never replaced ({len(foreign)} such file(s)): move them away or choose another "
-                              "output folder")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    return owned
 
 
 def write_scenes(out_dir, n: int, seed: int, *, split: str = "heldout", image_size: int = 64,
@@ -594,30 +527,27 @@ def write_scenes(out_dir, n: int, seed: int, *, split: str = "heldout", image_si
     only files an earlier write_scenes wrote (listed in SCENES_MANIFEST, unchanged) are replaced,
     and nothing else in the folder is ever replaced or deleted.
     """
-    import hashlib
     import io
+
+    from core.writes import OutputFolder
 
     image_size = _check_image_size(image_size)
     scenes = sample_scenes(n, seed, split=split)
     out = Path(out_dir)
     targets = _scene_targets(len(scenes))
-    try:
-        owned = _prepare_folder(out, overwrite, targets)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputError(f"cannot create {out}: part of that path is a file, not a folder") from None
-    except OSError as err:
-        raise OutputError(f"cannot create {out}: {err.strerror or err}") from None
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{out} exists and is not a folder; choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; choose a new or empty folder, or pass overwrite=True "
+                          "(--overwrite) to replace the scenes written there")
     params = {"n": n, "seed": seed, "split": split, "image_size": image_size, "world_version": WORLD_VERSION}
-    # Listed before they are written (sha None), so an interrupted run's files stay ours.
-    _write_scenes_manifest(out, {**owned, **{rel: None for rel in targets}}, params)
-    written: dict[str, str | None] = {}
+    folder = OutputFolder(out, "scenes", require="any", params=params)
+    folder.claim(targets)  # refused before anything is written if one of them is not ours; then listed as pending
 
     def save(rel: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="PNG")
-        data = buffer.getvalue()
-        (out / rel).write_bytes(data)
-        written[rel] = hashlib.sha256(data).hexdigest()
+        folder.write_bytes(rel, buffer.getvalue(), save=False)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], _CAPTION_STREAM]))
     table = io.StringIO()
@@ -630,10 +560,6 @@ def write_scenes(out_dir, n: int, seed: int, *, split: str = "heldout", image_si
         save(f"masks/{name}", mask)
         labels = scene.labels()
         writer.writerow([f"images/{name}"] + [labels[c] for c in LABEL_COLUMNS[1:-1]] + [caption(scene, rng)])
-    (out / "labels.csv").write_text(table.getvalue(), encoding="utf-8", newline="")
-    written["labels.csv"] = hashlib.sha256(table.getvalue().encode("utf-8")).hexdigest()
-    for rel, sha in owned.items():  # our own files of an earlier, larger run: removed if unchanged
-        if rel not in written and (sha is None or _sha256(out / rel) == sha):
-            (out / rel).unlink(missing_ok=True)
-    _write_scenes_manifest(out, written, params)
+    folder.write_bytes("labels.csv", table.getvalue().encode("utf-8"), save=False)
+    folder.remove_stale(targets)  # our own scenes of an earlier, larger run, if unchanged; saves the manifest
     return out

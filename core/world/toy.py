@@ -28,6 +28,7 @@ from core.engine.models import TOY_ARCH, TOY_WEIGHTS, ClipBundle, register_model
 from core.engine.text import prompt_classifier
 
 from core.world.pixels import MEAN, STD, to_pixels  # noqa: F401  (re-exported)
+from core.world.checkpoints import checkpoint_config, is_toy_weights  # noqa: F401  (re-exported)
 IMAGE_SIZE = 64
 EVAL_SEED = 2024  # held-out scenes for the model card; tests use other seeds
 
@@ -213,56 +214,18 @@ def _load_init(model: torch.nn.Module, path: Path) -> None:
 
 
 def _save(model: torch.nn.Module, path: Path, config: TrainConfig, steps: int, wall: float) -> None:
-    import os
-    import tempfile
+    from core.writes import replace_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not is_toy_weights(path):
-        raise OutputError(f"{path} exists and is not a toy checkpoint clipscope wrote; it is never replaced")
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {"arch": TOY_ARCH, "steps": str(steps), "seed": str(config.seed), "batch_size": str(config.batch_size),
                 "world_version": str(getattr(world, "WORLD_VERSION", 1)), "wall_seconds": f"{wall:.0f}",
                 "config": json.dumps(asdict(config), sort_keys=True)}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # check_training_outputs asked for --overwrite before training; here only a toy checkpoint is ever replaced
+    replace_file(path, lambda tmp: save_file(state, tmp, metadata=metadata), ours=is_toy_weights, overwrite=True,
+                 what="weights file", command="python -m core toy train")
 
 
 CARD_FILES = ("card.json", "MODEL_CARD.md")
-
-
-def is_toy_weights(path: Path) -> bool:
-    """True if `path` is a toy checkpoint written by `train_toy` (its safetensors metadata says so)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception:  # not a safetensors file at all
-        return False
-    return metadata.get("arch") == TOY_ARCH and "steps" in metadata and "world_version" in metadata
-
-
-def checkpoint_config(path: Path) -> dict | None:
-    """The training config a toy checkpoint records in its safetensors metadata (`train_toy` writes it: steps,
-    seed, groups and the planted bias), or None for a file that is not a toy checkpoint or records none."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file() or not is_toy_weights(path):
-        return None
-    with safe_open(str(path), framework="pt") as handle:
-        text = (handle.metadata() or {}).get("config")
-    try:
-        config = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return config if isinstance(config, dict) else None
 
 
 def _is_toy_card(folder: Path, name: str) -> bool:
@@ -398,8 +361,10 @@ def write_model_card(folder: Path, card: dict) -> Path:
     """
     import json
 
+    from core.writes import atomic_write_text
+
     folder = Path(folder)
-    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(folder / "card.json", json.dumps(card, indent=2) + "\n")
     acc = card["zero_shot"]
     ablation = card["ablation"]
     tasks = list(ablation["accuracy"])
@@ -467,9 +432,8 @@ A toy: it knows only this world's vocabulary (shapes, colours, positions, backgr
 images of 64x64 px. Use it to learn the tools and as ground truth, not as a CLIP.
 """
     path = folder / "MODEL_CARD.md"
-    path.write_text(text.replace("{targets}", _targets_text(acc, card.get("bias_groups")))
-                    .replace("{bias_groups}", _bias_groups_text(card)))
-    return path
+    return atomic_write_text(path, text.replace("{targets}", _targets_text(acc, card.get("bias_groups")))
+                             .replace("{bias_groups}", _bias_groups_text(card)))
 
 
 def _wall_note(card: dict) -> str:

@@ -101,13 +101,18 @@ def download(report):
 
     if report is None:
         raise gr.Error("Run the generator first.")
-    folder = Path(tempfile.mkdtemp(prefix="clipscope-adversarial-"))
-    try:
-        write_results(report, folder / "results")
+    try:  # in the session's folder: it goes when the session ends
+        folder = Path(tempfile.mkdtemp(prefix="adversarial-", dir=ui.sessions.folder(ui.session_id())))
+        write_results(report, folder / "results", server_folder=True)
+        archive = shutil.make_archive(str(folder / f"adversarial-{report.config.present}-to-{report.config.target}"),
+                                      "zip", folder / "results")
     except CoreError as err:
         raise ui.message(err) from None
-    archive = shutil.make_archive(str(folder / f"adversarial-{report.config.present}-to-{report.config.target}"),
-                                  "zip", folder / "results")
+    except OSError as err:
+        ui.log.warning("download archive not written: %s", err.strerror or type(err).__name__)
+        raise gr.Error("The archive could not be written: this server's disk is full. Try again later.",
+                       print_exception=False) from None
+    shutil.rmtree(folder / "results", ignore_errors=True)  # the zip holds it
     return archive
 
 

@@ -17,7 +17,7 @@ from core.gpu import gpu, request_seconds  # noqa: E402  (before torch: ZeroGPU)
 
 import gradio as gr  # noqa: E402
 
-from core.engine.contributions import CONVENTIONS  # noqa: E402
+from core.engine.conventions import CONVENTIONS  # noqa: E402
 from core.explorer import decomposition as explorer  # noqa: E402
 from core.links.images import default_texts  # noqa: E402
 

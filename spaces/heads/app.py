@@ -18,7 +18,7 @@ from core.gpu import gpu, request_seconds  # noqa: E402  (before torch: ZeroGPU)
 import gradio as gr  # noqa: E402
 
 from core import settings  # noqa: E402
-from core.engine.contributions import CONVENTIONS  # noqa: E402
+from core.engine.conventions import CONVENTIONS  # noqa: E402
 from core.explorer import heads as explorer  # noqa: E402
 from core.links.images import default_texts  # noqa: E402
 
@@ -248,8 +248,13 @@ def build() -> gr.Blocks:
 
 
 def _last_layer() -> int:
-    from core.engine.models import load_clip
+    from core.engine.configs import vision_layers
     from core.errors import CoreError
+
+    layers = vision_layers(settings.default_model())  # from the config: the page is laid out before any model loads
+    if layers is not None:
+        return layers - 1
+    from core.engine.models import load_clip
 
     try:
         return load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers - 1

@@ -132,12 +132,17 @@ def first_status() -> str:
     try:
         return explorer.bases_status(None, None, _default_layer())
     except CoreError as err:
-        return f"No neuron bases loaded ({err}). Compute statistics below."
+        return f"No neuron bases loaded ({ui.error_message(err)}). Compute statistics below."
 
 
 def _default_layer() -> int:
-    from core.engine.models import load_clip
+    from core.engine.configs import vision_layers
     from core.errors import CoreError
+
+    layers = vision_layers(settings.default_model())  # from the config: the page is laid out before any model loads
+    if layers is not None:
+        return explorer.default_layer(layers)
+    from core.engine.models import load_clip
 
     try:
         return explorer.default_layer(load_clip(settings.default_model(), device=settings.resolve_device()).info.n_layers)

@@ -21,7 +21,7 @@ from core.gpu import gpu, request_seconds  # noqa: E402  (before torch: ZeroGPU)
 import gradio as gr  # noqa: E402
 
 from core.explorer import segmentation as explorer  # noqa: E402
-from core.segmentation.methods import METHODS  # noqa: E402
+from core.segmentation.names import METHODS  # noqa: E402
 
 
 def _load_ui():

@@ -1,7 +1,7 @@
 """A real diffusers StableDiffusionPipeline with tiny random components, built offline from configs.
 
 As diffusers' own tests build it (get_dummy_components), with the tokenizer made from open_clip's
-BPE file instead of a Hub download (see ../shared/docs/diffusers-offline.md).
+BPE file instead of a Hub download (a CLIP tokenizer needs only its vocabulary and merges).
 """
 
 from __future__ import annotations

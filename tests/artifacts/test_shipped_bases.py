@@ -10,7 +10,7 @@ from core.artifacts.hub import resolve_bases_source
 from core.engine.models import load_clip
 
 
-# Each shipped model and the options of the command that built its bases (README), besides the image set and pool.
+# Each shipped model and its bases command's options (docs/models.md), besides the image set and pool.
 BUILDS = {"toy": [], "toy-biased": ["--terms", "8"], "toy-biased-2": ["--terms", "8"]}
 
 
@@ -36,7 +36,7 @@ def test_shipped_bases_verify_and_describe_what_made_them(model, shipped):
     assert verify_artifact(shipped.path) == []
     manifest = shipped.manifest
     assert manifest["model"]["spec"] == model and manifest["text_pool"]["name"] == "toy"
-    assert set(manifest["algorithms"]) == {"textspan", "neurons", "sharding"}  # README's command (bases build)
+    assert set(manifest["algorithms"]) == {"textspan", "neurons", "sharding"}  # docs/models.md's command (bases build)
     assert manifest["metrics"]["textspan_rank_max"] <= 27  # 24-wide heads plus 3 offsets: the numerical rank
     assert "2000 generated world scenes" in manifest["image_set"]["description"]
 

@@ -98,3 +98,22 @@ def test_ranks_that_disagree_on_the_text_pool_refuse_to_build(tmp_path):
     assert result.returncode != 0
     assert "disagree on the text_pool" in result.stderr and "ranks 0" in result.stderr
     assert not (tmp_path / "bases" / "manifest.json").exists()
+
+
+def test_more_processes_than_shards_leave_one_idle_and_build_the_same_bytes(tmp_path):
+    """Issue 20: 240 images make one shard of the default size; with 2 processes rank 1 stays idle (it still
+    takes part in every merge, with zeros), and the artifact has the same bytes as one process's."""
+    build = ["bases", "build", "--model", "toy", "--images", "world:240:17", "--texts", "toy", "--layers", "3",
+             "--neuron-layers", "2", "--rank", "16", "--per-head", "4", "--k", "8", "--batch-size", "16"]
+    _ok(_run(build + ["--out", str(tmp_path / "one")], tmp_path))
+    two = _run(build + ["--out", str(tmp_path / "two"), "--work-dir", str(tmp_path / "work")], tmp_path, 2)
+    _ok(two)
+    assert "stay idle" in two.stderr
+    one, double = load_artifact(tmp_path / "one"), load_artifact(tmp_path / "two")
+    assert double.manifest["algorithms"]["sharding"]["shards"] == 1 and double.manifest["metrics"]["world_size"] == 2
+    assert one.names("tensors") == double.names("tensors")
+    for group in one.names("tensors"):
+        a, b = one.tensors(group), double.tensors(group)
+        assert a.keys() == b.keys() and all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a), group
+    assert one.table("textspan") == double.table("textspan")
+    assert not (tmp_path / "work").exists()

@@ -3,14 +3,15 @@
 import pytest
 import torch
 
-from core.engine.contributions import CONVENTIONS, cls_to_cls, direct_effects, fold_weights
+from core.engine.contributions import CONVENTIONS, cls_to_cls, direct_effects, fold_weights, spatial_value_maps
 from core.errors import ConfigError
 from core.engine.models import load_clip
 from core.engine.reference import literal_direct_effects
 from core.engine.trace import trace_vit
 from tests.conftest import TINY_SPECS, random_pixels
 
-SUM_SPECS = TINY_SPECS + ("ViT-B-32/none", "ViT-B-16/none", "ViT-L-14/none", "ViT-B-32-quickgelu/none")
+SUM_SPECS = TINY_SPECS + ("ViT-B-32/none", "ViT-B-16/none", pytest.param("ViT-L-14/none", marks=pytest.mark.slow),
+                          "ViT-B-32-quickgelu/none")  # ViT-L-14 takes over 20 s on 2 cores
 
 
 def _relative(a, b):
@@ -79,6 +80,46 @@ def test_projection_equals_full_vectors_projected(tiny):
         assert torch.allclose(projected.embedding_term, full.embedding_term @ directions.T, atol=1e-5)
         # the class-token -> class-token path is the spatial term of source token 0
         assert torch.allclose(cls_to_cls(trace, folded, convention=convention), full.tokens[:, :, :, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS)
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_mapped_values_equal_kept_values_and_the_literal_equations(spec, convention):
+    """The fast spatial path (values mapped onto the texts layer by layer, never kept) against the path that keeps
+    every value vector, and against the literal per-cell equations projected on the texts."""
+    bundle = load_clip(spec)
+    visual = bundle.model.visual
+    pixels = random_pixels(bundle, batch=2)
+    folded = fold_weights(visual)
+    texts = torch.nn.functional.normalize(torch.randn(5, bundle.info.d_out, generator=torch.Generator().manual_seed(3)), dim=-1)
+    mapped_trace = trace_vit(visual, pixels, value_maps=spatial_value_maps(folded, texts))
+    assert mapped_trace.values is None and mapped_trace.mapped_values.shape[-1] == 6
+    mapped = direct_effects(mapped_trace, folded, convention=convention, spatial=True, directions=texts)
+    kept = direct_effects(trace_vit(visual, pixels, keep_values=True), folded, convention=convention, spatial=True,
+                          directions=texts)
+    assert torch.allclose(mapped.tokens, kept.tokens, atol=1e-6)
+    assert torch.equal(mapped.heads, kept.heads)
+    for b in range(2):
+        literal = literal_direct_effects(visual, pixels[b], convention)
+        scale = literal["embedding"].norm()
+        assert (mapped.tokens[b] - literal["tokens"] @ texts.T).norm() / scale < 1e-5
+    # the full output space (no directions) works the same way
+    full = direct_effects(trace_vit(visual, pixels, value_maps=spatial_value_maps(folded)), folded,
+                          convention=convention, spatial=True)
+    assert _relative(full.tokens.sum(3), full.heads) < 1e-5
+
+
+def test_mapped_values_refuse_other_directions(tiny):
+    visual = tiny.model.visual
+    folded = fold_weights(visual)
+    texts = torch.randn(3, tiny.info.d_out, generator=torch.Generator().manual_seed(4))
+    trace = trace_vit(visual, random_pixels(tiny), value_maps=spatial_value_maps(folded, texts))
+    with pytest.raises(ConfigError, match="other directions"):
+        direct_effects(trace, folded, spatial=True, directions=texts[:2])
+    with pytest.raises(ConfigError, match="other directions"):
+        direct_effects(trace, folded, spatial=True, directions=2 * texts)
+    with pytest.raises(ConfigError, match="value_maps"):
+        trace_vit(visual, random_pixels(tiny), value_maps=torch.zeros(2, 2, 2, 3))
 
 
 def test_folded_weights_follow_weight_edits(tiny):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import open_clip
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -26,6 +27,7 @@ print(visual_act, text_act, bundle.info.quick_gelu, bundle.info.random_init, rep
 """
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_openai_tag_loads_from_the_cache_offline_with_quick_gelu(tmp_path):
     # the weights a download would have cached: any ViT-B-32 state dict will do
     torch.manual_seed(3)

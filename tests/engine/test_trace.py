@@ -8,7 +8,8 @@ from core.engine.models import load_clip
 from core.engine.trace import trace_vit
 from tests.conftest import TINY_SPECS, random_pixels
 
-PARITY_SPECS = TINY_SPECS + ("ViT-B-32/none", "ViT-B-16/none", "ViT-L-14/none", "ViT-B-32-quickgelu/none")
+PARITY_SPECS = TINY_SPECS + ("ViT-B-32/none", "ViT-B-16/none", pytest.param("ViT-L-14/none", marks=pytest.mark.slow),
+                             "ViT-B-32-quickgelu/none")  # ViT-L-14 takes over 20 s on 2 cores
 
 
 @pytest.mark.parametrize("spec", PARITY_SPECS)
@@ -64,6 +65,31 @@ def test_trace_shapes(tiny):
     assert trace.head_cls.shape == (3, info.n_layers, info.n_heads, info.d_head)
     assert trace.values.shape == (3, info.n_layers, t, info.n_heads, info.d_head)
     assert torch.allclose(torch.einsum("blht,blthd->blhd", trace.attn_cls, trace.values), trace.head_cls, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS)
+def test_last_block_at_the_class_token_equals_the_full_block(spec):
+    """The last block runs at the class token only unless its MLP activations are asked for: same trace."""
+    bundle = load_clip(spec)
+    visual = bundle.model.visual
+    pixels = random_pixels(bundle, batch=3)
+    last = bundle.info.n_layers - 1
+    short, full = trace_vit(visual, pixels, keep_values=True), trace_vit(visual, pixels, mlp_layers=[last], keep_values=True)
+    assert set(full.mlp_post) == {last} and not short.mlp_post
+    for name in ("embedding", "cls_embed", "ln1_mean", "ln1_std", "attn_cls", "head_cls", "value_cls", "mlp_cls",
+                 "resid_final", "ln_post_mean", "ln_post_std", "values"):
+        assert torch.allclose(getattr(short, name), getattr(full, name), rtol=1e-5, atol=1e-6), name
+
+
+def test_trace_keeps_only_its_own_storage(tiny):
+    """No recorded tensor is a view into a layer's activations (which would keep qkv or MLP outputs alive)."""
+    trace = trace_vit(tiny.model.visual, random_pixels(tiny, batch=2), mlp_layers=[1], keep_values=True)
+    for name in ("embedding", "cls_embed", "ln1_mean", "ln1_std", "attn_cls", "head_cls", "value_cls", "mlp_cls",
+                 "resid_final", "ln_post_mean", "ln_post_std", "values"):
+        tensor = getattr(trace, name)
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+    post = trace.mlp_post[1]
+    assert post.untyped_storage().nbytes() == post.numel() * post.element_size()
 
 
 @pytest.mark.parametrize("spec,feature", [

@@ -210,7 +210,8 @@ COMMANDS = {
         ("--metric", CHOICE), ("--convention", CHOICE), ("--batch-size", POSITIVE), ("--model", MODELS[:8]))),
     "spurious": Command(_base("spurious", "--model", MODEL, "--images", "{grouped}", "--heads", "2.1", "--templates",
                               "simple", "--trials", "1"), 1, (
-        ("--images", GROUPED), ("--heads", HEADS + HEAD_FILES), ("--trials", POSITIVE), ("--seed", SEEDS),
+        ("--images", GROUPED), ("--heads", HEADS + HEAD_FILES), ("--trials", POSITIVE[1:]), ("--seed", SEEDS),
+        ("--samples", [("10", r"at least 1000"), ("abc", r"invalid int value")]),
         ("--random-layers", INDEX), ("--means-from", FOLDER), ("--classnames", [("a,b,c", r"class names given"),
                                                                                 (",", r"class names given")]),
         ("--split", [("7", r"no 'split' column")]), ("--templates", TEMPLATES), ("--convention", CHOICE),
@@ -291,6 +292,31 @@ COMMANDS["adversarial"] = Command(_base("adversarial", "--model", "toy-biased", 
     ("--layers", [("99", r"not 99"), ("abc", r"invalid int value")]),
     ("--block", TEXT[2:]), ("--out", OUT_FOLDER + [("{scenes}", r"already holds files")])))
 
+# One command per paper table (issue 22): every refusal comes before a model loads.
+COMMANDS["reproduce"] = Command(_base("reproduce", "p1-ablations", "--model", MODEL, "--images", "{scenes}",
+                                      "--label-column", "shape", "--out", "{tmp}/r.json"), 1, (
+    ("", [("nothing", r"unknown table"), ("", r"unknown table")]), ("--limit", POSITIVE), ("--batch-size", POSITIVE),
+    ("--per-head", POSITIVE), ("--repeats", [("0", r"at least 1"), ("11", r"at most 10"), ("x", r"invalid int")]),
+    ("--generator", [("bogus", r"sd or world")]), ("--model", MODELS[:8])))
+# Circuits (issue 24): a neuron's out-edges (weights, data) and a head's in-edges.
+COMMANDS["circuit"] = Command(_base("circuit", "--model", MODEL, "--layer", "1", "--neuron", "3", "--weights-only",
+                                    "--bases", "{bases}"), 1, (
+    ("--model", MODELS), ("--layer", [("-1", r"at least 0"), ("99", r"out of range"), ("2", r"no later attention"),
+                                      ("abc", r"invalid int value")]),
+    ("--neuron", [("-1", r"at least 0"), ("192", r"out of range"), ("abc", r"invalid int value")]),
+    ("--target", [("   ", r"target"), ("x" * 20_000, r"target"), ("class:", r"class name")]),
+    ("--top", POSITIVE), ("--bases", BASES_FOLDER), ("--mode", CHOICE), ("--device", CHOICE),
+    ("--images", [("world:5", r"no images")])))
+COMMANDS["circuit data"] = Command(_base("circuit", "--model", MODEL, "--layer", "1", "--neuron", "3", "--images",
+                                         "world:12", "--k", "4"), 1, (
+    ("--images", FOLDER + WORLD), ("--k", POSITIVE[:3] + [("50", r"k = 50")]), ("--mean-images", POSITIVE),
+    ("--batch-size", POSITIVE)))
+COMMANDS["circuit head"] = Command(_base("circuit", "--model", MODEL, "--head", "2.1"), 1, (
+    ("--head", [("x", r"LAYER\.HEAD"), ("9.1", r"out of range"), ("2.9", r"out of range"), ("0.0", r"layer 0"),
+                ("", r"LAYER\.HEAD")]),
+    ("--layer", [("5", r"out of range")]), ("--neuron", [("3", r"one of them")]),
+    ("--images", [("world:5", r"weight edges")])))
+
 # Paths each command reads or writes, given a valid value: in public mode every one of them is refused.
 PUBLIC_PATHS = {
     "decompose": ["--image"], "ablate": ["--images", "--means-from", "--templates"],
@@ -303,7 +329,8 @@ PUBLIC_PATHS = {
 PUBLIC_VALUES = {"--images": "{images}", "--means-from": "{images}", "--templates": "{templates}", "--out": "{tmp}/o",
                  "--texts": "{pool}", "--evaluate": "{scenes}", "--image": "{png}", "--gallery": "{images}",
                  "--heads": "{heads_json}", "--bases": "{bases}", "": "{bases}"}
-PUBLIC_PATHS.update({"adversarial": ["--out", "--bases"], "segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
+PUBLIC_PATHS.update({"reproduce": ["--out"], "adversarial": ["--out", "--bases"], "segment": ["--image", "--out"], "segeval": ["--dataset", "--state-dir", "--save-maps", "--classes"]})
+PUBLIC_PATHS.update({"circuit": ["--bases"], "circuit data": ["--images"]})
 PUBLIC_VALUES.update({"--dataset": "{scenes}", "--state-dir": "{tmp}/state", "--save-maps": "{tmp}/maps",
                       "--classes": "{pool}"})
 
@@ -390,7 +417,7 @@ TAMPERED_NAMES = ("corrupt_data_rehashed", "wrong_shape_rehashed", "index_out_of
                   "oversize_manifest", "not_an_object", "path_escape", "random_init_text", "layers_not_ints",
                   "texts_not_list", "latin1_manifest")
 # Refusals that only a deep check sees (they verify fine and fail where the tensors are used).
-LOAD_TIME_ONLY = {"wrong_shape_rehashed", "index_out_of_range", "layers_not_ints", "texts_not_list"}
+LOAD_TIME_ONLY = {"wrong_shape_rehashed", "index_out_of_range", "layers_not_ints"}  # (texts_not_list: verify too)
 CASES = generate_cases()
 
 
@@ -496,3 +523,297 @@ def test_a_closed_pipe_is_one_line_and_exit_2(hostile, tmp_path):
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
     assert result.stderr.count("error: ") == 1 and "closed" in result.stderr
     assert result.stdout.startswith("model:")
+
+
+# ---------------------------------------------------------------- the big run: every folder hashed around every call
+#
+# Over a thousand generated invocations of every command, each in a folder of its own that the run hashes before
+# and after the call, as is the shared folder of hostile inputs: no traceback, no hang, no silently wrong result,
+# and no user file changed. Only a declared output (--out, --save-maps, --state-dir, --work-dir) may change, and
+# only in files the command's own manifest lists (for a single-file output: that file, when the command wrote it).
+# Half the cases plant a hazard where the command writes: a user's file beside or in place of an output, a forged
+# manifest, a link to a file or folder outside, an output the user edited after an earlier run.
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+
+OUTPUT_FLAGS = ("--out", "--save-maps", "--state-dir", "--work-dir")
+FILE_OUTPUTS = {"second-order", "toy train"}
+BIG_SEED = 2020
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """rel -> (kind, sha256 or link target or None) of every entry under `folder`, links never followed."""
+    entries: dict[str, tuple] = {}
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(top) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                entries[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                entries[rel] = ("dir", None)
+            elif path.is_file():
+                entries[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                entries[rel] = ("other", None)
+    return entries
+
+
+def _manifest_listing(folder: Path) -> dict[str, str | None]:
+    """What clipscope's manifests in `folder` list as the command's own: rel -> recorded sha256 (None: any)."""
+    listed: dict[str, str | None] = {}
+    if not folder.is_dir() or folder.is_symlink():
+        return listed
+    for manifest in folder.glob(".clipscope-*.json"):
+        try:
+            record = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and str(record.get("kind", "")).startswith("clipscope-"):
+            listed[manifest.name] = None
+            files = record.get("files", {})
+            for rel, sha in (files.items() if isinstance(files, dict) else []):
+                listed[rel] = sha.get("sha256") if isinstance(sha, dict) else sha
+    try:
+        record = json.loads((folder / "manifest.json").read_text())
+        if isinstance(record, dict) and record.get("kind") == "clipscope-bases":
+            listed["manifest.json"] = None
+            listed["README.md"] = record.get("card_sha256")
+            listed.update({rel: entry.get("sha256") for rel, entry in record.get("files", {}).items()})
+    except (OSError, ValueError, AttributeError):
+        pass
+    return listed
+
+
+def _declared_outputs(argv: list[str], tmp: Path) -> list[Path]:
+    outputs = [Path(argv[i + 1]) for i, part in enumerate(argv[:-1]) if part in OUTPUT_FLAGS]
+    return [path for path in outputs if str(path).startswith(str(tmp))]
+
+
+def _owned(outputs: list[Path], tmp: Path, before: dict[str, tuple], single_files: set[str]) -> set[str]:
+    """Entries (relative to tmp) the call may replace or delete: listed in its output's manifest and unchanged."""
+    owned: set[str] = set()
+    for output in outputs:
+        base = output.relative_to(tmp).as_posix()
+        for rel, sha in _manifest_listing(output).items():
+            key = f"{base}/{rel}"
+            if key in before and before[key][0] == "file" and (sha is None or before[key][1] == sha):
+                owned.add(key)
+    return owned | single_files
+
+
+def check_call(argv: list[str], tmp: Path, hostile_root: Path, hostile_before: dict, *, single_files=frozenset(),
+               expect_refusal: bool = False) -> tuple[int, str]:
+    """Run `argv` in-process with the checks above; returns (status, the error line or '')."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    outputs = _declared_outputs(argv, tmp)
+    before = snapshot(tmp)
+    owned = _owned(outputs, tmp, before, set(single_files))
+    out, err = io.StringIO(), io.StringIO()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(120)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            status = main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    out, err = out.getvalue(), err.getvalue()
+    assert "Traceback" not in err + out, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status in (0, 2) and len(errors) == (status == 2), (status, err[-2000:])
+    assert not (expect_refusal and status == 0), ("accepted", argv, out[-500:])
+    if status == 0:  # not silently wrong: no NaN printed, every listed output present
+        assert not re.search(r"\bnan\b", out, re.IGNORECASE), out[-1000:]
+    after = snapshot(tmp)
+    assert snapshot(hostile_root) == hostile_before, "a shared input changed"
+    for rel, entry in before.items():  # a user's entry is kept as it was
+        if after.get(rel) != entry and entry[0] != "dir":
+            assert rel in owned, ("replaced or deleted", rel, argv)
+    bases = {output.relative_to(tmp).as_posix(): output for output in outputs}
+    for rel, entry in after.items():
+        if entry[0] == "dir" or before.get(rel) == entry:
+            continue
+        home = next((base for base in bases if rel == base or rel.startswith(base + "/")), None)
+        assert home is not None, ("written outside the declared outputs", rel, argv)
+        if rel == home:  # a single-file output
+            continue
+        listed = _manifest_listing(bases[home])
+        assert rel[len(home) + 1:] in listed, ("written but not listed in the manifest", rel, argv)
+    return status, errors[0] if errors else ""
+
+
+# Valid lines of each writing command, with its output in {out} (a folder, or a file for FILE_OUTPUTS) and the
+# names it writes there (where a hazard plants a user's file or a link) and a sub-folder it writes into.
+WRITERS = {
+    "toy scenes": (("toy", "scenes", "--n", "3", "--seed", "0", "--out", "{out}", "--overwrite"),
+                   ["images/000000.png", "labels.csv"], "images"),
+    "textspan": (("textspan", "--model", MODEL, "--images", "{images}", "--texts", "{pool}", "--out", "{out}",
+                  "--layers", "2", "--rank", "4", "--per-head", "2", "--overwrite"),
+                 ["manifest.json", "README.md", "tensors/textspan_L2H0.safetensors"], "tensors"),
+    "neurons": (("neurons", "--model", MODEL, "--layer", "1", "--images", "world:12", "--texts", "{pool}", "--out",
+                 "{out}", "--k", "3", "--terms", "2", "--overwrite"), ["manifest.json", "extra/texts.json"], "extra"),
+    "bases build": (("bases", "build", "--model", MODEL, "--images", "world:12", "--texts", "{pool}", "--out", "{out}",
+                     "--layers", "2", "--neuron-layers", "1", "--per-head", "2", "--rank", "4", "--k", "3", "--terms",
+                     "2", "--overwrite", "--work-dir", "{work}"), ["README.md", "tables/textspan.parquet"], "tables"),
+    "segment": (("segment", "--model", MODEL, "--image", "{png}", "--text", "a red circle", "--text", "a square",
+                 "--out", "{out}"), ["00_a_red_circle_map.png", "segment.json", "labels.npy"], None),
+    "segeval maps": (("segeval", "--model", MODEL, "--dataset", "world:2:1", "--method", "heads", "--state-dir",
+                      "{work}", "--save-maps", "{out}"), ["segeval.json", "00000_mask.png", "heads/00000_map.npy"],
+                     "heads"),
+    "adversarial": (("adversarial", "--model", "toy-biased", "--present", "square", "--target", "triangle", "--images",
+                     "2", "--descriptions", "1", "--repeats", "1", "--neurons", "5", "--words", "3", "--out", "{out}"),
+                    ["results.csv", "summary.json"], "images"),
+    "second-order": (("second-order", "--model", MODEL, "--layer", "1", "--image", "{png}", "--out", "{out}",
+                      "--overwrite"), [], None),
+    "toy train": (("toy", "train", "--out", "{out}", "--steps", "1", "--batch-size", "64", "--no-card", "--overwrite"),
+                  [], None),
+}
+HAZARDS = ("beside", "collide", "forged", "link_file", "link_dir", "dangling", "edited", "clean")
+
+
+def _clear(path: Path) -> Path:
+    """Make room for a user's entry where an earlier run left one of its outputs (the user replaces it)."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _plant(hazard: str, out: Path, targets: list[str], subfolder: str | None, victim: Path, kind: str) -> None:
+    """Put a user's hazard where the command writes (`out` may not exist yet, or hold an earlier run's files)."""
+    if kind == "file":
+        if hazard in ("collide", "forged"):
+            out.write_bytes(b"the user's own file")
+        elif hazard in ("link_file", "link_dir"):
+            out.symlink_to(victim / "victim.txt")
+        elif hazard == "dangling":
+            out.symlink_to(victim / "created-through-a-link.safetensors")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if hazard in ("beside", "edited"):
+        (out / "notes.txt").write_text("the user's notes")
+        (out / "mine").mkdir(exist_ok=True)
+        (out / "mine" / "photo.png").write_bytes(b"\x89PNG the user's photo")
+    if hazard == "collide" and targets:
+        for rel in targets[:2]:
+            _clear(out / rel).write_bytes(b"the user's file with a name the command uses")
+    if hazard == "forged":
+        (out / "notes.txt").write_text("the user's notes")
+        forged = {"kind": "clipscope-segment", "files": {"notes.txt": None, **{rel: None for rel in targets}}}
+        for name in (".clipscope-segment.json", ".clipscope-scenes.json", ".clipscope-segeval-maps.json",
+                     ".clipscope-adversarial.json"):
+            (out / name).write_text(json.dumps({**forged, "kind": "clipscope-" + name[11:-5]}))
+        (out / "segment.json").write_text(json.dumps({"files": ["notes.txt", *targets]}))
+        for rel in targets[:1]:
+            _clear(out / rel).write_bytes(b"the user's file, listed by a forged manifest")
+    if hazard == "link_file" and targets:
+        _clear(out / targets[0]).symlink_to(victim / "victim.txt")
+    if hazard == "dangling" and targets:
+        _clear(out / targets[-1]).symlink_to(victim / "created-through-a-link")
+    if hazard == "link_dir" and subfolder:
+        _clear(out / subfolder).symlink_to(victim, target_is_directory=True)
+
+
+def big_cases() -> list[tuple[str, object]]:
+    """(id, case): hazard cases for every writer, then seeded combinations of one to three hostile values for
+    every command, some run as --public or under --allow-path."""
+    cases: list[tuple[str, object]] = []
+    for name in WRITERS:
+        for hazard in HAZARDS:
+            cases.append((f"hazard|{name}|{hazard}", ("hazard", name, hazard)))
+            if name in ("segment", "toy scenes", "segeval maps"):  # outputs written twice: the rerun replaces
+                cases.append((f"hazard|{name}|{hazard}|rerun", ("hazard", name, hazard + "+rerun")))
+    rng = random.Random(BIG_SEED)
+    mutable = [(name, command) for name, command in COMMANDS.items() if command.mutations]
+    while len(cases) < 1100:
+        name, command = rng.choice(mutable)
+        picked = rng.sample(command.mutations, min(len(command.mutations), rng.choice((1, 1, 2, 3))))
+        argv = command.argv
+        for flag, values in picked:
+            value, _ = rng.choice(values)
+            if value == "TAMPERED":
+                value = f"{{tampered[{rng.choice(TAMPERED_NAMES)}]}}"
+            argv = _replace(argv, command.words, flag, value)
+        mode = rng.choice(("local", "local", "local", "public", "allow"))
+        cases.append((f"mutation|{len(cases)}|{name}|{mode}", ("mutation", name, mode, argv)))
+    return cases
+
+
+@pytest.mark.slow
+def test_a_thousand_invocations_change_no_user_file(hostile, tmp_path):
+    cases = big_cases()
+    assert len(cases) >= 1000 and {c[1][1] for c in cases} >= set(COMMANDS) | set(WRITERS)
+    hostile_before = snapshot(hostile.root)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "victim.txt").write_text("a file outside every output")
+    victim_before = snapshot(victim)
+    counts = {"ok": 0, "refused": 0}
+    for index, (case_id, case) in enumerate(cases):
+        tmp = tmp_path / f"c{index}"
+        tmp.mkdir()
+        try:
+            if case[0] == "hazard":
+                status = _run_hazard(case[1], case[2], tmp, victim, hostile, hostile_before)
+            else:
+                _, name, mode, argv = case
+                argv = _fill(argv, hostile, tmp)
+                if mode == "public":
+                    argv = ["--public", *argv]
+                elif mode == "allow":
+                    argv = ["--allow-path", str(tmp), *argv]
+                # (bases verify/info/push accept the damage only a loader sees: LOAD_TIME_ONLY, as above)
+                verify_only = argv[argv.index("bases") + 1:][:1] in (["verify"], ["info"], ["push"]) \
+                    if "bases" in argv else False
+                load_time = any(str(hostile.tampered[n][0]) in argv for n in LOAD_TIME_ONLY)
+                status, _ = check_call(argv, tmp, hostile.root, hostile_before,
+                                       expect_refusal=not (verify_only and load_time))
+        except (AssertionError, _Hang) as failure:
+            raise AssertionError(f"case {case_id}: {failure}") from None
+        counts["ok" if status == 0 else "refused"] += 1
+        assert snapshot(victim) == victim_before, f"case {case_id} wrote through a link"
+    print(f"\nbig fuzz run: {len(cases)} invocations, {counts['ok']} succeeded, {counts['refused']} refused with one "
+          "line; 0 tracebacks, 0 hangs, 0 user files changed")
+    assert counts["ok"] >= len(WRITERS) and counts["refused"] >= 900
+
+
+def _run_hazard(name: str, hazard: str, tmp: Path, victim: Path, hostile, hostile_before) -> int:
+    template, targets, subfolder = WRITERS[name]
+    kind = "file" if name in FILE_OUTPUTS else "folder"
+    out = tmp / ("out.safetensors" if kind == "file" else "out")
+    fields = {**vars(hostile), "out": out, "work": tmp / "work"}
+    argv = [part.format(**fields) if "{" in part else part for part in template]
+    rerun = hazard.endswith("+rerun")
+    hazard = hazard.removesuffix("+rerun")
+    single: set[str] = set()
+    if hazard == "edited" or rerun:  # an earlier run of the command, then the user's hazard, then the call
+        status, _ = check_call(argv, tmp, hostile.root, hostile_before)
+        if status == 0 and kind == "file":
+            single = {out.relative_to(tmp).as_posix()}
+        if hazard == "edited" and status == 0:
+            edited = out if kind == "file" else next((out / rel for rel in targets if (out / rel).is_file()), None)
+            if edited is not None:
+                edited.write_bytes(b"edited by the user after the run")
+                single = set()
+    if hazard not in ("edited", "clean"):
+        if kind == "file" and os.path.lexists(out):
+            out.unlink()
+            single = set()
+        _plant(hazard, out, targets, subfolder, victim, kind)
+    if hazard == "edited" and kind == "folder":
+        _plant("beside", out, targets, subfolder, victim, kind)
+    status, _ = check_call(argv, tmp, hostile.root, hostile_before, single_files=single)
+    if hazard in ("link_file", "dangling", "link_dir") and kind == "file":
+        assert status == 2  # never written through a link
+    if hazard == "clean":
+        assert status == 0, (name, "a valid call into a new folder, or a rerun into its own, must work")
+    return status

@@ -2,7 +2,9 @@
 spurious-cue removal and the per-image helpers, each against a literal per-image computation."""
 
 import csv
+import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -17,7 +19,8 @@ from core.heads.outputs import (check_heads, default_heads, difference_map, fit_
                         weight_span_bases)
 from core.engine.images import load_image
 from core.heads.retrieval import build_gallery, load_gallery, nearest, query_contributions, save_gallery
-from core.heads.spurious import grouped_folder, random_head_sets, read_head_set, spurious_report
+from core.heads.spurious import (grouped_folder, head_set_population, percentile_of, random_head_sets, read_head_set,
+                                 set_accuracies, spurious_report)
 from core.engine.text import zero_shot_classifier
 from core.heads.textspan import text_span_reference
 from core.engine.trace import trace_vit
@@ -64,6 +67,7 @@ def test_parse_and_check_heads(tiny):
         check_heads([(0, 4)], tiny.info)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_head_outputs_match_a_literal_per_image_loop(tiny, scenes, tmp_path):
     _, paths, _ = scenes
     broken = tmp_path / "broken.png"
@@ -239,15 +243,51 @@ def test_spurious_report_matches_a_direct_computation(tiny, scenes, tmp_path):
     for heads_drawn, result in zip(report.random_heads, report.random):
         expected = worst_and_overall(ablate(parts, means.means, Ablation("r", heads=tuple(heads_drawn))))
         assert (result.worst, result.overall) == pytest.approx(expected)
+    # the population baseline: every set of 2 heads from layer 2 (C(4, 2) = 6), each equal to a literal ablation
+    baseline = report.baseline
+    assert baseline.kind == "all" and baseline.possible == 6 and len(baseline.sets) == 6
+    assert sorted(map(tuple, baseline.sets)) == sorted(itertools.combinations([(2, h) for h in range(4)], 2))
+    literal = [worst_and_overall(ablate(parts, means.means, Ablation("s", heads=tuple(s)))) for s in baseline.sets]
+    assert baseline.worst.tolist() == pytest.approx([w for w, _ in literal])
+    assert baseline.overall.tolist() == pytest.approx([o for _, o in literal])
     summary = report.random_summary()
-    worsts = torch.tensor([r.worst for r in report.random], dtype=torch.float64)
+    worsts = torch.tensor([w for w, _ in literal], dtype=torch.float64)
     assert summary["worst_mean"] == pytest.approx(float(worsts.mean()))
     assert summary["worst_std"] == pytest.approx(float(worsts.std()))
-    assert json.loads(json.dumps(report.to_json()))["ablated"]["worst_group"] == report.ablated.worst
+    below, equal = float((worsts < report.ablated.worst).double().mean()), float((worsts == report.ablated.worst).double().mean())
+    assert summary["chosen_percentile_worst"] == pytest.approx(100 * (below + equal / 2))
+    saved = json.loads(json.dumps(report.to_json()))
+    assert saved["ablated"]["worst_group"] == report.ablated.worst and saved["random_sets"]["sets"] == 6
     extras = spurious_report(tiny, grouped, classifier, heads, means, trials=1, seed=7, paper_extras=True)
     with_mlps = ablate(parts, means.means, Ablation("paper", mlps=True, heads=tuple(heads)))  # 3 layers: none before the last 4
     assert (extras.ablated.worst, extras.ablated.overall) == pytest.approx(worst_and_overall(with_mlps))
     assert extras.base == report.base and extras.to_json()["paper_extras"] is True
+    for heads_set, worst, overall in zip(extras.baseline.sets, extras.baseline.worst, extras.baseline.overall):
+        expected = worst_and_overall(ablate(parts, means.means, Ablation("p", mlps=True, heads=tuple(heads_set))))
+        assert (float(worst), float(overall)) == pytest.approx(expected)
+
+
+def test_head_set_population_is_exhaustive_up_to_the_limit_then_sampled_and_seeded():
+    sets, kind, possible = head_set_population(16, 6)
+    assert kind == "all" and possible == 8008 and len(sets) == 8008 == len({tuple(r) for r in sets.tolist()})
+    assert all(list(r) == sorted(r) and len(set(r)) == 6 for r in sets.tolist()[:50])
+    sampled, kind, possible = head_set_population(48, 15, samples=1000, seed=3)
+    assert kind == "sampled" and possible == math.comb(48, 15) and len({tuple(r) for r in sampled.tolist()}) == 1000
+    assert torch.equal(sampled, head_set_population(48, 15, samples=1000, seed=3)[0])
+    assert not torch.equal(sampled, head_set_population(48, 15, samples=1000, seed=4)[0])
+    with pytest.raises(ConfigError, match="at least 1,000"):
+        head_set_population(48, 15, samples=10)
+
+
+def test_set_accuracies_add_head_changes_linearly():
+    """Two images, two classes, three heads: the set {0, 2} moves image 0 to class 1 and leaves image 1."""
+    base = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    deltas = torch.zeros(2, 3, 2)
+    deltas[0, 0, 1], deltas[0, 2, 1], deltas[1, 1, 0] = 0.6, 0.6, 5.0
+    worst, overall = set_accuracies(base, deltas, torch.tensor([[0, 2], [0, 1], [1, 2]]), torch.tensor([1, 1]),
+                                    torch.tensor([0, 1]), 2)
+    assert overall.tolist() == [1.0, 0.0, 0.0] and worst.tolist() == [1.0, 0.0, 0.0]
+    assert percentile_of(0.5, torch.tensor([0.0, 0.5, 1.0, 1.0])) == pytest.approx(37.5)
 
 
 def test_grouped_folder_errors_and_waterbirds_columns(scenes, tmp_path):

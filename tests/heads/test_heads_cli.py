@@ -150,6 +150,9 @@ def test_spurious_json_and_missing_columns(world, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["provenance"] == "test heads" and report["means_from_evaluated_set"] is True
     assert report["count"] == 30 and len(report["random"]["trials"]) == 2
+    population = report["random_sets"]  # every set of 2 heads from layer 2 of a 4-head model
+    assert population["kind"] == "all" and population["sets"] == 6 and 0 <= population["chosen_percentile_worst"] <= 100
+    assert population["worst"]["min"] <= population["worst"]["mean"] <= population["worst"]["max"]
     for key in ("base", "ablated"):
         per_group = [v for v in report[key]["per_group"].values() if v is not None]
         assert report[key]["worst_group"] == min(per_group)

@@ -372,3 +372,52 @@ def test_picks_among_pure_noise_go_to_the_lowest_valid_index():
     assert result.params["ranks"] == [2]
     assert result.text_indices[0].tolist() == [3, 0]
     assert result.variance_explained[0, 1] < 1e-6
+
+
+# ---------------------------------------------------------------- the span's eigenvectors (fast path vs full eigh)
+
+def _gram_matrices():
+    """Gram matrices of float32 data as TextSpan builds them: full rank, low rank (rounding noise beyond it),
+    a cluster of equal singular values, and an exact repeat of one row."""
+    generator = torch.Generator().manual_seed(5)
+    data = [torch.randn(300, 48, generator=generator),
+            torch.randn(300, 6, generator=generator) @ torch.randn(6, 48, generator=generator),
+            torch.linalg.qr(torch.randn(300, 48, generator=generator))[0] * 3.0]
+    data.append(torch.cat([data[0][:, :1]] * 2 + [data[0][:, 2:]], 1))
+    outputs = torch.stack([d.float() for d in data]).double()
+    return outputs.mT @ outputs
+
+
+@pytest.mark.parametrize("k", [1, 10, 47, 48])
+def test_top_eigenvectors_equal_the_full_decomposition(k):
+    from core.heads.textspan import _top_eigh
+
+    grams = _gram_matrices()
+    values, vectors = _top_eigh(grams, k)
+    full_values, full_vectors = torch.linalg.eigh(grams)
+    scale = full_values[:, -1:].abs()
+    assert torch.allclose(values / scale, full_values / scale, atol=1e-13, rtol=0)
+    assert vectors.shape == (len(grams), 48, k)
+    assert torch.allclose(vectors.mT @ vectors, torch.eye(k, dtype=torch.float64).expand(len(grams), k, k), atol=1e-12)
+    # each vector is an eigenvector of its value (residual at rounding level)
+    residual = grams @ vectors - vectors * full_values[:, -k:, None].mT
+    assert float((residual.norm(dim=1) / scale).max()) < 1e-12
+    # the top-k subspace is the full decomposition's wherever it is well defined (a gap after the k-th value)
+    for index in range(len(grams)):
+        gap = full_values[index, -k] - (full_values[index, -k - 1] if k < 48 else -float("inf"))
+        if gap > 1e-6 * scale[index, 0]:
+            ours, theirs = vectors[index], full_vectors[index, :, -k:]
+            assert torch.allclose(ours @ ours.T, theirs @ theirs.T, atol=1e-9)
+
+
+def test_span_gram_as_diagonal_plus_rank_one_equals_the_explicit_product():
+    from core.heads.textspan import HeadStatistics, _span_of
+
+    outputs = _structured_outputs(n_image=60).double()
+    stats = HeadStatistics.from_outputs(outputs)
+    texts = _texts().double()
+    span = _span_of(stats, texts, None, 10)
+    explicit = span.basis @ stats.centred_gram() @ span.basis.mT
+    assert torch.allclose(span.span_gram, explicit, atol=1e-9 * float(explicit.abs().max()))
+    coords = texts @ span.basis.mT
+    assert torch.allclose(span.captured, ((coords @ explicit) * coords).sum(-1), rtol=1e-9, atol=1e-9)

@@ -46,6 +46,7 @@ def toy_fits():
     return outputs, permuted, one_thread, texts
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_toy_textspan_is_reproducible(toy_fits, criterion):
     outputs, permuted, one_thread, texts = toy_fits

@@ -348,6 +348,7 @@ def _names(words: list[str], labels: dict) -> bool:
     return any(re.search(pattern, word) for word in words)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_concepts_on_the_toy_model_name_the_scene():
     """Concept discovery with the shipped toy bases names the scene's colour or background among its top-10
     words for most held-out scenes, far more often than the same words name another scene's (control).

@@ -83,6 +83,9 @@ VALID = {
     "/neuron_on_image": dict(spec="toy", bases="", layer=2, neuron=5, image=None, image_id="example:0"),
     "/concepts": dict(spec="toy", bases="", layer=2, image=None, image_id="example:0", top=5, threshold=1.0),
     "/search_neurons": dict(spec="toy", bases="", layer=2, text="a red circle", top=5),
+    "/show_circuit": dict(spec="toy", bases="", layer=1, neuron=5, kind="weight edges (no images)", target="", top=5),
+    "/measure_ablation": dict(spec="toy", bases="", layer=2, neuron=5, target=""),
+    "/in_edges": dict(spec="toy", bases="", head="2.1", target="", top=5),
 }
 PUBLIC_REFUSED = {"/spurious": dict(spec="toy", folder="/tmp", heads="3.1", classnames="", trials=1,
                                     convention="paper")}

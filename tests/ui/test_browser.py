@@ -51,6 +51,7 @@ def test_decomposition_tab_end_to_end(app_url, scene_png):
         page.screenshot(path=str(ARTIFACTS / "decomposition-tab.png"), full_page=True)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_heads_and_neurons_tabs_answer_from_the_shipped_bases(app_url):
     """On a fresh checkout with no network, the explorers answer at once from the toy model's shipped bases."""
     with browser_page() as page:

@@ -53,7 +53,7 @@ def check(matter: dict) -> None:
     assert "suggested_storage" not in matter and "hardware" not in matter  # ignored by the Hub
 
 
-TABS = ["decomposition", "heads", "neurons", "segmentation", "adversarial", "suite"]
+TABS = ["decomposition", "heads", "neurons", "circuits", "segmentation", "adversarial", "suite"]
 
 
 @pytest.mark.parametrize("tab", TABS)

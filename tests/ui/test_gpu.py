@@ -65,7 +65,7 @@ def test_on_a_zero_gpu_space_every_tab_handler_is_wrapped_by_spaces(tmp_path):
 import sys
 sys.path.insert(0, '.')
 import app
-for folder in ('decomposition', 'heads', 'neurons', 'segmentation', 'adversarial'):
+for folder in ('decomposition', 'heads', 'neurons', 'circuits', 'segmentation', 'adversarial'):
     tab = app.load_tab(folder)
     handlers = [getattr(tab, name) for name in dir(tab) if hasattr(getattr(tab, name), 'gpu_duration')]
     assert handlers, folder

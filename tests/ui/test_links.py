@@ -45,12 +45,14 @@ def random_state(tab: str, rng: random.Random) -> ViewState:
     }
     kept = {name: value for name, value in values.items()
             if (name if name != "texts" else "text") in params and rng.random() < 0.8}
+    if TABS[tab].dotted_head and "head" in kept:
+        kept["head"] = f"{rng.randrange(0, 48)}.{rng.randrange(0, 16)}"  # LAYER.HEAD
     if tab == "adversarial" and "texts" in kept:
         kept["texts"] = tuple(rng.sample(["square", "triangle", "circle", "a red cross"], 2))  # present, target
     return ViewState(tab, **kept)
 
 
-@pytest.mark.parametrize("tab", ["decomposition", "heads", "neurons", "segmentation", "adversarial"])
+@pytest.mark.parametrize("tab", ["decomposition", "heads", "neurons", "circuits", "segmentation", "adversarial"])
 def test_state_to_link_to_state_is_exact(tab):
     rng = random.Random(tab)
     for _ in range(200):

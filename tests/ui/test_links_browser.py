@@ -231,7 +231,7 @@ def static_site(folder: Path):
 
 
 def test_the_app_embedded_with_a_deep_link(app_url, browser, tmp_path):
-    """The README's snippets: a <gradio-app> web component and an iframe, each with a deep link."""
+    """docs/deploy.md's snippets: a <gradio-app> web component and an iframe, each with a deep link."""
     html = urllib.request.urlopen(app_url, timeout=30).read().decode()
     script = re.search(r'src="\./(assets/index-[^"]+\.js)"', html)[1]  # offline: the app serves its own bundle
     (tmp_path / "embed.html").write_text(

@@ -10,7 +10,9 @@ import pytest
 
 from tests.browser import ARTIFACTS, CHROMIUM, ROOT, app_server, browser_page, fill_and_settle
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
+# slow: a browser session of this tab takes over 20 s on 2 cores (tests/ui/test_browser.py stays quick)
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
 
 
 @pytest.fixture(scope="module")

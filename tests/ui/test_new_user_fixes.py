@@ -151,7 +151,8 @@ def test_every_action_reports_progress_steps():
 def test_every_model_event_shows_progress_and_waits_in_one_queue(suite):
     demo, _ = suite
     for name in ("decompose", "head_texts", "compute_textspan", "explain_image", "retrieve", "load_bases",
-                 "compute_bases", "show_neuron", "neuron_on_image", "concepts", "search_neurons"):
+                 "compute_bases", "show_neuron", "neuron_on_image", "concepts", "search_neurons", "show_circuit",
+                 "measure_ablation", "in_edges"):
         dependency = _dependency(demo, name)
         function = demo.fns[dependency["id"]]
         assert (function.concurrency_id, function.concurrency_limit) == ("model", 2), name

@@ -93,6 +93,7 @@ def test_training_batches_hold_groups_that_differ_in_one_named_attribute():
         training_scenes(TrainConfig(batch_size=16, shape_groups=3, position_groups=1), 0)
 
 
+@pytest.mark.slow  # over 20 s on 2 cores: the full suite runs it, `-m "not slow"` leaves it out
 def test_training_smoke_loss_falls(tmp_path):
     config = TrainConfig(steps=150, batch_size=32, warmup=20, lr=2e-3, shape_groups=2, position_groups=1)
     summary = train_toy(tmp_path / "smoke.safetensors", config, log=None)
