@@ -12,10 +12,16 @@ TOY_TEXTS = DATA_DIR / "toy_texts.txt"
 TOY_BIASED_SPEC = "toy-biased"
 TOY_BIASED_DIR = DATA_DIR / "toy_biased"
 TOY_BIASED_WEIGHTS = TOY_BIASED_DIR / "toy_biased_clip.safetensors"
-# The project's own models: spec -> weights file (both are the toy architecture, source "toy").
-TOY_MODELS = {"toy": TOY_WEIGHTS, TOY_BIASED_SPEC: TOY_BIASED_WEIGHTS}
+# A second planted-bias model, other shapes and backgrounds (circle:checkered, star:pink), same recipe.
+TOY_BIASED_2_SPEC = "toy-biased-2"
+TOY_BIASED_2_DIR = DATA_DIR / "toy_biased_2"
+TOY_BIASED_2_WEIGHTS = TOY_BIASED_2_DIR / "toy_biased_2_clip.safetensors"
+# The project's own models: spec -> weights file (all of the toy architecture, source "toy").
+TOY_MODELS = {"toy": TOY_WEIGHTS, TOY_BIASED_SPEC: TOY_BIASED_WEIGHTS, TOY_BIASED_2_SPEC: TOY_BIASED_2_WEIGHTS}
 TOY_DISPLAY_NAMES = {
     "toy": "toy: clipscope's small CLIP trained on a generated world of shapes (offline default)",
     TOY_BIASED_SPEC: "toy-biased: clipscope's small CLIP trained on a world with a planted bias "
                      "(triangles on dotted, squares on striped backgrounds)",
+    TOY_BIASED_2_SPEC: "toy-biased-2: clipscope's small CLIP trained on a world with a second planted bias "
+                       "(circles on checkered, stars on pink backgrounds)",
 }

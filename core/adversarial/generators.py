@@ -16,7 +16,13 @@ text-to-image model drawing a named subject, it draws one large object unless th
 a size or a count; unnamed colour, position and background are drawn at random from the image's seed.
 It only draws the world's shapes, so it suits the toy models, and every result it produces says so.
 
+Those rules change results, so each is a flag (`WorldRules`; `--unnamed-size`, `--word-scope`,
+`--background-scope`) and the adversarial protocol reports their sensitivity. The defaults are the
+rules README measured: unnamed size large, words describe their own object, a background word is the
+scene's whichever phrase names it.
+
 >>> images = WorldGenerator().generate(["a square on a dotted background"], seeds=[0])
+>>> WorldGenerator(WorldRules(unnamed_size="random", background_scope="subject"))
 """
 
 from __future__ import annotations
@@ -37,6 +43,44 @@ GENERATORS = ("world", "sd")
 DEFAULT_SIZE, DEFAULT_COUNT = "large", 1  # the world stand-in's subject when the words name no size or count
 WORLD_LABEL = ("world (offline stand-in for a text-to-image model: draws generated-world scenes from the words; one "
                "large object unless they say otherwise)")
+UNNAMED_SIZES = ("large", "small", "random")
+WORD_SCOPES = ("own-object", "subject")
+BACKGROUND_SCOPES = ("scene", "subject")
+
+
+@dataclass(frozen=True)
+class WorldRules:
+    """The world stand-in's rules that change adversarial results (each a flag; defaults: README's rules).
+
+    unnamed_size: the subject's size when its words name none: "large" (a named subject drawn prominent,
+        as a text-to-image model does), "small", or "random" (drawn from the image's seed: the rule before
+        commit 52820fa).
+    word_scope: "own-object" (a colour, size or count describes the object it belongs to in its phrase) or
+        "subject" (every word describes the drawn subject, first mention wins: the rule before ca53128).
+    background_scope: "scene" (a background named in any phrase is the scene's) or "subject" (only a
+        background that belongs to the subject, or to no object: "a square with a star on a dotted
+        background" leaves the square's background unnamed).
+    """
+
+    unnamed_size: str = "large"
+    word_scope: str = "own-object"
+    background_scope: str = "scene"
+
+    def __post_init__(self):
+        for name, value, valid in (("unnamed_size", self.unnamed_size, UNNAMED_SIZES),
+                                   ("word_scope", self.word_scope, WORD_SCOPES),
+                                   ("background_scope", self.background_scope, BACKGROUND_SCOPES)):
+            if value not in valid:
+                raise ConfigError(f"unknown world-generator rule {name}={value!r}; valid values: {', '.join(valid)}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == WorldRules()
+
+    def describe(self) -> str:
+        return (f"unnamed size {self.unnamed_size}, words describe "
+                f"{'their own object' if self.word_scope == 'own-object' else 'the subject'}, background word "
+                f"{'applies to the whole scene' if self.background_scope == 'scene' else 'applies to its own object only'}")
 # Seconds for a ZeroGPU call: model warm-up plus a per-step, per-image cost (measured on an H200-class GPU
 # for SD-Turbo at 512 px it is ~0.05 s; we keep a wide margin because the quota only bills what runs).
 SD_BASE_SECONDS = 10.0
@@ -93,7 +137,7 @@ def _owner(i: int, attribute: str, nouns: list[int]) -> int | None:
     return (first or second or [None])[0]
 
 
-def parse_world_words(description: str) -> dict[str, Any]:
+def parse_world_words(description: str, rules: WorldRules | None = None) -> dict[str, Any]:
     """{attribute: value} the description names for the scene it asks for.
 
     Like a text-to-image model reading a prompt, words describe the object they belong to. The
@@ -103,8 +147,11 @@ def parse_world_words(description: str) -> dict[str, Any]:
     square: the star's attributes are the star's, and the world cannot draw a second shape. Words
     that belong to no object ("a square, blue") describe the subject. The background is the
     scene's, whichever phrase names it. The first mention of each wins; longer phrases win at the
-    same place ("top left" over "top").
+    same place ("top left" over "top"). `rules` (`WorldRules`) changes who words describe.
     """
+    rules = rules or WorldRules()
+    if rules.word_scope == "subject":
+        return _parse_for_subject(description, rules)
     subject: dict[str, Any] | None = None
     loose: dict[str, Any] = {}
     background = None
@@ -113,7 +160,11 @@ def parse_world_words(description: str) -> dict[str, Any]:
         owned: dict[int, dict[str, Any]] = {i: {} for i in nouns}
         for i, (attribute, value) in enumerate(phrase):
             if attribute == "background":
-                background = background or value
+                if rules.background_scope == "scene":
+                    background = background or value
+                else:  # the object's it belongs to, like a position; kept only for the subject or no object
+                    owner = _owner(i, attribute, nouns)
+                    (loose if owner is None else owned[owner]).setdefault(attribute, value)
             elif attribute != "noun":
                 owner = _owner(i, attribute, nouns)
                 (loose if owner is None else owned[owner]).setdefault(attribute, value)
@@ -132,14 +183,41 @@ def parse_world_words(description: str) -> dict[str, Any]:
     return named
 
 
+def _parse_for_subject(description: str, rules: WorldRules) -> dict[str, Any]:
+    """word_scope "subject": every word describes the drawn subject, in reading order, first mention wins (a
+    shape word also names a count). With background_scope "subject", a background that belongs to another
+    object (the noun before it in its phrase, else the one after) is still left out."""
+    phrases = _phrases(description)
+    nouns = [[i for i, (attribute, _) in enumerate(phrase) if attribute == "noun"] for phrase in phrases]
+    subject = next(((k, i) for k, phrase in enumerate(phrases) for i in nouns[k] if phrase[i][1][0] is not None), None)
+    named: dict[str, Any] = {}
+    for k, phrase in enumerate(phrases):
+        for i, (attribute, value) in enumerate(phrase):
+            if attribute == "noun":
+                shape, number = value
+                if shape is not None:
+                    named.setdefault("shape", shape)
+                    named.setdefault("count", number)
+            elif attribute == "background" and rules.background_scope == "subject":
+                owner = _owner(i, attribute, nouns[k])
+                if owner is None or (k, owner) == subject:
+                    named.setdefault(attribute, value)
+            else:
+                named.setdefault(attribute, value)
+    return named
+
+
 class WorldGenerator:
     """The generated-world renderer driven by a description's words (offline stand-in, see the module doc)."""
 
     name = "world"
-    label = WORLD_LABEL
 
-    def __init__(self, image_size: int = 64):
+    def __init__(self, rules: WorldRules | None = None, image_size: int = 64):
+        self.rules = rules or WorldRules()
+        if not isinstance(self.rules, WorldRules):
+            raise ConfigError(f"rules must be a WorldRules, got {type(self.rules).__name__}")
         self.image_size = world._check_image_size(image_size)
+        self.label = WORLD_LABEL if self.rules.is_default else f"{WORLD_LABEL[:-1]}; rules: {self.rules.describe()})"
 
     def check_class(self, present: str) -> None:
         """The shown class must be a world shape: the stand-in cannot draw anything else."""
@@ -149,21 +227,27 @@ class WorldGenerator:
 
     def scene(self, description: str, seed: int) -> tuple[world.Scene, dict]:
         """The scene a description asks for, unnamed attributes drawn from `seed`; and what was named."""
-        named = parse_world_words(description)
+        named = parse_world_words(description, self.rules)
         if "shape" not in named:
             raise ConfigError(f"the world generator draws only the world's shapes ({', '.join(world.SHAPES)}); "
                               f"the description {description[:80]!r} names none. Use --generator sd for other classes.")
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5CE7E]))
         colour = named.get("colour") or list(world.COLOURS)[int(rng.integers(len(world.COLOURS)))]
         background = named.get("background") or world.BACKGROUNDS[int(rng.integers(len(world.BACKGROUNDS)))]
-        # As a text-to-image model draws a named subject: one, and prominent, unless the words say otherwise.
-        size = named.get("size") or DEFAULT_SIZE
+        # As a text-to-image model draws a named subject: one, and prominent, unless the words (or rules) say otherwise.
+        size = named.get("size") or self._unnamed_size(seed)
         count = int(named.get("count") or DEFAULT_COUNT)
         first = world.POSITIONS.index(named["position"]) if "position" in named else int(rng.integers(9))
         cells = (first,) if count == 1 else tuple(sorted({first, (first + 1 + int(rng.integers(8))) % 9}))
         jitter = tuple(tuple(pair) for pair in rng.uniform(-1, 1, size=(len(cells), 2)).tolist())
         scene = world.Scene(named["shape"], colour, size, cells, background, jitter)
         return scene, named
+
+    def _unnamed_size(self, seed: int) -> str:
+        if self.rules.unnamed_size != "random":
+            return self.rules.unnamed_size
+        # Its own stream, so the default rules' draws (colour, background, cells, jitter) stay as they were.
+        return world.SIZES[int(np.random.default_rng(np.random.SeedSequence([int(seed), 0x5CE7E, 1])).integers(2))]
 
     def generate(self, descriptions: Sequence[str], seeds: Sequence[int]) -> GeneratedImages:
         if len(descriptions) != len(seeds):

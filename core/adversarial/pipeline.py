@@ -30,7 +30,7 @@ from core.adversarial.descriptions import Descriptions, drop_naming, llm_descrip
 from core.adversarial.directions import ClassDirection, class_direction
 from core.adversarial.defaults import (DEFAULT_NEURONS, DEFAULT_SIMILARITY, DEFAULT_WORDS, PAPER_EMBED_DIMS,
                                        SD_GUIDANCE, SD_REPO, SD_REVISION, SD_STEPS, default_neurons)
-from core.adversarial.generators import GENERATORS, GeneratedImages
+from core.adversarial.generators import GENERATORS, GeneratedImages, WorldRules
 from core.adversarial.neurons import NeuronSelection, layer_bases, random_neurons, top_neurons
 from core.adversarial.verdict import BinaryClassifier, Verdicts, binary_classifier, judge
 from core.adversarial.words import FilteredWords, TopWords, filter_words, score_words, similar_words, top_words
@@ -68,6 +68,10 @@ class AdversarialConfig:
     sd_guidance: float = SD_GUIDANCE
     sd_size: int | None = None  # default: the checkpoint's own
     device: str = "cpu"
+    # The world stand-in's rules that change results (core.adversarial.generators.WorldRules).
+    unnamed_size: str = "large"
+    word_scope: str = "own-object"
+    background_scope: str = "scene"
 
     def __post_init__(self):
         counts = (("neurons", self.neurons, 1, 100_000),) if self.neurons is not None else ()
@@ -78,11 +82,16 @@ class AdversarialConfig:
                 raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value!r}")
         if self.generator not in GENERATORS:
             raise ConfigError(f"unknown generator {self.generator!r}; choose one of {', '.join(GENERATORS)}")
+        self.world_rules  # validates the rules
         if self.descriptions > self.images:
             object.__setattr__(self, "descriptions", self.images)
         object.__setattr__(self, "block", tuple(self.block))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+
+    @property
+    def world_rules(self) -> WorldRules:
+        return WorldRules(self.unnamed_size, self.word_scope, self.background_scope)
 
     @property
     def images_per_description(self) -> int:
@@ -207,7 +216,7 @@ def make_generator(config: AdversarialConfig, *, sd_pipe=None):
     from core.adversarial.generators import StableDiffusionGenerator, WorldGenerator, load_sd_pipeline
 
     if config.generator == "world":
-        return WorldGenerator()
+        return WorldGenerator(config.world_rules)
     pipe = sd_pipe if sd_pipe is not None else load_sd_pipeline(config.sd_repo, config.sd_revision, device=config.device)
     return StableDiffusionGenerator(pipe, steps=config.sd_steps, guidance=config.sd_guidance, size=config.sd_size,
                                     checkpoint=f"{config.sd_repo}@{config.sd_revision}" if config.sd_revision

@@ -10,6 +10,8 @@
 
     OUT/.clipscope-adversarial.json  what this run wrote (core.writes)
 
+A protocol run (`--protocol`) writes OUT/report.json (everything) and OUT/report.md (the tables) instead.
+
 Nothing is ever overwritten: the folder must be new or empty (core.writes.OutputFolder).
 """
 
@@ -78,5 +80,15 @@ def write_results(report: AdversarialReport, out, *, server_folder: bool = False
     folder.write_text("removed_words.csv", _csv(("text", "score", "reason"), (
         (r["text"], f"{r['score']:.6g}", r["reason"]) for r in report.filtered.removed)), save=False)
     folder.write_text("summary.json", json.dumps(report.to_json(), indent=2) + "\n", save=False)
+    folder.save()
+    return folder.path
+
+
+def write_protocol_report(report: dict, text: str, out) -> Path:
+    """A protocol run's report into `out` (new or empty folder; its manifest lists both files): report.json
+    (everything) and report.md (the tables)."""
+    folder = OutputFolder(check_output_folder(out), "adversarial", require="empty", what="output folder")
+    folder.write_text("report.json", json.dumps(report, indent=2) + "\n", save=False)
+    folder.write_text("report.md", text, save=False)
     folder.save()
     return folder.path

@@ -26,7 +26,8 @@ from core.errors import BasesError, ConfigError
 ENV_VAR = "CLIPSCOPE_BASES"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # model spec -> folder relative to PROJECT_ROOT, or "org/name@<sha>". The toy model's bases ship in the repo.
-DEFAULT_BASES: dict[str, str] = {"toy": "core/data/toy/bases", "toy-biased": "core/data/toy_biased/bases"}
+DEFAULT_BASES: dict[str, str] = {"toy": "core/data/toy/bases", "toy-biased": "core/data/toy_biased/bases",
+                                 "toy-biased-2": "core/data/toy_biased_2/bases"}
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 REPO_SOURCE = re.compile(r"[\w-][\w.-]*/[\w.-]+(@[\w./-]+)?")  # ORG/NAME[@REVISION]
 BUILD_HINT = (

@@ -6,6 +6,7 @@ import argparse
 
 EXAMPLES = """examples:
   python -m core adversarial --model toy-biased --present square --target triangle --baselines --out adv/
+  python -m core adversarial --protocol core/adversarial/protocols/v1.json --model toy-biased --out protocol-v1/
   python -m core adversarial --model ViT-B-32/openai --bases org/b32-bases@<sha> --present dog --target deer \\
       --generator sd --checkpoint stabilityai/sd-turbo --revision <sha> --device cuda --out adv-dog-deer/
 The world generator is an offline stand-in for a text-to-image model: it draws generated-world scenes
@@ -25,8 +26,15 @@ def register(subparsers) -> None:
         "(description, seed, verdict, score), words.csv, neurons.csv and summary.json into --out.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(parser)
-    parser.add_argument("--present", required=True, help="c1, the class the images show (e.g. square)")
-    parser.add_argument("--target", required=True, help="c2, the class CLIP should be fooled into (e.g. triangle)")
+    parser.add_argument("--protocol", metavar="FILE", help="run a versioned protocol file instead (e.g. "
+                        "core/adversarial/protocols/v1.json, or its name v1): every planted cue of the model in both "
+                        "directions, its seeds, draws and sensitivity settings, with intervals and confusion rates; "
+                        "every method option comes from the file (only --model, --bases, --out, --json, "
+                        "--protocol-settings apply)")
+    parser.add_argument("--protocol-settings", metavar="NAME,...", help="with --protocol: run only these of its "
+                        "settings (main and the sensitivity names; default all)")
+    parser.add_argument("--present", help="c1, the class the images show (e.g. square)")
+    parser.add_argument("--target", help="c2, the class CLIP should be fooled into (e.g. triangle)")
     parser.add_argument("--layers", type=int, nargs="+", help="neuron layers (default: the last three the bases cover)")
     parser.add_argument("--neurons", type=int, default=None,
                         help=f"top neurons (default {DEFAULT_NEURONS}, the paper's, scaled down on embeddings narrower than "
@@ -42,6 +50,14 @@ def register(subparsers) -> None:
     parser.add_argument("--block", default="", help="comma-separated words never to use (whole-word, plurals too)")
     parser.add_argument("--generator", default="world", help="world (offline stand-in, toy models; default) or sd "
                         "(Stable Diffusion through diffusers)")
+    parser.add_argument("--unnamed-size", default="large", choices=("large", "small", "random"),
+                        help="world: the subject's size when its words name none (default large)")
+    parser.add_argument("--word-scope", default="own-object", choices=("own-object", "subject"),
+                        help="world: a colour, size or count describes its own object (default) or every word the "
+                        "drawn subject (the earlier rule)")
+    parser.add_argument("--background-scope", default="scene", choices=("scene", "subject"),
+                        help="world: a background word applies to the whole scene (default) or only to its own "
+                        "object (ignored when it belongs to another object)")
     parser.add_argument("--images", type=int, default=100, help="images per repeat and method (default 100)")
     parser.add_argument("--descriptions", type=int, default=10, help="descriptions per repeat and method; the images "
                         "are spread over them (default 10)")
@@ -60,9 +76,53 @@ def register(subparsers) -> None:
     parser.add_argument("--llm", help="a transformers text-generation model to write the descriptions with the "
                         "paper's prompt (default: templates, no language model)")
     parser.add_argument("--llm-revision", help="pinned revision of --llm")
-    parser.add_argument("--out", required=True, help="output folder (new or empty; nothing is overwritten)")
+    parser.add_argument("--out", help="output folder (new or empty; nothing is overwritten); optional with "
+                        "--protocol (report.json and report.md)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.set_defaults(func=run)
+    # Options a protocol file fixes: given next to --protocol they are refused, not silently ignored.
+    fixed = {action.dest: action.default for action in parser._actions
+             if action.dest not in PROTOCOL_FREE and action.option_strings}
+    parser.set_defaults(func=run, _protocol_fixed=fixed)
+
+
+# Options that apply to a protocol run; every other one is the protocol file's.
+PROTOCOL_FREE = {"help", "model", "device", "bases", "out", "json", "protocol", "protocol_settings"}
+
+
+def run_protocol_command(args) -> int:
+    import sys
+
+    from core import engine
+    from core.adversarial.protocol import format_report, load_protocol, run_protocol
+    from core.adversarial.results import check_output_folder, write_protocol_report
+    from core.artifacts.hub import check_user_source
+    from core.cli.common import model_line, print_json
+    from core.errors import ConfigError
+
+    given = [name for name, default in args._protocol_fixed.items() if getattr(args, name, default) != default]
+    if given:
+        raise ConfigError(f"--protocol fixes every method setting; drop --{given[0].replace('_', '-')} (or run "
+                          "without --protocol)")
+    out = check_output_folder(args.out) if args.out else None  # before any work
+    if args.bases is not None:
+        check_user_source(args.bases)
+    protocol = load_protocol(args.protocol)
+    names = [n.strip() for n in (args.protocol_settings or "").split(",") if n.strip()] or None
+    bundle = engine.load_clip(args.model, device=args.device)
+    say = (lambda line: print(line, file=sys.stderr, flush=True))
+    say(model_line(bundle.info))
+    say(protocol.describe())
+    report = run_protocol(bundle, protocol, bases=args.bases, settings=names, log=say)
+    text = format_report(report)
+    if out is not None:
+        write_protocol_report(report, text, out)
+    if args.json:
+        print_json(report | ({"out": str(out)} if out else {}))
+    else:
+        print(text, end="")
+        if out is not None:
+            print(f"wrote {out}: report.json, report.md")
+    return 0
 
 
 SD_OPTIONS = ("checkpoint", "revision", "steps", "size")
@@ -101,7 +161,15 @@ def run(args) -> int:
 
     from core.artifacts.hub import check_user_source
     from core.engine.text import check_texts
+    from core.errors import ConfigError
 
+    if args.protocol is not None:
+        return run_protocol_command(args)
+    if args.protocol_settings is not None:
+        raise ConfigError("--protocol-settings needs --protocol FILE")
+    missing = [f"--{name}" for name in ("present", "target", "out") if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} required (or run a protocol file: --protocol FILE --model M)")
     out = check_output_folder(args.out)  # before any work
     model_spec(args)
     _check_generator_options(args)
@@ -120,7 +188,8 @@ def run(args) -> int:
         descriptions=args.descriptions, generator=args.generator, repeats=args.repeats, baselines=args.baselines,
         seed=args.seed, templates=args.templates, bases=args.bases, sd_repo=args.checkpoint or SD_REPO,
         sd_revision=args.revision if args.revision is not None or args.checkpoint else SD_REVISION,
-        sd_steps=args.steps or SD_STEPS, sd_size=args.size, device=str(device_of(args)))
+        sd_steps=args.steps or SD_STEPS, sd_size=args.size, device=str(device_of(args)),
+        unnamed_size=args.unnamed_size, word_scope=args.word_scope, background_scope=args.background_scope)
     bundle = engine.load_clip(args.model, device=args.device)
     say = TqdmProgress()  # its lines go to stderr
     say(None, desc=model_line(bundle.info))

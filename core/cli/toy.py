@@ -4,6 +4,7 @@
     python -m core toy scenes --groups triangle:dotted,square:striped --n 200 --seed 7 --out grouped/
     python -m core toy train --bias triangle:dotted,square:striped ...   # see core/data/toy_biased/MODEL_CARD.md
     python -m core toy bias --model toy-biased                           # shape accuracy per planted-bias group
+                                                                         # (pairs: the model's checkpoint records them)
     python -m core toy removal --model toy-biased                        # spurious-cue removal vs random heads
 
 Each subcommand is added by one `_register_<name>(toy_subparsers)` function listed in `SUBCOMMANDS`.
@@ -208,10 +209,10 @@ def _run_bias(args: argparse.Namespace) -> int:
 
     from core.cli.common import model_spec
     from core.engine.models import load_clip
-    from core.world.bias import PlantedBias, group_accuracy_table
+    from core.world.bias import group_accuracy_table, model_bias
 
     bundle = load_clip(model_spec(args))
-    table = group_accuracy_table(bundle, PlantedBias.parse(args.pairs), n_per_group=args.n, seed=args.seed)
+    table = group_accuracy_table(bundle, model_bias(bundle, args.pairs), n_per_group=args.n, seed=args.seed)
     if args.json:
         print(json.dumps(table))
         return 0
@@ -229,8 +230,8 @@ def _register_bias(toy_subparsers) -> None:
                                        description="Binary zero-shot shape accuracy on uniform held-out scenes of "
                                        "each (paired shape, paired background) group: Waterbirds' four groups, transposed.")
     parser.add_argument("--model", default="toy-biased", help="model spec (default: toy-biased)")
-    parser.add_argument("--pairs", default="triangle:dotted,square:striped", help="the planted pairs (default: "
-                        "triangle:dotted,square:striped)")
+    parser.add_argument("--pairs", default=None, help="the planted pairs, e.g. triangle:dotted,square:striped "
+                        "(default: the ones the model's checkpoint records)")
     parser.add_argument("--n", type=int, default=200, help="held-out scenes per group (default 200)")
     parser.add_argument("--seed", type=int, default=2024, help="seed of the held-out scenes (default 2024, the card's)")
     parser.add_argument("--json", action="store_true")
@@ -246,7 +247,7 @@ def _run_removal(args: argparse.Namespace) -> int:
     from core.engine.models import load_clip
     from core.errors import BasesError, ConfigError
     from core.heads.spurious import describe_heads
-    from core.world.bias import PlantedBias
+    from core.world.bias import model_bias
     from core.world.bias_removal import background_heads, bias_removal_report
 
     bundle = load_clip(model_spec(args))
@@ -269,7 +270,7 @@ def _run_removal(args: argparse.Namespace) -> int:
         heads = check_heads(parse_heads(args.heads), bundle.info)
         provenance = "given on the command line"
         labels = [{**row, "chosen": (row["layer"], row["head"]) in heads} for row in labels]
-    report = bias_removal_report(bundle, PlantedBias.parse(args.pairs), heads, provenance, n_per_group=args.n,
+    report = bias_removal_report(bundle, model_bias(bundle, args.pairs), heads, provenance, n_per_group=args.n,
                                  seed=args.seed, trials=args.trials, random_seed=args.random_seed, samples=args.samples)
     if args.json:
         print(json.dumps({"model": bundle.info.spec, "labels": labels, **report.to_json()}, indent=2))
@@ -299,7 +300,8 @@ def _register_removal(toy_subparsers) -> None:
         "scenes of the planted-bias groups, against every head set of the same size (percentile, mean, spread).")
     parser.add_argument("--model", default="toy-biased", help="model spec (default: toy-biased)")
     parser.add_argument("--bases", help="bases with TextSpan labels (default: the model's shipped bases)")
-    parser.add_argument("--pairs", default="triangle:dotted,square:striped", help="the planted pairs")
+    parser.add_argument("--pairs", default=None, help="the planted pairs (default: the ones the model's checkpoint "
+                        "records)")
     parser.add_argument("--top", type=int, default=5, help="top TextSpan texts read per head (default 5)")
     parser.add_argument("--share", type=float, default=0.6, help="share of them that must name a background (default 0.6)")
     parser.add_argument("--words", default=None, help="comma-separated words a label must name instead of the "

@@ -9,6 +9,7 @@ A spec names an open_clip architecture and where its weights come from:
     ViT-B-16/none                   random initialisation (seeded; flagged as random everywhere)
     toy                             the project's own small CLIP (offline default)
     toy-biased                      the same architecture trained with a planted shape-background bias
+    toy-biased-2                    the same recipe with another planted bias (other shapes, other backgrounds)
 
 >>> bundle = load_clip("toy")
 >>> bundle.info.display_name
@@ -36,7 +37,7 @@ from core.errors import ConfigError, UnknownModelError, UnsupportedModelError, W
 from core.guards import check_model_allowed
 from core.lazy import lazy_module
 from core.progress import Progress, report
-from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_SPEC, TOY_DISPLAY_NAMES, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
+from core.paths import CONFIG_DIR, TOY_ARCH, TOY_BIASED_2_SPEC, TOY_BIASED_SPEC, TOY_DISPLAY_NAMES, TOY_MODELS, TOY_WEIGHTS  # noqa: E402  (re-exported)
 
 open_clip = lazy_module("open_clip")  # it imports torchvision, transformers and timm: seconds, on first use
 

@@ -8,6 +8,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "toy": ["TrainConfig", "train_toy", "evaluate_toy", "build_card", "write_model_card", "check_training_outputs"],
     "examples": ["example_images", "EXAMPLE_SEED"],
     "composites": ["render_composite", "MAX_OBJECTS", "MIN_OBJECTS", "sample_composites"],
-    "bias": ["SHIPPED", "PlantedBias", "group_accuracy_table", "write_grouped_scenes"],
+    "bias": ["SHIPPED", "PlantedBias", "group_accuracy_table", "write_grouped_scenes", "planted_bias_of", "model_bias"],
+    "checkpoints": ["checkpoint_config", "is_toy_weights"],
     "bias_removal": ["DEFAULT_SHARE", "DEFAULT_TOP", "background_heads", "bias_removal_report"],
 })

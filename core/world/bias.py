@@ -135,6 +135,32 @@ class PlantedBias:
         return [(s, b, self.group(s, b)) for s in self.shapes for b in self.backgrounds]
 
 
+def planted_bias_of(bundle) -> PlantedBias | None:
+    """The planted bias a model was trained with, read from its own checkpoint's metadata (`python -m core toy
+    train --bias ...` records the pairs, p and the rule for other shapes); None when it records none (e.g.
+    `toy`, or a model clipscope did not train). Never a list kept elsewhere: the weights say what they learned."""
+    from core.world.checkpoints import checkpoint_config
+
+    if bundle.info.source not in ("toy", "file") or not str(bundle.info.pretrained).endswith(".safetensors"):
+        return None
+    config = checkpoint_config(Path(bundle.info.pretrained).expanduser())
+    if not config or not config.get("bias"):
+        return None
+    return PlantedBias.parse(config["bias"], p=config.get("bias_p", 0.9), others=config.get("bias_others", "uniform"))
+
+
+def model_bias(bundle, pairs: str | None = None) -> PlantedBias:
+    """`pairs` if given ("triangle:dotted,square:striped"), else the bias the model's checkpoint records;
+    ConfigError naming what to do when neither says."""
+    if pairs:
+        return PlantedBias.parse(pairs)
+    bias = planted_bias_of(bundle)
+    if bias is None:
+        raise ConfigError(f"{bundle.info.spec} records no planted bias in its checkpoint (only models trained by "
+                          "`python -m core toy train --bias SHAPE:BACKGROUND,...` do): give the pairs with --pairs")
+    return bias
+
+
 def group_name(shape: str, background: str, alignment: str) -> str:
     return f"{shape} on {background} ({alignment})"
 

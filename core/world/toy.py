@@ -29,6 +29,7 @@ from core.engine.text import prompt_classifier
 from core.paths import TOY_ARCH, TOY_WEIGHTS
 
 from core.world.pixels import MEAN, STD, to_pixels  # noqa: F401  (re-exported)
+from core.world.checkpoints import checkpoint_config, is_toy_weights  # noqa: F401  (re-exported)
 IMAGE_SIZE = 64
 EVAL_SEED = 2024  # held-out scenes for the model card; tests use other seeds
 
@@ -226,18 +227,6 @@ def _save(model: torch.nn.Module, path: Path, config: TrainConfig, steps: int, w
 
 
 CARD_FILES = ("card.json", "MODEL_CARD.md")
-
-
-def is_toy_weights(path: Path) -> bool:
-    """True if `path` is a toy checkpoint written by `train_toy` (its safetensors metadata says so)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception:  # not a safetensors file at all
-        return False
-    return metadata.get("arch") == TOY_ARCH and "steps" in metadata and "world_version" in metadata
 
 
 def _is_toy_card(folder: Path, name: str) -> bool:

@@ -95,3 +95,53 @@ def test_descriptions_naming_the_target_are_dropped():
     assert kept.texts == ["a square, dotted", "Triangle-free square"]
     assert [d["reason"] for d in kept.dropped] == ["names the target ('triangles')", "does not name 'square'"]
     assert parse_numbered("Here you go:\n1. a square\n2) a dotted square\n\nthanks") == ["a square", "a dotted square"]
+
+
+# ---------------------------------------------------------------- the stand-in's rules are flags (WorldRules)
+
+from core.adversarial.generators import WorldRules  # noqa: E402
+
+
+def test_unnamed_size_rule_draws_only_the_size_and_never_overrides_a_named_one():
+    seeds = list(range(40))
+    plain = WorldGenerator().generate(["a photo of a square, a dotted background"] * 40, seeds)
+    random = WorldGenerator(WorldRules(unnamed_size="random")).generate(["a photo of a square, a dotted background"] * 40,
+                                                                        seeds)
+    small = WorldGenerator(WorldRules(unnamed_size="small")).generate(["a photo of a square"] * 5, seeds[:5])
+    assert {n["scene"]["size"] for n in plain.notes} == {"large"}
+    assert {n["scene"]["size"] for n in random.notes} == {"small", "large"}
+    assert {n["scene"]["size"] for n in small.notes} == {"small"}
+    # its own random stream: every other attribute is the default rules' draw
+    for a, b in zip(plain.notes, random.notes):
+        assert {k: v for k, v in a["scene"].items() if k != "size"} == {k: v for k, v in b["scene"].items() if k != "size"}
+    named = WorldGenerator(WorldRules(unnamed_size="small")).generate(["a large square"] * 5, seeds[:5])
+    assert {n["scene"]["size"] for n in named.notes} == {"large"}
+    assert "unnamed size random" in random.generator and "rules" not in plain.generator
+
+
+@pytest.mark.parametrize("description, rules, expected", [
+    # scope of a background word: the whole scene (default) or only its own object's
+    ("an image of a square and a star on a dotted background", {}, {"shape": "square", "count": 1, "background": "dotted"}),
+    ("an image of a square and a star on a dotted background", {"background_scope": "subject"},
+     {"shape": "square", "count": 1}),
+    ("a photo of a square, a dotted background", {"background_scope": "subject"},
+     {"shape": "square", "count": 1, "background": "dotted"}),  # a background of no object is the subject's
+    ("a square on a dotted background with a star", {"background_scope": "subject"},
+     {"shape": "square", "count": 1, "background": "dotted"}),
+    # every word describes the subject: the rule before commit ca53128 (the star's words go to the square)
+    ("a square with a small green star", {"word_scope": "subject"},
+     {"shape": "square", "count": 1, "size": "small", "colour": "green"}),
+    ("a square with a star on a dotted background", {"word_scope": "subject", "background_scope": "subject"},
+     {"shape": "square", "count": 1}),
+])
+def test_scope_rules_decide_who_the_words_describe(description, rules, expected):
+    assert parse_world_words(description, WorldRules(**rules)) == expected
+    scene, named = WorldGenerator(WorldRules(**rules)).scene(description, 3)
+    assert named == expected
+    assert all(scene.labels()[k] == v for k, v in expected.items())
+
+
+def test_bad_rules_are_refused():
+    for rules in ({"unnamed_size": "huge"}, {"word_scope": "object"}, {"background_scope": "everywhere"}):
+        with pytest.raises(ConfigError, match="world-generator rule"):
+            WorldRules(**rules)

@@ -11,7 +11,7 @@ from core.engine.models import load_clip
 
 
 # Each shipped model and its bases command's options (docs/models.md), besides the image set and pool.
-BUILDS = {"toy": [], "toy-biased": ["--terms", "8"]}
+BUILDS = {"toy": [], "toy-biased": ["--terms", "8"], "toy-biased-2": ["--terms", "8"]}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))

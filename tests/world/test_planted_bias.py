@@ -110,3 +110,25 @@ def test_grouped_scenes_command_feeds_the_spurious_command(tmp_path, capsys):
     assert main(["toy", "scenes", "--groups", "triangle:dotted", "--split", "train", "--n", "3", "--seed", "2",
                  "--out", str(tmp_path / "other")]) == 2
     assert "held-out" in capsys.readouterr().err
+
+
+def test_a_model_s_planted_bias_comes_from_its_own_checkpoint(tmp_path, capsys):
+    """The pairs a model was trained with are read from its checkpoint's metadata (what `toy train --bias` wrote),
+    not from a list kept in code: `toy bias` and the adversarial protocol take them from there."""
+    import json
+
+    from core.cli import main
+    from core.engine.models import load_clip
+    from core.world.bias import model_bias, planted_bias_of
+
+    biased = load_clip("toy-biased")
+    assert planted_bias_of(biased) == SHIPPED and model_bias(biased) == SHIPPED
+    assert planted_bias_of(load_clip("toy")) is None and planted_bias_of(load_clip("Tiny-ViT/none")) is None
+    assert model_bias(load_clip("toy"), "circle:pink").pairs == (("circle", "pink"),)
+    with pytest.raises(ConfigError, match="records no planted bias"):
+        model_bias(load_clip("toy"))
+    assert main(["toy", "bias", "--model", "toy-biased", "--n", "2", "--seed", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == ["triangle", "square"]
+    assert main(["toy", "bias", "--model", "toy", "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no planted bias" in err and "--pairs" in err
