@@ -396,7 +396,7 @@ class LinkBar:
         with gr.Row():
             self.copy = gr.Button("Copy link", size="sm", elem_id=f"{tab}-copy", scale=0)
             self.copied = gr.Markdown(elem_id=f"{tab}-copied")
-        self.query = gr.Textbox(visible="hidden", elem_id=f"{tab}-query", label="link")
+        self.query = gr.Textbox("", visible="hidden", elem_id=f"{tab}-query", label="link")  # "": API calls need not send it
         with gr.Accordion("Cite / reproduce", open=False, elem_id=f"{tab}-cite-panel"):
             self.cite = gr.Markdown("Run something first: the panel then shows its link and command line.",
                                     elem_id=f"{tab}-cite")

@@ -149,8 +149,7 @@ def evaluate_uploads(spec: str | None, images: Sequence[str], masks: Sequence[st
     dataset = FolderSegmentation(folder)
     progress(0.2, desc="segmenting with every method")
     report = evaluate(bundle, dataset, methods, state_dir=folder / "state", save_maps=folder / "maps",
-                      random_draws=1, progress=lambda items, desc=None, total=None: progress.tqdm(
-                          items, total=total, desc=desc))
+                      random_draws=1, progress=progress)
     progress(0.9, desc="the grids")
     return _view(bundle, dataset, folder, report, methods, class_text)
 

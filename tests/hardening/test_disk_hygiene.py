@@ -111,7 +111,7 @@ def test_uploads_need_a_session_and_the_servers_folders_come_back_once_sessions_
         clients[0].predict(api_name="/download")
         held = list(server.tmp.rglob("upload-*.png"))
         assert len(held) == 12
-        archives = list(server.tmp.glob("clipscope-sessions-*/*/adversarial-*/*.zip"))
+        archives = list(server.tmp.glob("clipscope-sessions-*/*/download-*/*.zip"))  # core.explorer.downloads.write_archive
         assert len(archives) == 1
         during = folder_bytes(server.tmp)
         assert during - start > 70e6

@@ -70,7 +70,7 @@ def test_a_bad_neuron_is_a_message_and_the_tab_keeps_answering(app_url):
         page.wait_for_selector("#circuits-show", timeout=60_000)
         fill_and_settle(page.locator("#circuits-neuron input").first, "5000")
         page.click("#circuits-show")
-        page.get_by_text("neuron must be a whole number").first.wait_for(timeout=60_000)
+        page.get_by_text("neuron 5000 is out of range").first.wait_for(timeout=60_000)
         fill_and_settle(page.locator("#circuits-neuron input").first, "7")
         page.click("#circuits-show")
         page.locator("#circuits-info").get_by_text("L1.n7").wait_for(timeout=60_000)
